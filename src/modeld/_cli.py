@@ -1,0 +1,120 @@
+"""The `modeld` command line. Every failure a user can cause ends in one line, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from modeldconn._dataroot import ENV_DATA_ROOT, resolve_data_root
+from modeldconn._probe import probe
+
+from ._config import BACKENDS, ServeSettings
+from ._errors import ExitCode, StartupError
+from ._lease_view import lease_as_json, lease_as_text
+
+__all__ = ["main"]
+
+_data_root_option = click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Data root (default: ${ENV_DATA_ROOT}, else $XDG_STATE_HOME/modeld).",
+)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"modeld: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group()
+@click.version_option(package_name="modeld", message="modeld %(version)s")
+def cli() -> None:
+    """modeld: one local-inference daemon per machine, leading by lease."""
+
+
+@cli.command()
+@click.option("--backend", default="llama", show_default=True, help="llama or openvino.")
+@_data_root_option
+@click.option("--listen", default=None, help="unix:PATH or HOST:PORT (loopback; port 0 = any).")
+@click.option("--lease-ttl", type=float, default=15.0, show_default=True, help="Lease TTL, s.")
+@click.option(
+    "--standby/--no-standby",
+    default=True,
+    show_default=True,
+    help="Wait for the lease when another instance holds it.",
+)
+@click.option(
+    "--drain-grace",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds in-flight calls may finish after SIGTERM.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def serve(
+    backend: str,
+    data_root: Path | None,
+    listen: str | None,
+    lease_ttl: float,
+    standby: bool,
+    drain_grace: float,
+    log_level: str,
+) -> None:
+    """Serve the data root's models, leading by lease (or standing by)."""
+    if backend not in BACKENDS:
+        _fail(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}", ExitCode.USAGE)
+    module, extra = BACKENDS[backend]
+    if importlib.util.find_spec(module) is None:
+        _fail(f"backend {backend} needs {module}: pip install 'modeld[{extra}]'", ExitCode.USAGE)
+    if not 0.5 <= lease_ttl <= 3600:
+        _fail(f"--lease-ttl {lease_ttl:g}: choose between 0.5 and 3600 s", ExitCode.USAGE)
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s modeld[%(process)d] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    settings = ServeSettings(
+        data_root=resolve_data_root(data_root),
+        backend=backend,
+        listen=listen,
+        lease_ttl_s=lease_ttl,
+        standby=standby,
+        drain_grace_s=drain_grace,
+    )
+    from ._daemon import serve as run_daemon  # grpc's server side loads only when serving
+
+    try:
+        code = asyncio.run(run_daemon(settings))
+    except StartupError as exc:
+        _fail(str(exc), exc.exit_code)
+    sys.exit(code)
+
+
+@cli.group()
+def lease() -> None:
+    """Inspect the data root's lease (offline)."""
+
+
+@lease.command("show")
+@_data_root_option
+@click.option("--json", "as_json", is_flag=True, help="The lease's fields plus probe_state.")
+def lease_show(data_root: Path | None, as_json: bool) -> None:
+    """Print who holds the lease and what it proves, without dialling the daemon."""
+    root = resolve_data_root(data_root)
+    result = probe(data_root=root)
+    click.echo(lease_as_json(result) if as_json else lease_as_text(result, str(root)))
+
+
+def main() -> None:
+    cli(prog_name="modeld")

@@ -1,0 +1,29 @@
+"""The one settings object for `modeld serve`, built by the CLI and passed down explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["BACKENDS", "ServeSettings"]
+
+#: backend name → (import name that proves it is installed, pip extra that installs it)
+BACKENDS: dict[str, tuple[str, str]] = {
+    "llama": ("llama_cpp", "llama"),
+    "openvino": ("openvino_genai", "openvino"),
+}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    data_root: Path
+    backend: str
+    #: None → the per-instance Unix socket in the data root; else unix:PATH or HOST:PORT
+    listen: str | None = None
+    lease_ttl_s: float = 15.0
+    #: wait for the lease when another instance holds it (False: exit non-zero at once)
+    standby: bool = True
+    #: how long in-flight RPCs may run after SIGTERM before they are cancelled
+    drain_grace_s: float = 5.0
+    #: how often a standby re-reads the lease
+    poll_interval_s: float = 0.2

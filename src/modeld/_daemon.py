@@ -1,0 +1,132 @@
+"""`modeld serve`: the daemon's life, start to finish, as a list of named steps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from modeldconn._lease import LeaseRecord
+from modeldconn._wire import PROTOCOL
+
+from ._config import ServeSettings
+from ._election import Election
+from ._errors import ExitCode
+from ._identity import Identity, modeld_version
+from ._lease_store import LeaseStore
+from ._listener import parse_listen
+from ._phase import Gate, Phase
+from ._server import BoundServer, bind_server
+from ._servicer import ModeldServicer
+from ._storage import prepare_data_root
+
+__all__ = ["serve"]
+
+log = logging.getLogger("modeld")
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+
+def _candidate(identity: Identity, settings: ServeSettings, endpoint: str) -> LeaseRecord:
+    now = time.time()
+    return LeaseRecord(
+        instance_id=identity.instance_id,
+        pid=identity.pid,
+        pid_start_time=identity.pid_start_time,
+        host=identity.host,
+        endpoint=endpoint,
+        backend=settings.backend,
+        protocol=PROTOCOL,
+        version=modeld_version(),
+        acquired_at=now,
+        renewed_at=now,
+        ttl_s=settings.lease_ttl_s,
+        state="starting",
+    )
+
+
+async def _until_stopped_or_fenced(stop: asyncio.Event, election: Election) -> str | None:
+    """Serve until SIGTERM/SIGINT (None) or until leadership ends (the reason)."""
+    stopped = asyncio.ensure_future(stop.wait())
+    held = asyncio.ensure_future(election.hold())
+    done, pending = await asyncio.wait({stopped, held}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return held.result() if held in done else None
+
+
+async def _fence(gate: Gate, bound: BoundServer, reason: str) -> int:
+    gate.phase, gate.fence_reason = Phase.FENCED, reason
+    await bound.set_serving(False)
+    await bound.server.stop(0)
+    log.error("fenced, not serving: %s", reason)
+    return ExitCode.FENCED
+
+
+async def _drain(gate: Gate, bound: BoundServer, election: Election, grace_s: float) -> int:
+    gate.phase = Phase.DRAINING
+    await bound.set_serving(False)
+    await election.set_state("draining")
+    await bound.server.stop(grace_s)
+    released = election.release()
+    log.info("stopped; lease %s", "released" if released else "was no longer ours")
+    return ExitCode.OK
+
+
+async def serve(settings: ServeSettings) -> int:
+    """Run one daemon until a signal (exit 0) or a loss of leadership (exit FENCED).
+
+    :raises StartupError: the data root, listener or lease could not be set up.
+    """
+    root = prepare_data_root(settings.data_root)
+    identity = Identity.of_this_process()
+    listener = parse_listen(settings.listen, root, identity.short_id)
+    gate = Gate(identity.instance_id)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    endpoint = ""
+    servicer = ModeldServicer(
+        identity=identity, backend=settings.backend, gate=gate, endpoint=lambda: endpoint
+    )
+    election = Election(
+        LeaseStore(root, ttl_s=settings.lease_ttl_s), gate, poll_interval_s=settings.poll_interval_s
+    )
+
+    # 1. Bind first, so the lease can advertise the real endpoint.
+    bound = await bind_server(listener, gate, servicer)
+    endpoint = listener.endpoint(bound.port)
+    try:
+        await bound.server.start()
+        # 2. Win the lease (standing by while another instance holds it).
+        record = await election.campaign(
+            _candidate(identity, settings, endpoint),
+            stop,
+            standby=settings.standby,
+            on_wait=lambda holder: log.info("standing by: the lease is held by %s", holder),
+        )
+        if record is None:
+            return ExitCode.OK  # stopped while standing by
+        gate.phase = Phase.STARTING
+        log.info("leader: instance %s on %s", identity.instance_id, endpoint)
+        # 3. (Models load here, on demand, from the sessions issue on.) Then serve.
+        listener.publish_stable_name()
+        await election.set_state("serving")
+        gate.phase = Phase.SERVING
+        await bound.set_serving(True)
+        log.info("serving backend %s", settings.backend)
+        # 4. Until a signal or a loss of leadership.
+        fenced_because = await _until_stopped_or_fenced(stop, election)
+        if fenced_because is not None:
+            return await _fence(gate, bound, fenced_because)
+        return await _drain(gate, bound, election, settings.drain_grace_s)
+    finally:
+        await bound.server.stop(0)
+        listener.withdraw()

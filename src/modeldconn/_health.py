@@ -1,0 +1,40 @@
+"""Dial a lease's endpoint and prove the answer comes from the instance the lease names."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ._lease import LeaseRecord
+from ._pb import modeld_pb2, modeld_pb2_grpc
+from ._wire import INSTANCE_METADATA_KEY, channel_options
+
+__all__ = ["check_endpoint"]
+
+
+def check_endpoint(lease: LeaseRecord, *, timeout_s: float) -> tuple[str, str] | None:
+    """None when the endpoint answers as ``lease.instance_id``; else ``(reason, detail)``."""
+    with grpc.insecure_channel(lease.endpoint, options=channel_options()) as channel:
+        try:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+            )
+            status = modeld_pb2_grpc.ModeldStub(channel).Status(
+                modeld_pb2.StatusRequest(),
+                timeout=timeout_s,
+                metadata=((INSTANCE_METADATA_KEY, lease.instance_id),),
+            )
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            if code is grpc.StatusCode.FAILED_PRECONDITION:
+                return "other-instance", f"{lease.endpoint} is served by another instance"
+            return "no-answer", f"{lease.endpoint} did not answer ({code.name if code else exc})"
+    if status.instance_id != lease.instance_id:
+        return (
+            "other-instance",
+            f"{lease.endpoint} answered as instance {status.instance_id}, "
+            f"the lease names {lease.instance_id}",
+        )
+    if lease.state == "serving" and health.status != health_pb2.HealthCheckResponse.SERVING:
+        return "not-serving", f"the lease says serving, health says {health.status}"
+    return None
