@@ -21,7 +21,7 @@ __all__ = ["main"]
 
 _data_root_option = click.option(
     "--data-root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
     help=f"Data root (default: ${ENV_DATA_ROOT}, else $XDG_STATE_HOME/modeld).",
 )
