@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from daemons import DaemonPool  # noqa: E402
+from daemons import DaemonPool
 
 
 @pytest.fixture

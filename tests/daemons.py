@@ -37,7 +37,9 @@ def modeld_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "modeld", *args]
 
 
-def run_modeld(*args: str, timeout: float = 30.0, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run_modeld(
+    *args: str, timeout: float = 30.0, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         modeld_command(*args), capture_output=True, text=True, timeout=timeout, **kwargs
     )

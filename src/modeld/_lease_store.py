@@ -74,7 +74,12 @@ class LeaseStore:
         self.path = lease_path(root)
         # thread_local=False: the renew thread and the event loop share this object.
         self._lock = FileLock(
-            root / LOCK_FILE_NAME, timeout=lock_timeout_s, mode=0o600, thread_local=False
+            root / LOCK_FILE_NAME,
+            timeout=lock_timeout_s,
+            mode=0o600,
+            thread_local=False,
+            # held for a few ms at a time: poll often so a standby is not slowed by the poll
+            poll_interval=0.01,
         )
 
     def assess(self) -> Assessment:

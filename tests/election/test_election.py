@@ -9,7 +9,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import modeldconn
 from daemons import (
     SHORT_TTL_S,
     DaemonPool,
@@ -18,6 +17,8 @@ from daemons import (
     run_modeld,
     wait_for,
 )
+
+import modeldconn
 
 #: The issue's bar for a standby taking over after `kill -9` of the leader.
 TAKEOVER_LIMIT_S = 2.0
@@ -32,8 +33,9 @@ def test_three_daemons_elect_one_leader_and_hand_over(daemons: DaemonPool) -> No
     for _ in range(3):
         daemons.start()
     leader = daemons.wait_leader()
-    wait_for("two standbys", lambda: sum("standing by" in d.log() for d in daemons.started) == 2,
-             10)
+    wait_for(
+        "two standbys", lambda: sum("standing by" in d.log() for d in daemons.started) == 2, 10
+    )
     assert _health_serving(daemons.root)
     assert [d.pid for d in daemons.started if "serving backend" in d.log()] == [leader]
 
@@ -43,8 +45,11 @@ def test_three_daemons_elect_one_leader_and_hand_over(daemons: DaemonPool) -> No
     daemons.by_pid(leader).wait(5)
     second = wait_for(
         "a new serving leader",
-        lambda: (p := daemons.leader_pid()) not in (None, leader) and _health_serving(
-            daemons.root) and p,
+        lambda: (
+            (p := daemons.leader_pid()) not in (None, leader)
+            and _health_serving(daemons.root)
+            and p
+        ),
         TAKEOVER_LIMIT_S,
     )
     took = time.monotonic() - killed_at
@@ -113,9 +118,11 @@ def test_frozen_leader_is_fenced_and_never_serves_again(daemons: DaemonPool) -> 
     daemons.start()
     first.signal(signal.SIGSTOP)
     try:
-        second = wait_for("the standby to take an expired lease",
-                          lambda: (p := daemons.leader_pid()) not in (None, first.pid) and p,
-                          SHORT_TTL_S + 5)
+        second = wait_for(
+            "the standby to take an expired lease",
+            lambda: (p := daemons.leader_pid()) not in (None, first.pid) and p,
+            SHORT_TTL_S + 5,
+        )
     finally:
         first.signal(signal.SIGCONT)
     assert first.wait(10) == 5
