@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -57,6 +58,20 @@ def cli() -> None:
     help="Seconds in-flight calls may finish after SIGTERM.",
 )
 @click.option(
+    "--model",
+    default=None,
+    help="Load this model (a name under <data root>/models, gemma3-270m, or a path) before "
+    "serving; without it models load on their first OpenSession.",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=0), default=0, help="Engine threads (0: all cores)."
+)
+@click.option(
+    "--memory-limit",
+    default="0",
+    help="Cap on weights + KV, e.g. 800MB or 4GiB (0: free memory less 256 MiB).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -69,6 +84,9 @@ def serve(
     lease_ttl: float,
     standby: bool,
     drain_grace: float,
+    model: str | None,
+    threads: int,
+    memory_limit: str,
     log_level: str,
 ) -> None:
     """Serve the data root's models, leading by lease (or standing by)."""
@@ -79,6 +97,9 @@ def serve(
         _fail(f"backend {backend} needs {module}: pip install 'modeld[{extra}]'", ExitCode.USAGE)
     if not 0.5 <= lease_ttl <= 3600:
         _fail(f"--lease-ttl {lease_ttl:g}: choose between 0.5 and 3600 s", ExitCode.USAGE)
+    limit = parse_bytes(memory_limit)
+    if limit is None:
+        _fail(f"--memory-limit {memory_limit!r}: expected bytes like 800MB or 4GiB", ExitCode.USAGE)
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s modeld[%(process)d] %(levelname)s %(message)s",
@@ -91,6 +112,9 @@ def serve(
         lease_ttl_s=lease_ttl,
         standby=standby,
         drain_grace_s=drain_grace,
+        model=model,
+        threads=threads,
+        memory_limit_bytes=limit or 0,
     )
     from ._daemon import serve as run_daemon  # grpc's server side loads only when serving
 
@@ -114,6 +138,26 @@ def lease_show(data_root: Path | None, as_json: bool) -> None:
     root = resolve_data_root(data_root)
     result = probe(data_root=root)
     click.echo(lease_as_json(result) if as_json else lease_as_text(result, str(root)))
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+
+
+def parse_bytes(text: str) -> int | None:
+    """``800MB`` / ``4GiB`` / ``1024`` → bytes; None when malformed."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*", text.lower())
+    if match is None:
+        return None
+    return int(float(match[1]) * _UNITS[match[2] or ""])
 
 
 def main() -> None:

@@ -27,3 +27,9 @@ class ServeSettings:
     drain_grace_s: float = 5.0
     #: how often a standby re-reads the lease
     poll_interval_s: float = 0.2
+    #: a model (name or path) to load before serving; None loads on the first OpenSession
+    model: str | None = None
+    #: engine threads per session (default: all cores)
+    threads: int = 0
+    #: cap on what weights and KV may use, bytes (0: free memory less a reserve)
+    memory_limit_bytes: int = 0

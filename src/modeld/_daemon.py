@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import signal
 import time
+from pathlib import Path
 
-from modeldconn._lease import LeaseRecord
+from modeldconn._errors import RemoteError
+from modeldconn._lease import LeaseRecord, LoadedModel
 from modeldconn._wire import PROTOCOL
 
 from ._config import ServeSettings
 from ._election import Election
-from ._errors import ExitCode
+from ._errors import ExitCode, StartupError
 from ._identity import Identity, modeld_version
 from ._lease_store import LeaseStore
 from ._listener import parse_listen
+from ._models import ModelCatalog
 from ._phase import Gate, Phase
 from ._server import BoundServer, bind_server
 from ._servicer import ModeldServicer
+from ._sessions import MemoryBudget, SessionManager
 from ._storage import prepare_data_root
+from ._worker import EngineWorker
+from .backends import make_backend
 
 __all__ = ["serve"]
 
@@ -71,6 +79,23 @@ async def _fence(gate: Gate, bound: BoundServer, reason: str) -> int:
     return ExitCode.FENCED
 
 
+async def _preload(sessions: SessionManager, model: str, election: Election) -> None:
+    """Load ``--model`` before serving and name it in the lease."""
+    as_path = Path(model).expanduser()
+    by_path = os.sep in model or as_path.suffix == ".gguf"
+    try:
+        spec = await sessions.resolve(
+            "" if by_path else model, "", "", str(as_path) if by_path else ""
+        )
+        await sessions.preload(spec)
+    except RemoteError as exc:
+        raise StartupError(f"cannot load --model {model}: {exc}") from None
+    assert election.record is not None
+    election.record = dataclasses.replace(
+        election.record, model=LoadedModel(spec.facts.name, spec.facts.digest)
+    )
+
+
 async def _drain(gate: Gate, bound: BoundServer, election: Election, grace_s: float) -> int:
     gate.phase = Phase.DRAINING
     await bound.set_serving(False)
@@ -93,8 +118,20 @@ async def serve(settings: ServeSettings) -> int:
     stop = asyncio.Event()
     _stop_on_signals(stop)
     endpoint = ""
+    worker = EngineWorker()
+    sessions = SessionManager(
+        instance_id=identity.instance_id,
+        catalog=ModelCatalog(root, settings.backend),
+        backend=make_backend(settings.backend, n_threads=settings.threads or os.cpu_count() or 1),
+        worker=worker,
+        budget=MemoryBudget(limit_bytes=settings.memory_limit_bytes),
+    )
     servicer = ModeldServicer(
-        identity=identity, backend=settings.backend, gate=gate, endpoint=lambda: endpoint
+        identity=identity,
+        backend=settings.backend,
+        gate=gate,
+        endpoint=lambda: endpoint,
+        sessions=sessions,
     )
     election = Election(
         LeaseStore(root, ttl_s=settings.lease_ttl_s), gate, poll_interval_s=settings.poll_interval_s
@@ -116,7 +153,13 @@ async def serve(settings: ServeSettings) -> int:
             return ExitCode.OK  # stopped while standing by
         gate.phase = Phase.STARTING
         log.info("leader: instance %s on %s", identity.instance_id, endpoint)
-        # 3. (Models load here, on demand, from the sessions issue on.) Then serve.
+        # 3. Load the --model, if any (others load on their first OpenSession). Then serve.
+        if settings.model:
+            try:
+                await _preload(sessions, settings.model, election)
+            except StartupError:
+                election.release()
+                raise
         listener.publish_stable_name()
         await election.set_state("serving")
         gate.phase = Phase.SERVING
@@ -130,3 +173,5 @@ async def serve(settings: ServeSettings) -> int:
     finally:
         await bound.server.stop(0)
         listener.withdraw()
+        await sessions.close_all()
+        worker.close()

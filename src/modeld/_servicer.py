@@ -1,19 +1,36 @@
-"""The modeld.v1.Modeld servicer: it only translates between messages and the daemon's state."""
+"""The modeld.v1.Modeld servicer: it only translates between messages and the session layer."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-import grpc
-
-from modeldconn._pb import modeld_pb2, modeld_pb2_grpc
+from modeldconn._errors import InvalidArgument
+from modeldconn._pb import modeld_pb2 as pb
+from modeldconn._pb import modeld_pb2_grpc
 from modeldconn._wire import MIN_PROTOCOL, PROTOCOL
 
+from ._convert import (
+    capabilities_to_pb,
+    capacity_to_pb,
+    decode_request_from_pb,
+    facts_to_pb,
+    input_from_pb,
+    prefix_to_pb,
+    resolved_to_pb,
+    step_to_pb,
+    suffix_to_pb,
+)
 from ._identity import Identity, modeld_version
+from ._models import ModelSpec
 from ._phase import Gate
+from ._sessions import SessionManager
 
 __all__ = ["ModeldServicer"]
+
+#: grpc ships no type stubs; this names the servicer context for readers
+Context = Any
 
 
 class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
@@ -24,17 +41,29 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         backend: str,
         gate: Gate,
         endpoint: Callable[[], str],
+        sessions: SessionManager,
     ) -> None:
         self._identity = identity
         self._backend = backend
         self._gate = gate
         self._endpoint = endpoint
+        self._sessions = sessions
         self._started = time.monotonic()
 
-    async def Status(
-        self, request: modeld_pb2.StatusRequest, context: grpc.aio.ServicerContext
-    ) -> modeld_pb2.StatusResponse:
-        return modeld_pb2.StatusResponse(
+    async def _spec(self, ref: pb.ModelRef) -> ModelSpec:
+        return await self._sessions.resolve(ref.name, ref.type, ref.digest, ref.path)
+
+    async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
+        models = [
+            pb.LoadedModelStatus(
+                name=m.spec.facts.name,
+                digest=m.spec.facts.digest,
+                path=str(m.spec.facts.path),
+                sessions=m.sessions,
+            )
+            for m in self._sessions.loaded_models()
+        ]
+        return pb.StatusResponse(
             instance_id=self._identity.instance_id,
             protocol=PROTOCOL,
             min_protocol=MIN_PROTOCOL,
@@ -45,4 +74,70 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             host=self._identity.host,
             endpoint=self._endpoint(),
             uptime_s=time.monotonic() - self._started,
+            sessions_open=self._sessions.session_count(),
+            models=models,
         )
+
+    async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:
+        spec = await self._spec(request.model)
+        return pb.DescribeResponse(
+            facts=facts_to_pb(spec.facts), capacity=capacity_to_pb(self._sessions.capacity(spec))
+        )
+
+    async def OpenSession(
+        self, request: pb.OpenSessionRequest, context: Context
+    ) -> pb.OpenSessionResponse:
+        spec = await self._spec(request.model)
+        session, resolved = await self._sessions.open(spec, request.config.n_ctx)
+        return pb.OpenSessionResponse(
+            handle=session.handle,
+            config=resolved_to_pb(resolved),
+            facts=facts_to_pb(spec.facts),
+            capabilities=capabilities_to_pb(self._sessions.capabilities),  # type: ignore[arg-type]
+        )
+
+    async def EnsurePrefix(
+        self, request: pb.EnsurePrefixRequest, context: Context
+    ) -> pb.EnsurePrefixResponse:
+        value = input_from_pb(request.prefix, "prefix")
+        return prefix_to_pb(await self._sessions.ensure_prefix(request.handle, value))
+
+    async def PrefillSuffix(
+        self, request: pb.PrefillSuffixRequest, context: Context
+    ) -> pb.PrefillSuffixResponse:
+        value = input_from_pb(request.suffix, "suffix")
+        return suffix_to_pb(await self._sessions.prefill_suffix(request.handle, value))
+
+    async def Decode(
+        self, request: pb.DecodeRequest, context: Context
+    ) -> AsyncIterator[pb.DecodeChunk]:
+        decode_request = decode_request_from_pb(request.config)
+        async for step in self._sessions.decode(request.handle, decode_request):
+            yield step_to_pb(step)
+
+    async def CloseSession(
+        self, request: pb.CloseSessionRequest, context: Context
+    ) -> pb.CloseSessionResponse:
+        return pb.CloseSessionResponse(closed=await self._sessions.close(request.handle))
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
+        model = await self._sessions.model_for(
+            request.handle, await self._spec_unless_handle(request.handle, request.model)
+        )
+        ids = await self._sessions.tokenize(model, request.text, request.add_special)
+        return pb.TokenizeResponse(ids=ids)
+
+    async def Detokenize(
+        self, request: pb.DetokenizeRequest, context: Context
+    ) -> pb.DetokenizeResponse:
+        model = await self._sessions.model_for(
+            request.handle, await self._spec_unless_handle(request.handle, request.model)
+        )
+        return pb.DetokenizeResponse(text=await self._sessions.detokenize(model, list(request.ids)))
+
+    async def _spec_unless_handle(self, handle: str, ref: pb.ModelRef) -> ModelSpec | None:
+        if handle:
+            return None
+        if not (ref.name or ref.path):
+            raise InvalidArgument("name a session handle or a model")
+        return await self._spec(ref)

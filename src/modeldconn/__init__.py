@@ -5,6 +5,15 @@ if modeldconn.available():
     print(modeldconn.backend())
 """
 
+from ._client import (
+    AsyncClient,
+    AsyncSession,
+    Client,
+    Completion,
+    Session,
+    describe,
+    open_session,
+)
 from ._dataroot import resolve_data_root, set_data_root
 from ._errors import (
     BackendMismatch,
@@ -35,12 +44,35 @@ from ._errors import (
 )
 from ._lease import LeaseRecord
 from ._probe import ProbeResult, ProbeState, available, backend, probe
+from ._types import (
+    Capabilities,
+    Capacity,
+    Chat,
+    DecodeChunk,
+    DecodeFinal,
+    Description,
+    ModelFacts,
+    ModelRef,
+    PrefixResult,
+    SessionInfo,
+    SuffixResult,
+)
 
 __all__ = [
+    "AsyncClient",
+    "AsyncSession",
     "BackendMismatch",
+    "Capabilities",
+    "Capacity",
+    "Chat",
+    "Client",
+    "Completion",
     "ContextOverflow",
     "DaemonNotRunning",
     "DaemonUnreachable",
+    "DecodeChunk",
+    "DecodeFinal",
+    "Description",
     "DigestMismatch",
     "Draining",
     "InsufficientMemory",
@@ -48,25 +80,33 @@ __all__ = [
     "InvalidArgument",
     "LeaseRecord",
     "LeaseStale",
+    "ModelFacts",
     "ModelLoadFailed",
     "ModelNotFound",
+    "ModelRef",
     "ModeldError",
     "NotReady",
     "Overloaded",
+    "PrefixResult",
     "ProbeError",
     "ProbeResult",
     "ProbeState",
     "RemoteError",
+    "Session",
     "SessionBusy",
     "SessionFatal",
+    "SessionInfo",
     "SessionNotFound",
     "SnapshotMismatch",
     "StaleFence",
+    "SuffixResult",
     "Unauthenticated",
     "Unavailable",
     "UnsupportedFeature",
     "available",
     "backend",
+    "describe",
+    "open_session",
     "probe",
     "resolve_data_root",
     "set_data_root",

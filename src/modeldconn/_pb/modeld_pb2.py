@@ -25,19 +25,81 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16modeld/v1/modeld.proto\x12\tmodeld.v1\"\x0f\n\rStatusRequest\"\xbd\x01\n\x0eStatusResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\x05\x12\x14\n\x0cmin_protocol\x18\x03 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\x05\x12\x0c\n\x04host\x18\x08 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\t \x01(\t\x12\x10\n\x08uptime_s\x18\n \x01(\x01*Q\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROTOCOL_VERSION_CURRENT\x10\x01\x32G\n\x06Modeld\x12=\n\x06Status\x12\x18.modeld.v1.StatusRequest\x1a\x19.modeld.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16modeld/v1/modeld.proto\x12\tmodeld.v1\"D\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\"\x0f\n\rStatusRequest\"\x82\x02\n\x0eStatusResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\x05\x12\x14\n\x0cmin_protocol\x18\x03 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\x05\x12\x0c\n\x04host\x18\x08 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\t \x01(\t\x12\x10\n\x08uptime_s\x18\n \x01(\x01\x12\x15\n\rsessions_open\x18\x0b \x01(\r\x12,\n\x06models\x18\x0c \x03(\x0b\x32\x1c.modeld.v1.LoadedModelStatus\"Q\n\x11LoadedModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x10\n\x08sessions\x18\x04 \x01(\r\"\xe6\x02\n\nModelFacts\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x12\n\nfile_bytes\x18\x04 \x01(\x04\x12\x14\n\x0c\x61rchitecture\x18\x05 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\r\x12\x0e\n\x06layers\x18\x07 \x01(\r\x12\x17\n\x0f\x61ttention_heads\x18\x08 \x01(\r\x12\x10\n\x08kv_heads\x18\t \x01(\r\x12\x10\n\x08head_dim\x18\n \x01(\r\x12\x16\n\x0esliding_window\x18\x0b \x01(\r\x12\x12\n\nvocab_size\x18\x0c \x01(\r\x12\x15\n\rchat_template\x18\r \x01(\t\x12\x1c\n\x14\x63hat_template_source\x18\x0e \x01(\t\x12\x14\n\x0c\x62os_token_id\x18\x0f \x01(\x05\x12\x15\n\reos_token_ids\x18\x10 \x03(\x05\x12\x0f\n\x07\x61\x64\x64_bos\x18\x11 \x01(\x08\"\x8a\x01\n\x08\x43\x61pacity\x12\x1a\n\x12kv_bytes_per_token\x18\x01 \x01(\x04\x12\x12\n\nfree_bytes\x18\x02 \x01(\x04\x12\x19\n\x11model_max_context\x18\x03 \x01(\r\x12\x1a\n\x12memory_fit_context\x18\x04 \x01(\r\x12\x17\n\x0f\x64\x65\x66\x61ult_context\x18\x05 \x01(\r\"\xaf\x01\n\x0c\x43\x61pabilities\x12\x1e\n\x16token_level_truncation\x18\x01 \x01(\x08\x12 \n\x18kv_copy_between_sessions\x18\x02 \x01(\x08\x12\x1d\n\x15native_state_snapshot\x18\x03 \x01(\x08\x12\x16\n\x0e\x62\x61tched_decode\x18\x04 \x01(\x08\x12\x15\n\rchat_template\x18\x05 \x01(\x08\x12\x0f\n\x07grammar\x18\x06 \x01(\x08\"5\n\x0f\x44\x65scribeRequest\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.modeld.v1.ModelRef\"_\n\x10\x44\x65scribeResponse\x12$\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\x15.modeld.v1.ModelFacts\x12%\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x13.modeld.v1.Capacity\"\x1e\n\rSessionConfig\x12\r\n\x05n_ctx\x18\x01 \x01(\r\"\x9a\x01\n\x15ResolvedSessionConfig\x12\r\n\x05n_ctx\x18\x01 \x01(\r\x12\x17\n\x0frequested_n_ctx\x18\x02 \x01(\r\x12\x19\n\x11model_max_context\x18\x03 \x01(\r\x12\x1a\n\x12memory_fit_context\x18\x04 \x01(\r\x12\x11\n\tn_threads\x18\x05 \x01(\r\x12\x0f\n\x07n_batch\x18\x06 \x01(\r\"b\n\x12OpenSessionRequest\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.modeld.v1.ModelRef\x12(\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x18.modeld.v1.SessionConfig\"\xac\x01\n\x13OpenSessionResponse\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x30\n\x06\x63onfig\x18\x02 \x01(\x0b\x32 .modeld.v1.ResolvedSessionConfig\x12$\n\x05\x66\x61\x63ts\x18\x03 \x01(\x0b\x32\x15.modeld.v1.ModelFacts\x12-\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x17.modeld.v1.Capabilities\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"W\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.modeld.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\"o\n\x05Input\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x06tokens\x18\x02 \x01(\x0b\x32\x13.modeld.v1.TokenIdsH\x00\x12\'\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x17.modeld.v1.ChatMessagesH\x00\x42\x06\n\x04kind\"G\n\x13\x45nsurePrefixRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12 \n\x06prefix\x18\x02 \x01(\x0b\x32\x10.modeld.v1.Input\"\x9b\x01\n\x14\x45nsurePrefixResponse\x12\x0e\n\x06reused\x18\x01 \x01(\r\x12\x11\n\tprefilled\x18\x02 \x01(\r\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\r\x12\x15\n\rprefix_tokens\x18\x04 \x01(\r\x12\x10\n\x08resident\x18\x05 \x01(\r\x12\x11\n\tavailable\x18\x06 \x01(\r\x12\x13\n\x0bprefix_hash\x18\x07 \x01(\t\"H\n\x14PrefillSuffixRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12 \n\x06suffix\x18\x02 \x01(\x0b\x32\x10.modeld.v1.Input\"f\n\x15PrefillSuffixResponse\x12\x15\n\rsuffix_tokens\x18\x01 \x01(\r\x12\x11\n\tprefilled\x18\x02 \x01(\r\x12\x10\n\x08resident\x18\x03 \x01(\r\x12\x11\n\tavailable\x18\x04 \x01(\r\"\xd6\x02\n\x0c\x44\x65\x63odeConfig\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1b\n\x0erepeat_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1a\n\rrepeat_last_n\x18\x07 \x01(\x05H\x06\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x07\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x12\n\nignore_eos\x18\n \x01(\x08\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x11\n\x0f_repeat_penaltyB\x10\n\x0e_repeat_last_nB\x07\n\x05_seed\"H\n\rDecodeRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\'\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x17.modeld.v1.DecodeConfig\"]\n\rDecodeTimings\x12\x12\n\nprefill_ms\x18\x01 \x01(\x01\x12\x0f\n\x07ttft_ms\x18\x02 \x01(\x01\x12\x11\n\tdecode_ms\x18\x03 \x01(\x01\x12\x14\n\x0ctokens_per_s\x18\x04 \x01(\x01\"V\n\x0b\x44\x65\x63odeUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x15\n\rreused_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\"\xae\x01\n\x0b\x44\x65\x63odeFinal\x12\x13\n\x0bstop_reason\x18\x01 \x01(\t\x12%\n\x05usage\x18\x02 \x01(\x0b\x32\x16.modeld.v1.DecodeUsage\x12)\n\x07timings\x18\x03 \x01(\x0b\x32\x18.modeld.v1.DecodeTimings\x12\x10\n\x08resident\x18\x04 \x01(\r\x12\x11\n\tavailable\x18\x05 \x01(\r\x12\x13\n\x0bstop_string\x18\x06 \x01(\t\"U\n\x0b\x44\x65\x63odeChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12%\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x16.modeld.v1.DecodeFinal\"%\n\x13\x43loseSessionRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\"&\n\x14\x43loseSessionResponse\x12\x0e\n\x06\x63losed\x18\x01 \x01(\x08\"h\n\x0fTokenizeRequest\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.modeld.v1.ModelRef\x12\x0e\n\x06handle\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x13\n\x0b\x61\x64\x64_special\x18\x04 \x01(\x08\"\x1f\n\x10TokenizeResponse\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"T\n\x11\x44\x65tokenizeRequest\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.modeld.v1.ModelRef\x12\x0e\n\x06handle\x18\x02 \x01(\t\x12\x0b\n\x03ids\x18\x03 \x03(\x05\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t*Q\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROTOCOL_VERSION_CURRENT\x10\x01\x32\x9e\x05\n\x06Modeld\x12=\n\x06Status\x12\x18.modeld.v1.StatusRequest\x1a\x19.modeld.v1.StatusResponse\x12\x43\n\x08\x44\x65scribe\x12\x1a.modeld.v1.DescribeRequest\x1a\x1b.modeld.v1.DescribeResponse\x12L\n\x0bOpenSession\x12\x1d.modeld.v1.OpenSessionRequest\x1a\x1e.modeld.v1.OpenSessionResponse\x12O\n\x0c\x45nsurePrefix\x12\x1e.modeld.v1.EnsurePrefixRequest\x1a\x1f.modeld.v1.EnsurePrefixResponse\x12R\n\rPrefillSuffix\x12\x1f.modeld.v1.PrefillSuffixRequest\x1a .modeld.v1.PrefillSuffixResponse\x12<\n\x06\x44\x65\x63ode\x12\x18.modeld.v1.DecodeRequest\x1a\x16.modeld.v1.DecodeChunk0\x01\x12O\n\x0c\x43loseSession\x12\x1e.modeld.v1.CloseSessionRequest\x1a\x1f.modeld.v1.CloseSessionResponse\x12\x43\n\x08Tokenize\x12\x1a.modeld.v1.TokenizeRequest\x1a\x1b.modeld.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.modeld.v1.DetokenizeRequest\x1a\x1d.modeld.v1.DetokenizeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modeld.v1.modeld_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROTOCOLVERSION']._serialized_start=246
-  _globals['_PROTOCOLVERSION']._serialized_end=327
-  _globals['_STATUSREQUEST']._serialized_start=37
-  _globals['_STATUSREQUEST']._serialized_end=52
-  _globals['_STATUSRESPONSE']._serialized_start=55
-  _globals['_STATUSRESPONSE']._serialized_end=244
-  _globals['_MODELD']._serialized_start=329
-  _globals['_MODELD']._serialized_end=400
+  _globals['_PROTOCOLVERSION']._serialized_start=3652
+  _globals['_PROTOCOLVERSION']._serialized_end=3733
+  _globals['_MODELREF']._serialized_start=37
+  _globals['_MODELREF']._serialized_end=105
+  _globals['_STATUSREQUEST']._serialized_start=107
+  _globals['_STATUSREQUEST']._serialized_end=122
+  _globals['_STATUSRESPONSE']._serialized_start=125
+  _globals['_STATUSRESPONSE']._serialized_end=383
+  _globals['_LOADEDMODELSTATUS']._serialized_start=385
+  _globals['_LOADEDMODELSTATUS']._serialized_end=466
+  _globals['_MODELFACTS']._serialized_start=469
+  _globals['_MODELFACTS']._serialized_end=827
+  _globals['_CAPACITY']._serialized_start=830
+  _globals['_CAPACITY']._serialized_end=968
+  _globals['_CAPABILITIES']._serialized_start=971
+  _globals['_CAPABILITIES']._serialized_end=1146
+  _globals['_DESCRIBEREQUEST']._serialized_start=1148
+  _globals['_DESCRIBEREQUEST']._serialized_end=1201
+  _globals['_DESCRIBERESPONSE']._serialized_start=1203
+  _globals['_DESCRIBERESPONSE']._serialized_end=1298
+  _globals['_SESSIONCONFIG']._serialized_start=1300
+  _globals['_SESSIONCONFIG']._serialized_end=1330
+  _globals['_RESOLVEDSESSIONCONFIG']._serialized_start=1333
+  _globals['_RESOLVEDSESSIONCONFIG']._serialized_end=1487
+  _globals['_OPENSESSIONREQUEST']._serialized_start=1489
+  _globals['_OPENSESSIONREQUEST']._serialized_end=1587
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=1590
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=1762
+  _globals['_TOKENIDS']._serialized_start=1764
+  _globals['_TOKENIDS']._serialized_end=1787
+  _globals['_CHATMESSAGE']._serialized_start=1789
+  _globals['_CHATMESSAGE']._serialized_end=1833
+  _globals['_CHATMESSAGES']._serialized_start=1835
+  _globals['_CHATMESSAGES']._serialized_end=1922
+  _globals['_INPUT']._serialized_start=1924
+  _globals['_INPUT']._serialized_end=2035
+  _globals['_ENSUREPREFIXREQUEST']._serialized_start=2037
+  _globals['_ENSUREPREFIXREQUEST']._serialized_end=2108
+  _globals['_ENSUREPREFIXRESPONSE']._serialized_start=2111
+  _globals['_ENSUREPREFIXRESPONSE']._serialized_end=2266
+  _globals['_PREFILLSUFFIXREQUEST']._serialized_start=2268
+  _globals['_PREFILLSUFFIXREQUEST']._serialized_end=2340
+  _globals['_PREFILLSUFFIXRESPONSE']._serialized_start=2342
+  _globals['_PREFILLSUFFIXRESPONSE']._serialized_end=2444
+  _globals['_DECODECONFIG']._serialized_start=2447
+  _globals['_DECODECONFIG']._serialized_end=2789
+  _globals['_DECODEREQUEST']._serialized_start=2791
+  _globals['_DECODEREQUEST']._serialized_end=2863
+  _globals['_DECODETIMINGS']._serialized_start=2865
+  _globals['_DECODETIMINGS']._serialized_end=2958
+  _globals['_DECODEUSAGE']._serialized_start=2960
+  _globals['_DECODEUSAGE']._serialized_end=3046
+  _globals['_DECODEFINAL']._serialized_start=3049
+  _globals['_DECODEFINAL']._serialized_end=3223
+  _globals['_DECODECHUNK']._serialized_start=3225
+  _globals['_DECODECHUNK']._serialized_end=3310
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=3312
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=3349
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=3351
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=3389
+  _globals['_TOKENIZEREQUEST']._serialized_start=3391
+  _globals['_TOKENIZEREQUEST']._serialized_end=3495
+  _globals['_TOKENIZERESPONSE']._serialized_start=3497
+  _globals['_TOKENIZERESPONSE']._serialized_end=3528
+  _globals['_DETOKENIZEREQUEST']._serialized_start=3530
+  _globals['_DETOKENIZEREQUEST']._serialized_end=3614
+  _globals['_DETOKENIZERESPONSE']._serialized_start=3616
+  _globals['_DETOKENIZERESPONSE']._serialized_end=3650
+  _globals['_MODELD']._serialized_start=3736
+  _globals['_MODELD']._serialized_end=4406
 # @@protoc_insertion_point(module_scope)

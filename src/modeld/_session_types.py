@@ -1,0 +1,157 @@
+"""Plain domain types that cross the servicer/session boundary (the servicer converts them)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from modeldconn._errors import InvalidArgument
+
+from .backends._base import SamplingParams
+
+__all__ = [
+    "ChatInput",
+    "DecodeFinal",
+    "DecodeRequest",
+    "DecodeStep",
+    "PrefixResult",
+    "SessionInput",
+    "SuffixResult",
+    "TextInput",
+    "TokenInput",
+]
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+DEFAULT_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class TextInput:
+    text: str
+
+
+@dataclass(frozen=True)
+class TokenInput:
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ChatInput:
+    messages: tuple[tuple[str, str], ...]  #: (role, content)
+    add_generation_prompt: bool
+
+
+SessionInput = TextInput | TokenInput | ChatInput
+
+
+@dataclass(frozen=True)
+class PrefixResult:
+    reused: int
+    prefilled: int
+    dropped: int
+    prefix_tokens: int
+    resident: int
+    available: int
+    prefix_hash: str
+
+
+@dataclass(frozen=True)
+class SuffixResult:
+    suffix_tokens: int
+    prefilled: int
+    resident: int
+    available: int
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    max_tokens: int
+    sampling: SamplingParams
+    stop: tuple[str, ...]
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        max_tokens: int | None,
+        temperature: float | None,
+        top_k: int | None,
+        top_p: float | None,
+        min_p: float | None,
+        repeat_penalty: float | None,
+        repeat_last_n: int | None,
+        seed: int | None,
+        stop: tuple[str, ...],
+        ignore_eos: bool,
+    ) -> DecodeRequest:
+        """Apply defaults and refuse out-of-range values with invalid_argument."""
+
+        def bad(field: str, value: object, rule: str) -> InvalidArgument:
+            return InvalidArgument(f"{field}={value!r}: {rule}", field=field)
+
+        temp = 0.0 if temperature is None else temperature
+        if not math.isfinite(temp):
+            raise bad("temperature", temp, "must be finite (<= 0 means greedy)")
+        k = 40 if top_k is None else top_k
+        if k < 0:
+            raise bad("top_k", k, "must be >= 0 (0 = off)")
+        p = 0.95 if top_p is None else top_p
+        if not (math.isfinite(p) and 0 < p <= 1):
+            raise bad("top_p", p, "must be in (0, 1]")
+        mp = 0.05 if min_p is None else min_p
+        if not (math.isfinite(mp) and 0 <= mp <= 1):
+            raise bad("min_p", mp, "must be in [0, 1]")
+        penalty = 1.0 if repeat_penalty is None else repeat_penalty
+        if not (math.isfinite(penalty) and 0 < penalty <= 10):
+            raise bad("repeat_penalty", penalty, "must be in (0, 10] (1 = off)")
+        last_n = 64 if repeat_last_n is None else repeat_last_n
+        if last_n < -1:
+            raise bad("repeat_last_n", last_n, "must be >= -1 (-1 = whole context)")
+        limit = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+        if limit < 1:
+            raise bad("max_tokens", limit, "must be >= 1")
+        if len(stop) > MAX_STOP_STRINGS or any(not s or len(s) > MAX_STOP_CHARS for s in stop):
+            raise bad(
+                "stop",
+                stop,
+                f"at most {MAX_STOP_STRINGS} non-empty strings of "
+                f"at most {MAX_STOP_CHARS} characters",
+            )
+        sampling = SamplingParams(
+            temperature=temp,
+            top_k=k,
+            top_p=p,
+            min_p=mp,
+            repeat_penalty=penalty,
+            repeat_last_n=last_n,
+            seed=seed,
+            ignore_eos=ignore_eos,
+        )
+        return cls(max_tokens=limit, sampling=sampling, stop=stop)
+
+
+@dataclass(frozen=True)
+class DecodeFinal:
+    stop_reason: str  #: eos | max_tokens | stop | cancelled | context_full
+    stop_string: str
+    prompt_tokens: int
+    reused_tokens: int
+    completion_tokens: int
+    prefill_ms: float
+    ttft_ms: float
+    decode_ms: float
+    resident: int
+    available: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        after_first = self.completion_tokens - 1
+        return after_first / (self.decode_ms / 1000) if after_first > 0 and self.decode_ms else 0.0
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    text: str
+    token_ids: tuple[int, ...]
+    final: DecodeFinal | None = None

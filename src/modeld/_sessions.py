@@ -1,0 +1,478 @@
+"""Sessions: the token tape, reuse arithmetic, and the order of fallible work.
+
+A session's *tape* is the list of tokens it holds, in order; the engine has KV for the first
+``kv_len`` of them (all of them, except right after a Decode, when the last sampled token has not
+been computed yet: it is computed by whatever comes next, and counted as prefilled there).
+
+Every operation does all of its fallible work (tokenizing, validating, overflow checks) before it
+touches the KV, so a refused request leaves the session exactly as it was. One operation at a time
+per session: a second one is ``session_busy``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import logging
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator, Generator, Iterator
+from dataclasses import dataclass, field
+
+import psutil
+
+from modeldconn._errors import (
+    ContextOverflow,
+    InsufficientMemory,
+    InvalidArgument,
+    SessionBusy,
+    SessionNotFound,
+    StaleFence,
+)
+
+from ._models import ModelCatalog, ModelSpec
+from ._session_types import (
+    ChatInput,
+    DecodeFinal,
+    DecodeRequest,
+    DecodeStep,
+    PrefixResult,
+    SessionInput,
+    SuffixResult,
+    TextInput,
+    TokenInput,
+)
+from ._text import StopScanner
+from ._worker import EngineWorker
+from .backends._base import Backend, EngineModel, EngineSession
+
+__all__ = ["Capacity", "MemoryBudget", "ResolvedConfig", "Session", "SessionManager"]
+
+log = logging.getLogger("modeld.sessions")
+
+DEFAULT_N_CTX = 4096
+_REMEMBER_CLOSED = 10_000
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """What modeld may spend on weights and KV: free RAM less a reserve, under an optional cap."""
+
+    limit_bytes: int = 0  #: 0 = no cap beyond free memory
+    reserve_bytes: int = 256 << 20
+
+    def free_bytes(self, in_use: int) -> int:
+        free = psutil.virtual_memory().available - self.reserve_bytes
+        if self.limit_bytes:
+            free = min(free, self.limit_bytes - in_use)
+        return max(0, free)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    kv_bytes_per_token: int
+    free_bytes: int
+    model_max_context: int
+    memory_fit_context: int
+    default_context: int
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    n_ctx: int
+    requested_n_ctx: int
+    model_max_context: int
+    memory_fit_context: int
+    n_threads: int
+    n_batch: int
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    engine: EngineModel
+    sessions: int = 0
+
+
+@dataclass
+class Session:
+    id: str
+    handle: str
+    model: LoadedModel
+    engine: EngineSession
+    n_ctx: int
+    tape: list[int] = field(default_factory=list)
+    prefix_len: int = 0
+    #: tokens the last EnsurePrefix kept; reported by the next Decode, then reset
+    turn_reused: int = 0
+    busy: bool = False
+    close_requested: bool = False
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.n_ctx * self.model.spec.facts.kv_bytes_per_token
+
+
+def prefix_hash(tokens: list[int]) -> str:
+    return hashlib.sha256(struct.pack(f"<{len(tokens)}i", *tokens)).hexdigest()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class SessionManager:
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        catalog: ModelCatalog,
+        backend: Backend,
+        worker: EngineWorker,
+        budget: MemoryBudget,
+    ) -> None:
+        self._instance_id = instance_id
+        self._catalog = catalog
+        self._backend = backend
+        self._worker = worker
+        self._budget = budget
+        self._models: dict[tuple[str, str], LoadedModel] = {}
+        self._loading: dict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self._sessions: dict[str, Session] = {}
+        self._closed: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    # -- models -------------------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> object:
+        return self._backend.capabilities
+
+    def loaded_models(self) -> list[LoadedModel]:
+        return list(self._models.values())
+
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    async def resolve(self, name: str, type_: str, digest: str, path: str) -> ModelSpec:
+        # hashing a multi-GB file must not stall the event loop, nor queue behind the engine
+        return await asyncio.to_thread(self._catalog.resolve, name, type_, digest, path)
+
+    def _in_use(self) -> int:
+        weights = sum(m.spec.facts.file_bytes for m in self._models.values())
+        return weights + sum(s.kv_bytes for s in self._sessions.values())
+
+    def capacity(self, spec: ModelSpec) -> Capacity:
+        facts = spec.facts
+        free = self._budget.free_bytes(self._in_use())
+        pending_weights = 0 if spec.key in self._models else facts.file_bytes
+        per_token = max(1, facts.kv_bytes_per_token)
+        fit = max(0, free - pending_weights) // per_token
+        model_max = facts.context_length or DEFAULT_N_CTX
+        return Capacity(
+            kv_bytes_per_token=facts.kv_bytes_per_token,
+            free_bytes=free,
+            model_max_context=model_max,
+            memory_fit_context=min(fit, model_max),
+            default_context=min(DEFAULT_N_CTX, model_max, fit),
+        )
+
+    async def preload(self, spec: ModelSpec) -> None:
+        await self._load(spec)
+
+    async def _load(self, spec: ModelSpec) -> LoadedModel:
+        async with self._loading[spec.key]:
+            loaded = self._models.get(spec.key)
+            if loaded is None:
+                started = time.perf_counter()
+                engine = await self._worker.call(self._backend.load, spec)
+                loaded = self._models[spec.key] = LoadedModel(spec, engine)
+                log.info(
+                    "loaded %s (%s) in %.2f s",
+                    spec.facts.name,
+                    spec.facts.digest[:12],
+                    time.perf_counter() - started,
+                )
+            return loaded
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    async def open(self, spec: ModelSpec, requested_n_ctx: int) -> tuple[Session, ResolvedConfig]:
+        capacity = self.capacity(spec)
+        model_max = capacity.model_max_context
+        if requested_n_ctx > model_max:
+            raise InvalidArgument(
+                f"n_ctx {requested_n_ctx} exceeds the model's trained context {model_max}",
+                field="n_ctx",
+                model_max_context=model_max,
+            )
+        n_ctx = requested_n_ctx or capacity.default_context
+        per_token = spec.facts.kv_bytes_per_token
+        pending_weights = 0 if spec.key in self._models else spec.facts.file_bytes
+        required = n_ctx * per_token + pending_weights
+        if n_ctx < 1 or required > capacity.free_bytes:
+            raise InsufficientMemory(
+                f"n_ctx {n_ctx} needs {n_ctx} x {per_token} B of KV"
+                + (f" + {pending_weights} B of weights" if pending_weights else "")
+                + f" = {required} B; {capacity.free_bytes} B free "
+                f"(fits {capacity.memory_fit_context} tokens)",
+                required=required,
+                free=capacity.free_bytes,
+                n_ctx=n_ctx,
+                kv_bytes_per_token=per_token,
+                memory_fit_context=capacity.memory_fit_context,
+            )
+        loaded = await self._load(spec)
+        engine = await self._worker.call(loaded.engine.open_session, n_ctx)
+        session_id = uuid.uuid4().hex
+        session = Session(session_id, f"{self._instance_id}/{session_id}", loaded, engine, n_ctx)
+        self._sessions[session_id] = session
+        loaded.sessions += 1
+        resolved = ResolvedConfig(
+            n_ctx=n_ctx,
+            requested_n_ctx=requested_n_ctx,
+            model_max_context=model_max,
+            memory_fit_context=capacity.memory_fit_context,
+            n_threads=loaded.engine.n_threads,
+            n_batch=loaded.engine.n_batch,
+        )
+        return session, resolved
+
+    def get(self, handle: str) -> Session:
+        instance, _, session_id = handle.rpartition("/")
+        if not instance or not session_id:
+            raise SessionNotFound(f"{handle!r} is not a session handle", handle=handle)
+        if instance != self._instance_id:
+            raise StaleFence(
+                f"the handle belongs to instance {instance}; this is {self._instance_id}",
+                served_by=self._instance_id,
+                requested=instance,
+            )
+        session = self._sessions.get(session_id)
+        if session is None:
+            state = "closed" if session_id in self._closed else "unknown"
+            raise SessionNotFound(f"session {session_id} is {state}", handle=handle, state=state)
+        return session
+
+    @contextlib.contextmanager
+    def _operation(self, handle: str) -> Iterator[Session]:
+        session = self.get(handle)
+        if session.busy:
+            raise SessionBusy(f"session {session.id} is busy with another operation", handle=handle)
+        session.busy = True
+        try:
+            yield session
+        finally:
+            session.busy = False
+            if session.close_requested:
+                self._forget(session)
+
+    async def close(self, handle: str) -> bool:
+        try:
+            session = self.get(handle)
+        except SessionNotFound:
+            return False  # closing twice is not an error
+        if session.busy:
+            session.close_requested = True  # freed when its operation ends
+            return True
+        self._forget(session)
+        return True
+
+    def _forget(self, session: Session) -> None:
+        if self._sessions.pop(session.id, None) is None:
+            return
+        session.model.sessions -= 1
+        self._closed[session.id] = None
+        while len(self._closed) > _REMEMBER_CLOSED:
+            self._closed.popitem(last=False)
+        # queued behind any step still running for it on the worker
+        self._worker.submit(session.engine.close)
+
+    async def close_all(self) -> None:
+        for session in list(self._sessions.values()):
+            self._forget(session)
+        for loaded in self._models.values():
+            await self._worker.call(loaded.engine.close)
+        self._models.clear()
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _to_tokens(model: EngineModel, value: SessionInput, *, start: bool) -> list[int]:
+        """Runs on the worker. ``start``: this input begins the tape (BOS where the model has)."""
+        if isinstance(value, TokenInput):
+            tokens = list(value.ids)
+            vocab = model.facts.vocab_size
+            bad = next((t for t in tokens if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise InvalidArgument(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
+        elif isinstance(value, TextInput):
+            tokens = model.tokenize(value.text, add_special=start) if value.text else []
+        else:
+            chat: ChatInput = value
+            if any(not role for role, _ in chat.messages):
+                raise InvalidArgument("every chat message needs a role")
+            text = (
+                model.render_chat(chat.messages, chat.add_generation_prompt)
+                if (chat.messages)
+                else ""
+            )
+            tokens = model.tokenize(text, add_special=start) if text else []
+        if not tokens:
+            raise InvalidArgument("the input is empty")
+        return tokens
+
+    # -- EnsurePrefix / PrefillSuffix -----------------------------------------------------------
+
+    async def ensure_prefix(self, handle: str, value: SessionInput) -> PrefixResult:
+        with self._operation(handle) as session:
+            return await self._worker.call(self._ensure_prefix, session, value)
+
+    def _ensure_prefix(self, session: Session, value: SessionInput) -> PrefixResult:
+        engine = session.engine
+        tokens = self._to_tokens(session.model.engine, value, start=True)
+        if len(tokens) > session.n_ctx:
+            raise ContextOverflow(
+                f"a prefix of {len(tokens)} tokens does not fit n_ctx {session.n_ctx}",
+                stage="ensure_prefix",
+                resident=engine.kv_len,
+                additional=len(tokens),
+                n_ctx=session.n_ctx,
+            )
+        # only tokens whose KV is resident can be reused
+        common = _common_prefix(session.tape[: engine.kv_len], tokens)
+        dropped = len(session.tape) - common
+        engine.truncate(common)
+        session.tape = session.tape[:common]
+        if common < len(tokens):
+            engine.prefill(tokens[common:])
+        session.tape = tokens
+        session.prefix_len = len(tokens)
+        session.turn_reused = common
+        return PrefixResult(
+            reused=common,
+            prefilled=len(tokens) - common,
+            dropped=dropped,
+            prefix_tokens=len(tokens),
+            resident=engine.kv_len,
+            available=session.n_ctx - engine.kv_len,
+            prefix_hash=prefix_hash(tokens),
+        )
+
+    async def prefill_suffix(self, handle: str, value: SessionInput) -> SuffixResult:
+        with self._operation(handle) as session:
+            return await self._worker.call(self._prefill_suffix, session, value)
+
+    def _prefill_suffix(self, session: Session, value: SessionInput) -> SuffixResult:
+        engine = session.engine
+        tokens = self._to_tokens(session.model.engine, value, start=not session.tape)
+        pending = session.tape[engine.kv_len :]
+        if len(session.tape) + len(tokens) > session.n_ctx:
+            raise ContextOverflow(
+                f"{len(tokens)} suffix tokens do not fit: {len(session.tape)} on the tape, "
+                f"n_ctx {session.n_ctx}",
+                stage="prefill_suffix",
+                resident=len(session.tape),
+                additional=len(tokens),
+                n_ctx=session.n_ctx,
+            )
+        engine.prefill(pending + tokens)
+        session.tape.extend(tokens)
+        return SuffixResult(
+            suffix_tokens=len(tokens),
+            prefilled=len(pending) + len(tokens),
+            resident=engine.kv_len,
+            available=session.n_ctx - engine.kv_len,
+        )
+
+    # -- Decode -------------------------------------------------------------------------------
+
+    async def decode(self, handle: str, request: DecodeRequest) -> AsyncIterator[DecodeStep]:
+        with self._operation(handle) as session:
+            if not session.tape:
+                raise InvalidArgument("nothing to continue: EnsurePrefix or PrefillSuffix first")
+            async for step in self._worker.stream(self._decode_steps(session, request)):
+                yield step
+
+    def _decode_steps(
+        self, session: Session, request: DecodeRequest
+    ) -> Generator[DecodeStep, None, None]:
+        """Runs on the worker, one token per step; closing it mid-way keeps the tape valid."""
+        engine, model = session.engine, session.model.engine
+        received = time.perf_counter()
+        prompt_tokens, reused = len(session.tape), session.turn_reused
+        session.turn_reused = 0
+        if engine.kv_len < len(session.tape):
+            engine.prefill(session.tape[engine.kv_len :])
+        elif not engine.logits_current():
+            # logits were discarded by a truncation: recompute the last token alone
+            engine.truncate(engine.kv_len - 1)
+            engine.prefill(session.tape[-1:])
+        prefill_ms = (time.perf_counter() - received) * 1000
+        sampler = engine.sampler(request.sampling, session.tape)
+        scanner = StopScanner(request.stop)
+        stop_reason, stop_string = "max_tokens", ""
+        generated, ttft_ms, first_at = 0, 0.0, received
+        try:
+            while generated < request.max_tokens:
+                if len(session.tape) >= session.n_ctx:
+                    stop_reason = "context_full"
+                    break
+                if engine.kv_len < len(session.tape):
+                    engine.prefill(session.tape[engine.kv_len :])  # the token sampled last step
+                token = sampler.sample()
+                session.tape.append(token)
+                generated += 1
+                if generated == 1:
+                    first_at = time.perf_counter()
+                    ttft_ms = (first_at - received) * 1000
+                if not request.sampling.ignore_eos and model.is_end_of_generation(token):
+                    stop_reason = "eos"
+                    yield DecodeStep("", (token,))
+                    break
+                text, matched = scanner.feed(model.piece(token))
+                if matched is not None:
+                    stop_reason, stop_string = "stop", matched
+                    yield DecodeStep(text, (token,))
+                    break
+                yield DecodeStep(text, (token,))
+            tail = "" if stop_reason == "stop" else scanner.flush()
+            final = DecodeFinal(
+                stop_reason=stop_reason,
+                stop_string=stop_string,
+                prompt_tokens=prompt_tokens,
+                reused_tokens=reused,
+                completion_tokens=generated,
+                prefill_ms=prefill_ms,
+                ttft_ms=ttft_ms,
+                decode_ms=(time.perf_counter() - first_at) * 1000,
+                resident=engine.kv_len,
+                available=session.n_ctx - engine.kv_len,
+            )
+            yield DecodeStep(tail, (), final)
+        finally:
+            sampler.close()
+
+    # -- tokenizer ------------------------------------------------------------------------------
+
+    async def model_for(self, handle: str, spec: ModelSpec | None) -> EngineModel:
+        if handle:
+            return self.get(handle).model.engine
+        assert spec is not None
+        return (await self._load(spec)).engine
+
+    async def tokenize(self, model: EngineModel, text: str, add_special: bool) -> list[int]:
+        return await self._worker.call(model.tokenize, text, add_special)
+
+    async def detokenize(self, model: EngineModel, ids: list[int]) -> str:
+        vocab = model.facts.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidArgument(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
+        return await self._worker.call(model.detokenize, ids)

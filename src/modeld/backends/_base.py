@@ -1,0 +1,103 @@
+"""The narrow seam between the daemon and an inference engine.
+
+Everything here runs on the engine worker thread (see ``modeld._worker``): engines are blocking
+and not safe to call from several threads. Session logic (the token tape, reuse arithmetic, stop
+strings, streaming) lives above this seam and is the same for every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .._models import ModelSpec
+from ._facts import ModelFacts
+
+__all__ = ["Backend", "Capabilities", "EngineModel", "EngineSession", "Sampler", "SamplingParams"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can really do; an absent capability's RPC answers unsupported_feature."""
+
+    token_level_truncation: bool
+    kv_copy_between_sessions: bool
+    native_state_snapshot: bool
+    batched_decode: bool
+    chat_template: bool
+    grammar: bool
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float  #: <= 0: greedy
+    top_k: int
+    top_p: float
+    min_p: float
+    repeat_penalty: float
+    repeat_last_n: int
+    seed: int | None
+    ignore_eos: bool
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+class Sampler(Protocol):
+    def sample(self) -> int:
+        """Pick the next token from the session's current logits (natively, in the engine)."""
+
+    def close(self) -> None: ...
+
+
+class EngineSession(Protocol):
+    """One session's KV state inside the engine."""
+
+    n_ctx: int
+    #: tokens whose KV is resident, in tape order
+    kv_len: int
+
+    def truncate(self, keep: int) -> None:
+        """Drop KV past the first ``keep`` tokens."""
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        """Compute ``tokens`` after the resident ones; leaves logits for the last of them."""
+
+    def logits_current(self) -> bool:
+        """True when the engine holds logits for the last resident token."""
+
+    def sampler(self, params: SamplingParams, history: Sequence[int]) -> Sampler: ...
+
+    def close(self) -> None: ...
+
+
+class EngineModel(Protocol):
+    facts: ModelFacts
+    n_threads: int
+    n_batch: int
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]: ...
+
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+
+    def piece(self, token: int) -> bytes:
+        """The bytes one generated token adds to the text (control tokens add none)."""
+
+    def is_end_of_generation(self, token: int) -> bool: ...
+
+    def render_chat(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
+        """Render with the model's own template; raises UnsupportedFeature when it has none."""
+
+    def open_session(self, n_ctx: int) -> EngineSession: ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    def load(self, spec: ModelSpec) -> EngineModel:
+        """:raises ModelLoadFailed: the engine could not load the file."""

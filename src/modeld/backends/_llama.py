@@ -1,0 +1,261 @@
+"""The llama.cpp backend, on llama-cpp-python's low-level (ctypes) API.
+
+Each session owns a llama_context over the shared model weights: its KV cache, logits and batch
+are private, so one session's work never disturbs another's. Sampling runs in llama.cpp's native
+sampler chain; Python only sees the chosen token id.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import llama_cpp as ll
+
+from modeldconn._errors import (
+    ContextOverflow,
+    ModelLoadFailed,
+    SessionFatal,
+    UnsupportedFeature,
+)
+
+from .._models import ModelSpec
+from ._base import Capabilities, SamplingParams
+from ._facts import ModelFacts
+
+__all__ = ["LlamaBackend"]
+
+_init_lock = threading.Lock()
+_initialised = False
+#: llama.cpp keeps a raw pointer to the log callback: it must outlive every call.
+_silent_log: Any = None
+
+
+def _init_llama_once() -> None:
+    global _initialised, _silent_log
+    with _init_lock:
+        if _initialised:
+            return
+        _silent_log = ll.llama_log_callback(lambda level, text, data: None)
+        ll.llama_log_set(_silent_log, None)
+        ll.llama_backend_init()
+        _initialised = True
+
+
+class _LlamaSampler:
+    def __init__(self, session: LlamaSession, params: SamplingParams, history: Sequence[int]):
+        self._ctx = session.ctx
+        model = session.model
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        self._chain = chain
+        if params.ignore_eos:
+            eog = model.end_of_generation_ids()
+            biases = (ll.llama_logit_bias * len(eog))(
+                *(ll.llama_logit_bias(token=t, bias=float("-inf")) for t in eog)
+            )
+            ll.llama_sampler_chain_add(
+                chain, ll.llama_sampler_init_logit_bias(model.facts.vocab_size, len(eog), biases)
+            )
+        if params.repeat_penalty != 1.0:
+            ll.llama_sampler_chain_add(
+                chain,
+                ll.llama_sampler_init_penalties(
+                    model.facts.vocab_size, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0
+                ),
+            )
+        if params.greedy:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+        else:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(params.top_k))
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(params.top_p, 1))
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(params.min_p, 1))
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(params.temperature))
+            seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
+        # The penalties sampler must have seen the recent tape, as if it had generated it.
+        if params.repeat_penalty != 1.0 and params.repeat_last_n != 0:
+            window = history if params.repeat_last_n < 0 else history[-params.repeat_last_n :]
+            for token in window:
+                ll.llama_sampler_accept(chain, token)
+
+    def sample(self) -> int:
+        return int(ll.llama_sampler_sample(self._chain, self._ctx, -1))
+
+    def close(self) -> None:
+        if self._chain is not None:
+            ll.llama_sampler_free(self._chain)
+            self._chain = None
+
+
+class LlamaSession:
+    def __init__(self, model: LlamaModel, n_ctx: int) -> None:
+        self.model = model
+        self.n_ctx = n_ctx
+        params = ll.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = min(model.n_batch, n_ctx)
+        params.n_seq_max = 1
+        params.n_threads = params.n_threads_batch = model.n_threads
+        # Full-size sliding-window KV, so the tape can be truncated at any token.
+        params.swa_full = True
+        params.no_perf = True
+        self.ctx = ll.llama_init_from_model(model.model, params)
+        if not self.ctx:
+            raise SessionFatal(f"llama.cpp could not create a context of {n_ctx} tokens")
+        self._memory = ll.llama_get_memory(self.ctx)
+        self._batch_size = int(params.n_batch)
+        self._batch = ll.llama_batch_init(self._batch_size, 0, 1)
+        self.kv_len = 0
+        self._logits_for = -1  # kv_len at which the context's logits were produced
+
+    def truncate(self, keep: int) -> None:
+        if keep < self.kv_len:
+            ll.llama_memory_seq_rm(self._memory, 0, keep, -1)
+            self.kv_len = keep
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        if self.kv_len + len(tokens) > self.n_ctx:
+            raise ContextOverflow(
+                f"{len(tokens)} more tokens do not fit: {self.kv_len} resident, n_ctx {self.n_ctx}",
+                stage="prefill",
+                resident=self.kv_len,
+                additional=len(tokens),
+                n_ctx=self.n_ctx,
+            )
+        start = self.kv_len
+        batch = self._batch
+        for offset in range(0, len(tokens), self._batch_size):
+            chunk = tokens[offset : offset + self._batch_size]
+            batch.n_tokens = len(chunk)
+            for i, token in enumerate(chunk):
+                batch.token[i] = token
+                batch.pos[i] = self.kv_len + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = False
+            batch.logits[len(chunk) - 1] = offset + len(chunk) == len(tokens)
+            status = ll.llama_decode(self.ctx, batch)
+            if status != 0:
+                # leave the KV exactly as it was before this call
+                ll.llama_memory_seq_rm(self._memory, 0, start, -1)
+                self.kv_len = start
+                self._logits_for = -1
+                raise SessionFatal(f"llama_decode failed with status {status}")
+            self.kv_len += len(chunk)
+        self._logits_for = self.kv_len
+
+    def logits_current(self) -> bool:
+        return self._logits_for == self.kv_len and self.kv_len > 0
+
+    def sampler(self, params: SamplingParams, history: Sequence[int]) -> _LlamaSampler:
+        return _LlamaSampler(self, params, history)
+
+    def close(self) -> None:
+        if self.ctx:
+            ll.llama_batch_free(self._batch)
+            ll.llama_free(self.ctx)
+            self.ctx = None
+
+
+class LlamaModel:
+    def __init__(self, facts: ModelFacts, model: Any, n_threads: int, n_batch: int) -> None:
+        self.facts = facts
+        self.model = model
+        self.vocab = ll.llama_model_get_vocab(model)
+        self.n_threads = n_threads
+        self.n_batch = n_batch
+        self._eog: list[int] | None = None
+        self._piece = ctypes.create_string_buffer(256)
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        raw = text.encode("utf-8")
+        capacity = len(raw) + 8
+        while True:
+            buffer = (ll.llama_token * capacity)()
+            count = ll.llama_tokenize(
+                self.vocab, raw, len(raw), buffer, capacity, add_special, True
+            )
+            if count >= 0:
+                return list(buffer[:count])
+            capacity = -count
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        tokens = (ll.llama_token * len(ids))(*ids)
+        capacity = max(64, len(ids) * 8)
+        while True:
+            out = ctypes.create_string_buffer(capacity)
+            count = ll.llama_detokenize(self.vocab, tokens, len(ids), out, capacity, True, True)
+            if count >= 0:
+                return out.raw[:count].decode("utf-8", errors="replace")
+            capacity = -count
+
+    def piece(self, token: int) -> bytes:
+        count = ll.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
+        if count < 0:
+            bigger = ctypes.create_string_buffer(-count)
+            count = ll.llama_token_to_piece(self.vocab, token, bigger, -count, 0, False)
+            return bigger.raw[:count]
+        return self._piece.raw[:count]
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(ll.llama_vocab_is_eog(self.vocab, token))
+
+    def end_of_generation_ids(self) -> list[int]:
+        if self._eog is None:
+            self._eog = [t for t in range(self.facts.vocab_size) if self.is_end_of_generation(t)]
+        return self._eog
+
+    def render_chat(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
+        template = self.facts.chat_template
+        if not template:
+            raise UnsupportedFeature("this model has no chat template; send text or token ids")
+        keep = [(role.encode(), content.encode()) for role, content in messages]
+        chat = (ll.llama_chat_message * len(keep))(
+            *(ll.llama_chat_message(role=r, content=c) for r, c in keep)
+        )
+        capacity = 2 * sum(len(r) + len(c) for r, c in keep) + 256
+        while True:
+            out = ctypes.create_string_buffer(capacity)
+            count = ll.llama_chat_apply_template(
+                template.encode(), chat, len(keep), add_generation_prompt, out, capacity
+            )
+            if count < 0:
+                raise UnsupportedFeature("llama.cpp does not recognise this model's chat template")
+            if count <= capacity:
+                return out.raw[:count].decode("utf-8", errors="replace")
+            capacity = count
+
+    def open_session(self, n_ctx: int) -> LlamaSession:
+        return LlamaSession(self, n_ctx)
+
+    def close(self) -> None:
+        if self.model:
+            ll.llama_model_free(self.model)
+            self.model = None
+
+
+class LlamaBackend:
+    name = "llama"
+    capabilities = Capabilities(
+        token_level_truncation=True,
+        kv_copy_between_sessions=False,  # sessions own separate contexts (see the issue on sharing)
+        native_state_snapshot=False,  # no Snapshot RPC yet
+        batched_decode=False,
+        chat_template=True,
+        grammar=False,
+    )
+
+    def __init__(self, n_threads: int, n_batch: int = 512) -> None:
+        self.n_threads = n_threads
+        self.n_batch = n_batch
+
+    def load(self, spec: ModelSpec) -> LlamaModel:
+        _init_llama_once()
+        params = ll.llama_model_default_params()
+        params.n_gpu_layers = 0
+        model = ll.llama_model_load_from_file(str(spec.facts.path).encode(), params)
+        if not model:
+            raise ModelLoadFailed(f"llama.cpp could not load {spec.facts.path}")
+        return LlamaModel(spec.facts, model, self.n_threads, self.n_batch)

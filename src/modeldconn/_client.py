@@ -1,0 +1,479 @@
+"""Dial the leader and drive sessions: ``Client`` / ``Session`` and their asyncio twins.
+
+    import modeldconn
+
+    with modeldconn.open_session("gemma3-270m") as session:
+        session.ensure_prefix("You are a terse assistant.\\n")
+        session.prefill_suffix("Q: what is 2+2?\\nA:")
+        for chunk in session.decode(max_tokens=16):
+            print(chunk.text, end="")
+
+Everything free of I/O (which daemon to dial, metadata, request building, error mapping) lives
+in ``_ClientBase``; ``Client`` and ``AsyncClient`` differ only in how they wait. One channel is
+kept per (endpoint, instance id) and replaced when the lease names another leader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from ._dataroot import resolve_data_root
+from ._errors import RemoteError, StaleFence, Unavailable, error_from_rpc
+from ._pb import modeld_pb2 as pb
+from ._pb import modeld_pb2_grpc
+from ._probe import probe
+from ._types import (
+    DecodeChunk,
+    DecodeFinal,
+    Description,
+    InputLike,
+    ModelFacts,
+    ModelRef,
+    PrefixResult,
+    SessionInfo,
+    SuffixResult,
+    input_to_pb,
+)
+from ._wire import INSTANCE_METADATA_KEY, channel_options
+
+__all__ = [
+    "AsyncClient",
+    "AsyncSession",
+    "Client",
+    "Completion",
+    "Session",
+    "describe",
+    "open_session",
+]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole Decode, collected."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    final: DecodeFinal
+
+
+def _decode_config(
+    max_tokens: int | None,
+    temperature: float | None,
+    top_k: int | None,
+    top_p: float | None,
+    min_p: float | None,
+    repeat_penalty: float | None,
+    repeat_last_n: int | None,
+    seed: int | None,
+    stop: Sequence[str],
+    ignore_eos: bool,
+) -> pb.DecodeConfig:
+    config = pb.DecodeConfig(stop=list(stop), ignore_eos=ignore_eos)
+    for name, value in (
+        ("max_tokens", max_tokens),
+        ("temperature", temperature),
+        ("top_k", top_k),
+        ("top_p", top_p),
+        ("min_p", min_p),
+        ("repeat_penalty", repeat_penalty),
+        ("repeat_last_n", repeat_last_n),
+        ("seed", seed),
+    ):
+        if value is not None:
+            setattr(config, name, value)
+    return config
+
+
+def _instance_of(handle: str) -> str:
+    return handle.rpartition("/")[0]
+
+
+class _ClientBase:
+    """Which daemon to dial and how to talk to it; no I/O but reading the lease."""
+
+    def __init__(self, data_root: str | os.PathLike[str] | None, timeout_s: float | None) -> None:
+        self._data_root = resolve_data_root(data_root)
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._target: tuple[str, str] | None = None  # (endpoint, instance id)
+
+    def _leader(self, refresh: bool = False) -> tuple[str, str]:
+        with self._lock:
+            if self._target is None or refresh:
+                result = probe(data_root=self._data_root).raise_for_state()
+                assert result.lease is not None
+                self._target = (result.lease.endpoint, result.lease.instance_id)
+            return self._target
+
+    @staticmethod
+    def _metadata(instance: str) -> tuple[tuple[str, str], ...]:
+        return ((INSTANCE_METADATA_KEY, instance),)
+
+    @staticmethod
+    def _should_redial(error: RemoteError) -> bool:
+        """The leader may have changed: read the lease again and retry calls without a handle."""
+        return isinstance(error, (Unavailable, StaleFence))
+
+
+class Client(_ClientBase):
+    """A connection to the daemon of one data root (thread-safe)."""
+
+    def __init__(
+        self, *, data_root: str | os.PathLike[str] | None = None, timeout_s: float | None = None
+    ) -> None:
+        super().__init__(data_root, timeout_s)
+        self._channels: dict[tuple[str, str], grpc.Channel] = {}
+
+    def _stub(self, target: tuple[str, str]) -> Any:
+        with self._lock:
+            channel = self._channels.get(target)
+            if channel is None:
+                for old in self._channels.values():
+                    old.close()  # a new leader: the old instance will not answer again
+                self._channels = {
+                    target: grpc.insecure_channel(target[0], options=channel_options())
+                }
+                channel = self._channels[target]
+        return modeld_pb2_grpc.ModeldStub(channel)
+
+    def _unary(self, method: str, request: Any, instance_hint: str = "") -> Any:
+        target = self._leader()
+        for attempt in (0, 1):
+            instance = instance_hint or target[1]
+            try:
+                call = getattr(self._stub(target), method)
+                return call(request, metadata=self._metadata(instance), timeout=self._timeout_s)
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc)
+                if attempt == 0 and not instance_hint and self._should_redial(error):
+                    fresh = self._leader(refresh=True)
+                    if fresh != target:
+                        target = fresh
+                        continue
+                raise error from exc
+        raise AssertionError("unreachable")
+
+    def status(self) -> pb.StatusResponse:
+        reply: pb.StatusResponse = self._unary("Status", pb.StatusRequest())
+        return reply
+
+    def describe(self, model: ModelRef | str) -> Description:
+        reply = self._unary("Describe", pb.DescribeRequest(model=ModelRef.of(model).to_pb()))
+        return Description(ModelFacts.from_pb(reply.facts), _capacity(reply))
+
+    def open_session(self, model: ModelRef | str, *, n_ctx: int = 0) -> Session:
+        request = pb.OpenSessionRequest(
+            model=ModelRef.of(model).to_pb(), config=pb.SessionConfig(n_ctx=n_ctx)
+        )
+        return Session(self, SessionInfo.from_pb(self._unary("OpenSession", request)))
+
+    def tokenize(self, model: ModelRef | str, text: str, *, add_special: bool = False) -> list[int]:
+        request = pb.TokenizeRequest(
+            model=ModelRef.of(model).to_pb(), text=text, add_special=add_special
+        )
+        return list(self._unary("Tokenize", request).ids)
+
+    def detokenize(self, model: ModelRef | str, ids: Sequence[int]) -> str:
+        request = pb.DetokenizeRequest(model=ModelRef.of(model).to_pb(), ids=list(ids))
+        return str(self._unary("Detokenize", request).text)
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _capacity(reply: pb.DescribeResponse) -> Any:
+    from ._types import Capacity
+
+    return Capacity.from_pb(reply.capacity)
+
+
+class Session:
+    """One session on the daemon: its KV stays resident between calls until ``close()``."""
+
+    def __init__(self, client: Client, info: SessionInfo) -> None:
+        self._client = client
+        self.info = info
+        self.handle = info.handle
+        self._instance = _instance_of(info.handle)
+
+    def _call(self, method: str, request: Any) -> Any:
+        return self._client._unary(method, request, instance_hint=self._instance)
+
+    def ensure_prefix(self, prefix: InputLike) -> PrefixResult:
+        """Make exactly ``prefix`` resident, reusing the longest common prefix already there."""
+        request = pb.EnsurePrefixRequest(handle=self.handle, prefix=input_to_pb(prefix))
+        return PrefixResult.from_pb(self._call("EnsurePrefix", request))
+
+    def prefill_suffix(self, suffix: InputLike) -> SuffixResult:
+        request = pb.PrefillSuffixRequest(handle=self.handle, suffix=input_to_pb(suffix))
+        return SuffixResult.from_pb(self._call("PrefillSuffix", request))
+
+    def decode(
+        self,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        repeat_penalty: float | None = None,
+        repeat_last_n: int | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        ignore_eos: bool = False,
+    ) -> Iterator[DecodeChunk]:
+        """Stream generated chunks; the last one carries ``final``. Leaving early cancels."""
+        config = _decode_config(
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            repeat_last_n,
+            seed,
+            stop,
+            ignore_eos,
+        )
+        target = self._client._leader()
+        stub = self._client._stub(target)
+        call = stub.Decode(
+            pb.DecodeRequest(handle=self.handle, config=config),
+            metadata=self._client._metadata(self._instance),
+            timeout=self._client._timeout_s,
+        )
+        try:
+            for message in call:
+                yield DecodeChunk.from_pb(message)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        finally:
+            call.cancel()
+
+    def generate(self, **config: Any) -> Completion:
+        """``decode`` collected into one :class:`Completion`."""
+        texts: list[str] = []
+        ids: list[int] = []
+        final = None
+        for chunk in self.decode(**config):
+            texts.append(chunk.text)
+            ids.extend(chunk.token_ids)
+            final = chunk.final or final
+        assert final is not None
+        return Completion("".join(texts), tuple(ids), final)
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        request = pb.TokenizeRequest(handle=self.handle, text=text, add_special=add_special)
+        return list(self._call("Tokenize", request).ids)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        request = pb.DetokenizeRequest(handle=self.handle, ids=list(ids))
+        return str(self._call("Detokenize", request).text)
+
+    def close(self) -> bool:
+        """Free the session (idempotent); True when it was open."""
+        return bool(self._call("CloseSession", pb.CloseSessionRequest(handle=self.handle)).closed)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # the daemon (and the session with it) may be gone already
+        with contextlib.suppress(RemoteError):
+            self.close()
+
+
+class AsyncClient(_ClientBase):
+    """The asyncio twin of :class:`Client`."""
+
+    def __init__(
+        self, *, data_root: str | os.PathLike[str] | None = None, timeout_s: float | None = None
+    ) -> None:
+        super().__init__(data_root, timeout_s)
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+
+    async def _stub(self, target: tuple[str, str]) -> Any:
+        channel = self._channels.get(target)
+        if channel is None:
+            old, self._channels = self._channels, {}
+            for stale in old.values():
+                await stale.close()
+            channel = self._channels[target] = grpc.aio.insecure_channel(
+                target[0], options=channel_options()
+            )
+        return modeld_pb2_grpc.ModeldStub(channel)
+
+    async def _unary(self, method: str, request: Any, instance_hint: str = "") -> Any:
+        target = self._leader()
+        for attempt in (0, 1):
+            instance = instance_hint or target[1]
+            try:
+                call = getattr(await self._stub(target), method)
+                return await call(
+                    request, metadata=self._metadata(instance), timeout=self._timeout_s
+                )
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc)
+                if attempt == 0 and not instance_hint and self._should_redial(error):
+                    fresh = self._leader(refresh=True)
+                    if fresh != target:
+                        target = fresh
+                        continue
+                raise error from exc
+        raise AssertionError("unreachable")
+
+    async def status(self) -> pb.StatusResponse:
+        reply: pb.StatusResponse = await self._unary("Status", pb.StatusRequest())
+        return reply
+
+    async def describe(self, model: ModelRef | str) -> Description:
+        request = pb.DescribeRequest(model=ModelRef.of(model).to_pb())
+        reply = await self._unary("Describe", request)
+        return Description(ModelFacts.from_pb(reply.facts), _capacity(reply))
+
+    async def open_session(self, model: ModelRef | str, *, n_ctx: int = 0) -> AsyncSession:
+        request = pb.OpenSessionRequest(
+            model=ModelRef.of(model).to_pb(), config=pb.SessionConfig(n_ctx=n_ctx)
+        )
+        return AsyncSession(self, SessionInfo.from_pb(await self._unary("OpenSession", request)))
+
+    async def aclose(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class AsyncSession:
+    """The asyncio twin of :class:`Session`."""
+
+    def __init__(self, client: AsyncClient, info: SessionInfo) -> None:
+        self._client = client
+        self.info = info
+        self.handle = info.handle
+        self._instance = _instance_of(info.handle)
+
+    async def _call(self, method: str, request: Any) -> Any:
+        return await self._client._unary(method, request, instance_hint=self._instance)
+
+    async def ensure_prefix(self, prefix: InputLike) -> PrefixResult:
+        request = pb.EnsurePrefixRequest(handle=self.handle, prefix=input_to_pb(prefix))
+        return PrefixResult.from_pb(await self._call("EnsurePrefix", request))
+
+    async def prefill_suffix(self, suffix: InputLike) -> SuffixResult:
+        request = pb.PrefillSuffixRequest(handle=self.handle, suffix=input_to_pb(suffix))
+        return SuffixResult.from_pb(await self._call("PrefillSuffix", request))
+
+    async def decode(
+        self,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        repeat_penalty: float | None = None,
+        repeat_last_n: int | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        ignore_eos: bool = False,
+    ) -> AsyncIterator[DecodeChunk]:
+        config = _decode_config(
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            repeat_last_n,
+            seed,
+            stop,
+            ignore_eos,
+        )
+        stub = await self._client._stub(self._client._leader())
+        call = stub.Decode(
+            pb.DecodeRequest(handle=self.handle, config=config),
+            metadata=self._client._metadata(self._instance),
+            timeout=self._client._timeout_s,
+        )
+        try:
+            async for message in call:
+                yield DecodeChunk.from_pb(message)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        finally:
+            call.cancel()
+
+    async def generate(self, **config: Any) -> Completion:
+        texts: list[str] = []
+        ids: list[int] = []
+        final = None
+        async for chunk in self.decode(**config):
+            texts.append(chunk.text)
+            ids.extend(chunk.token_ids)
+            final = chunk.final or final
+        assert final is not None
+        return Completion("".join(texts), tuple(ids), final)
+
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        request = pb.TokenizeRequest(handle=self.handle, text=text, add_special=add_special)
+        return list((await self._call("Tokenize", request)).ids)
+
+    async def detokenize(self, ids: Sequence[int]) -> str:
+        request = pb.DetokenizeRequest(handle=self.handle, ids=list(ids))
+        return str((await self._call("Detokenize", request)).text)
+
+    async def close(self) -> bool:
+        reply = await self._call("CloseSession", pb.CloseSessionRequest(handle=self.handle))
+        return bool(reply.closed)
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(RemoteError):
+            await self.close()
+
+
+_default_clients: dict[str, Client] = {}
+_default_lock = threading.Lock()
+
+
+def _default_client() -> Client:
+    root = str(resolve_data_root())
+    with _default_lock:
+        client = _default_clients.get(root)
+        if client is None:
+            client = _default_clients[root] = Client(data_root=root)
+        return client
+
+
+def describe(model: ModelRef | str) -> Description:
+    """Facts about a model, read by the daemon from the file's header (no weights loaded)."""
+    return _default_client().describe(model)
+
+
+def open_session(model: ModelRef | str, *, n_ctx: int = 0) -> Session:
+    """Open a session on the daemon of this process's data root (see :func:`set_data_root`)."""
+    return _default_client().open_session(model, n_ctx=n_ctx)
