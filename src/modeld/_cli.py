@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+import modeldconn
 from modeldconn._dataroot import ENV_DATA_ROOT, resolve_data_root
 from modeldconn._probe import probe
 
@@ -158,6 +159,94 @@ def parse_bytes(text: str) -> int | None:
     if match is None:
         return None
     return int(float(match[1]) * _UNITS[match[2] or ""])
+
+
+def _client_or_fail(data_root: Path | None) -> modeldconn.Client:
+    client = modeldconn.Client(data_root=resolve_data_root(data_root))
+    try:
+        client._leader()
+    except modeldconn.ProbeError as exc:
+        _fail(f"no daemon to talk to: {exc}", ExitCode.STARTUP)
+    return client
+
+
+@cli.command()
+@click.argument("model")
+@_data_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+def describe(model: str, data_root: Path | None, as_json: bool) -> None:
+    """Facts read from MODEL's header (a name or a path), and what fits in memory."""
+    from ._describe import describe_locally
+
+    try:
+        click.echo(describe_locally(resolve_data_root(data_root), model, as_json=as_json))
+    except modeldconn.RemoteError as exc:
+        _fail(str(exc), ExitCode.STARTUP)
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("prompt")
+@_data_root_option
+@click.option("--max-tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy.")
+@click.option("--seed", type=int, default=None)
+@click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@click.option("--n-ctx", type=click.IntRange(min=0), default=0, help="Context (0: default).")
+def generate(
+    model: str,
+    prompt: str,
+    data_root: Path | None,
+    max_tokens: int,
+    temperature: float,
+    seed: int | None,
+    stop: tuple[str, ...],
+    n_ctx: int,
+) -> None:
+    """Stream a completion of PROMPT from the running daemon."""
+    client = _client_or_fail(data_root)
+    try:
+        with client.open_session(model, n_ctx=n_ctx) as session:
+            session.ensure_prefix(prompt)
+            final = None
+            for chunk in session.decode(
+                max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop
+            ):
+                click.echo(chunk.text, nl=False)
+                final = chunk.final or final
+            click.echo()
+            if final is not None:
+                click.echo(
+                    f"[{final.completion_tokens} tokens, {final.stop_reason}, "
+                    f"ttft {final.ttft_ms:.0f} ms, {final.tokens_per_s:.1f} tok/s]",
+                    err=True,
+                )
+    except modeldconn.ModeldError as exc:
+        _fail(str(exc), ExitCode.STARTUP)
+
+
+@cli.command()
+@_data_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print the Status reply as JSON.")
+def status(data_root: Path | None, as_json: bool) -> None:
+    """Ask the running daemon how it is: identity, state, models, sessions."""
+    from google.protobuf import json_format
+
+    client = _client_or_fail(data_root)
+    try:
+        reply = client.status()
+    except modeldconn.ModeldError as exc:
+        _fail(str(exc), ExitCode.STARTUP)
+    if as_json:
+        click.echo(json_format.MessageToJson(reply, always_print_fields_with_no_presence=True))
+        return
+    click.echo(f"instance   {reply.instance_id} (pid {reply.pid} on {reply.host})")
+    click.echo(f"state      {reply.state}, backend {reply.backend}, up {reply.uptime_s:.0f} s")
+    click.echo(f"endpoint   {reply.endpoint}")
+    click.echo(f"version    modeld {reply.version}, protocol {reply.protocol}")
+    click.echo(f"sessions   {reply.sessions_open} open")
+    for loaded in reply.models:
+        click.echo(f"model      {loaded.name} ({loaded.digest[:12]}), {loaded.sessions} sessions")
 
 
 def main() -> None:

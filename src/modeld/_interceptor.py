@@ -44,6 +44,8 @@ async def _abort(context: grpc.aio.ServicerContext, error: RemoteError) -> None:
 class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, gate: Gate) -> None:
         self._gate = gate
+        #: wrapped handlers, built once per method instead of on every call
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def _admit(self, method: str, context: grpc.aio.ServicerContext) -> None:
         self._gate.check_fence(_claimed_instance(context))
@@ -55,10 +57,17 @@ class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
         method: str = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(details)
         if handler is None or method.startswith(_OPEN_SERVICES):
             return handler
+        self._wrapped[method] = self._wrap(method, handler)
+        return self._wrapped[method]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),

@@ -21,7 +21,7 @@ from modeldconn._errors import (
     ModelNotFound,
 )
 
-from .backends._facts import ModelFacts, facts_from_gguf
+from .backends._facts import ModelSpec, facts_from_gguf
 from .backends._gguf import GgufError
 
 __all__ = ["PACKAGED_MODELS", "ModelCatalog", "ModelSpec", "PackagedModel"]
@@ -54,17 +54,6 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 }
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A resolved, verified model: what sessions and the engine are keyed by."""
-
-    facts: ModelFacts
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (str(self.facts.path), self.facts.digest)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -89,7 +78,7 @@ class ModelCatalog:
     def resolve(self, name: str, type_: str, digest: str, path: str) -> ModelSpec:
         """:raises RemoteError: backend_mismatch, model_not_found, model_load_failed,
         digest_mismatch, invalid_argument."""
-        if type_ and type_ != self.backend:
+        if type_ and self.backend and type_ != self.backend:
             raise BackendMismatch(
                 f"model type {type_!r} is not served here; this daemon serves {self.backend!r}",
                 requested=type_,

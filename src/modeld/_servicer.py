@@ -23,9 +23,9 @@ from ._convert import (
     suffix_to_pb,
 )
 from ._identity import Identity, modeld_version
-from ._models import ModelSpec
 from ._phase import Gate
 from ._sessions import SessionManager
+from .backends._facts import ModelSpec
 
 __all__ = ["ModeldServicer"]
 
@@ -112,7 +112,8 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         self, request: pb.DecodeRequest, context: Context
     ) -> AsyncIterator[pb.DecodeChunk]:
         decode_request = decode_request_from_pb(request.config)
-        async for step in self._sessions.decode(request.handle, decode_request):
+        suffix = input_from_pb(request.suffix, "suffix") if request.HasField("suffix") else None
+        async for step in self._sessions.decode(request.handle, decode_request, suffix):
             yield step_to_pb(step)
 
     async def CloseSession(

@@ -33,7 +33,7 @@ from modeldconn._errors import (
     StaleFence,
 )
 
-from ._models import ModelCatalog, ModelSpec
+from ._models import ModelCatalog
 from ._session_types import (
     ChatInput,
     DecodeFinal,
@@ -48,6 +48,7 @@ from ._session_types import (
 from ._text import StopScanner
 from ._worker import EngineWorker
 from .backends._base import Backend, EngineModel, EngineSession
+from .backends._facts import ModelSpec
 
 __all__ = ["Capacity", "MemoryBudget", "ResolvedConfig", "Session", "SessionManager"]
 
@@ -122,6 +123,8 @@ def prefix_hash(tokens: list[int]) -> str:
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # the usual warm turn, compared in C
+        return n
     for i in range(n):
         if a[i] != b[i]:
             return i
@@ -393,19 +396,24 @@ class SessionManager:
 
     # -- Decode -------------------------------------------------------------------------------
 
-    async def decode(self, handle: str, request: DecodeRequest) -> AsyncIterator[DecodeStep]:
+    async def decode(
+        self, handle: str, request: DecodeRequest, suffix: SessionInput | None = None
+    ) -> AsyncIterator[DecodeStep]:
         with self._operation(handle) as session:
-            if not session.tape:
+            if not session.tape and suffix is None:
                 raise InvalidArgument("nothing to continue: EnsurePrefix or PrefillSuffix first")
-            async for step in self._worker.stream(self._decode_steps(session, request)):
+            steps = self._decode_steps(session, request, suffix)
+            async for step in self._worker.stream(steps):
                 yield step
 
     def _decode_steps(
-        self, session: Session, request: DecodeRequest
+        self, session: Session, request: DecodeRequest, suffix: SessionInput | None
     ) -> Generator[DecodeStep, None, None]:
         """Runs on the worker, one token per step; closing it mid-way keeps the tape valid."""
         engine, model = session.engine, session.model.engine
         received = time.perf_counter()
+        if suffix is not None:
+            self._prefill_suffix(session, suffix)
         prompt_tokens, reused = len(session.tape), session.turn_reused
         session.turn_reused = 0
         if engine.kv_len < len(session.tape):

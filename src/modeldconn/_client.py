@@ -91,6 +91,15 @@ def _decode_config(
     return config
 
 
+def _decode_request(
+    handle: str, config: pb.DecodeConfig, suffix: InputLike | None
+) -> pb.DecodeRequest:
+    request = pb.DecodeRequest(handle=handle, config=config)
+    if suffix is not None:
+        request.suffix.CopyFrom(input_to_pb(suffix))
+    return request
+
+
 def _instance_of(handle: str) -> str:
     return handle.rpartition("/")[0]
 
@@ -237,8 +246,12 @@ class Session:
         seed: int | None = None,
         stop: Sequence[str] = (),
         ignore_eos: bool = False,
+        suffix: InputLike | None = None,
     ) -> Iterator[DecodeChunk]:
-        """Stream generated chunks; the last one carries ``final``. Leaving early cancels."""
+        """Stream generated chunks; the last one carries ``final``. Leaving early cancels.
+
+        :param suffix: appended first, as :meth:`prefill_suffix` would, in the same round trip.
+        """
         config = _decode_config(
             max_tokens,
             temperature,
@@ -254,7 +267,7 @@ class Session:
         target = self._client._leader()
         stub = self._client._stub(target)
         call = stub.Decode(
-            pb.DecodeRequest(handle=self.handle, config=config),
+            _decode_request(self.handle, config, suffix),
             metadata=self._client._metadata(self._instance),
             timeout=self._client._timeout_s,
         )
@@ -398,6 +411,7 @@ class AsyncSession:
         seed: int | None = None,
         stop: Sequence[str] = (),
         ignore_eos: bool = False,
+        suffix: InputLike | None = None,
     ) -> AsyncIterator[DecodeChunk]:
         config = _decode_config(
             max_tokens,
@@ -413,7 +427,7 @@ class AsyncSession:
         )
         stub = await self._client._stub(self._client._leader())
         call = stub.Decode(
-            pb.DecodeRequest(handle=self.handle, config=config),
+            _decode_request(self.handle, config, suffix),
             metadata=self._client._metadata(self._instance),
             timeout=self._client._timeout_s,
         )

@@ -69,12 +69,10 @@ def input_to_pb(value: InputLike) -> pb.Input:
     elif value and all(isinstance(v, Mapping) for v in value):
         chat = Chat(value)  # type: ignore[arg-type]
     else:
-        ids: list[int] = []
-        for token in value:
-            if not isinstance(token, int) or isinstance(token, bool):
-                raise TypeError("input must be text, token ids, or chat messages")
-            ids.append(token)
-        return pb.Input(tokens=pb.TokenIds(ids=ids))
+        try:  # protobuf checks every id is an int32, in C
+            return pb.Input(tokens=pb.TokenIds(ids=value))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise TypeError("input must be text, token ids, or chat messages") from None
     messages = [pb.ChatMessage(role=m["role"], content=m["content"]) for m in chat.messages]
     return pb.Input(
         chat=pb.ChatMessages(messages=messages, add_generation_prompt=chat.add_generation_prompt)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from modeldconn._errors import UnsupportedFeature
 
-from .._models import ModelSpec
 from ._base import Capabilities, EngineModel
+from ._facts import ModelSpec
 
 __all__ = ["AbsentBackend"]
 

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .._models import ModelSpec
-from ._facts import ModelFacts
+from ._facts import ModelFacts, ModelSpec
 
 __all__ = ["Backend", "Capabilities", "EngineModel", "EngineSession", "Sampler", "SamplingParams"]
 

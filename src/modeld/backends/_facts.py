@@ -8,7 +8,7 @@ from typing import Any
 
 from ._gguf import GgufArray, read_gguf_metadata
 
-__all__ = ["KV_ELEMENT_BYTES", "ModelFacts", "facts_from_gguf"]
+__all__ = ["KV_ELEMENT_BYTES", "ModelFacts", "ModelSpec", "facts_from_gguf"]
 
 #: K and V are cached as f16 (llama.cpp's default type_k / type_v).
 KV_ELEMENT_BYTES = 2
@@ -99,3 +99,14 @@ def facts_from_gguf(
         eos_token_ids=eos_ids,
         add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", True)),
     )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved, verified model: what sessions and the engine are keyed by."""
+
+    facts: ModelFacts
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (str(self.facts.path), self.facts.digest)

@@ -21,9 +21,8 @@ from modeldconn._errors import (
     UnsupportedFeature,
 )
 
-from .._models import ModelSpec
 from ._base import Capabilities, SamplingParams
-from ._facts import ModelFacts
+from ._facts import ModelFacts, ModelSpec
 
 __all__ = ["LlamaBackend"]
 

@@ -298,12 +298,14 @@ class DecodeConfig(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., repeat_penalty: _Optional[float] = ..., repeat_last_n: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("handle", "config")
+    __slots__ = ("handle", "config", "suffix")
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    SUFFIX_FIELD_NUMBER: _ClassVar[int]
     handle: str
     config: DecodeConfig
-    def __init__(self, handle: _Optional[str] = ..., config: _Optional[_Union[DecodeConfig, _Mapping]] = ...) -> None: ...
+    suffix: Input
+    def __init__(self, handle: _Optional[str] = ..., config: _Optional[_Union[DecodeConfig, _Mapping]] = ..., suffix: _Optional[_Union[Input, _Mapping]] = ...) -> None: ...
 
 class DecodeTimings(_message.Message):
     __slots__ = ("prefill_ms", "ttft_ms", "decode_ms", "tokens_per_s")

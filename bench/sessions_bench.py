@@ -1,0 +1,195 @@
+"""Sessions benchmark: modeld (through modeldconn) side by side with the engine in-process.
+
+    .venv/bin/python bench/sessions_bench.py [--reps 5] [--tokens 128] [--prefix 2048]
+
+Workloads, each run interleaved rep by rep on one quiet machine, greedy, same model and threads:
+  decode   tok/s over --tokens tokens: modeld ÷ native llama.cpp loop, and ÷ Llama.create_completion
+  warm     TTFT with a --prefix-token prefix resident and a new 32-token suffix: modeld vs the
+           engine's own in-process cost for the same suffix on the same resident prefix
+  cold     fresh session, whole prompt, first token: cold ÷ warm
+  rpc      unary round trip (Status) over the Unix socket, p50 / p99
+Writes bench/results/sessions.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import modeldconn
+from engine_loop import NativeLoop
+
+RESULTS = Path(__file__).parent / "results"
+MODEL = "gemma3-270m"
+N_CTX = 4096
+TEXT = (
+    "The history of the city begins with a small settlement on the river. Farmers and traders "
+    "built houses of wood and clay, and over the centuries the town grew into a busy port. "
+)
+
+
+def prompt_tokens(loop: NativeLoop, n: int, salt: str = "") -> list[int]:
+    ids = loop.tokenize(salt + TEXT * (n // 30 + 2), add_special=True)
+    return ids[:n]
+
+
+def start_daemon(root: Path, threads: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modeld", "serve", "--data-root", str(root), "--model", MODEL,
+         "--threads", str(threads)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not modeldconn.available(data_root=root):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit("the daemon did not start")
+        time.sleep(0.05)
+    return proc
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def bench_decode(session: modeldconn.Session, loop: NativeLoop, llama: object, reps: int,
+                 n: int) -> dict[str, float]:
+    prompt = prompt_tokens(loop, 64)
+    modeld_tps, native_tps, llama_tps = [], [], []
+    same = True
+    for _ in range(reps):
+        session.ensure_prefix(prompt)
+        done = session.generate(max_tokens=n, ignore_eos=True)
+        modeld_tps.append((n - 1) / (done.final.decode_ms / 1000))
+        loop.truncate(0)
+        loop.prefill(prompt)
+        tokens, _, decode_s = loop.generate(n)
+        native_tps.append((n - 1) / decode_s)
+        same &= list(done.token_ids) == tokens
+        t0 = time.perf_counter()
+        out = llama.create_completion(prompt, max_tokens=n, temperature=0.0,  # type: ignore[attr-defined]
+                                      stream=True)
+        first = None
+        count = 0
+        for _chunk in out:
+            count += 1
+            if first is None:
+                first = time.perf_counter()
+        assert first is not None
+        llama_tps.append((count - 1) / (time.perf_counter() - first))
+        del t0
+    return {
+        "decode_tokens": n,
+        "modeld_tok_s": med(modeld_tps),
+        "native_tok_s": med(native_tps),
+        "create_completion_tok_s": med(llama_tps),
+        "modeld_over_native": med(modeld_tps) / med(native_tps),
+        "modeld_over_create_completion": med(modeld_tps) / med(llama_tps),
+        "greedy_tokens_identical": same,
+    }
+
+
+def bench_ttft(session: modeldconn.Session, loop: NativeLoop, client: modeldconn.Client,
+               reps: int, prefix_n: int) -> dict[str, float]:
+    prefix = prompt_tokens(loop, prefix_n)
+    suffixes = [loop.tokenize(f" Question {i}: " + TEXT, add_special=False)[:32]
+                for i in range(reps + 1)]
+    session.ensure_prefix(prefix)
+    loop.truncate(0)
+    loop.prefill(prefix)
+    warm, engine, cold = [], [], []
+    for i, suffix in enumerate(suffixes):
+        t0 = time.perf_counter()
+        session.ensure_prefix(prefix)  # reuses the prefix, drops the last turn's suffix
+        first = next(iter(session.decode(max_tokens=1, suffix=suffix)))
+        warm_s = time.perf_counter() - t0
+        assert first.token_ids
+        t0 = time.perf_counter()
+        loop.truncate(prefix_n)
+        loop.prefill(suffix)
+        loop.sample()
+        engine_s = time.perf_counter() - t0
+        if i == 0:
+            continue  # warm-up
+        warm.append(warm_s * 1000)
+        engine.append(engine_s * 1000)
+    for i in range(max(2, reps // 2)):
+        t0 = time.perf_counter()
+        with client.open_session(MODEL, n_ctx=N_CTX) as fresh:
+            fresh.ensure_prefix(prefix + suffixes[i])
+            next(iter(fresh.decode(max_tokens=1)))
+        cold.append((time.perf_counter() - t0) * 1000)
+    return {
+        "prefix_tokens": prefix_n,
+        "suffix_tokens": 32,
+        "warm_ttft_ms": med(warm),
+        "engine_suffix_ms": med(engine),
+        "warm_minus_engine_ms": med(warm) - med(engine),
+        "cold_ttft_ms": med(cold),
+        "cold_over_warm": med(cold) / med(warm),
+    }
+
+
+def bench_rpc(client: modeldconn.Client, count: int) -> dict[str, float]:
+    for _ in range(50):
+        client.status()
+    samples = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        client.status()
+        samples.append((time.perf_counter() - t0) * 1000)
+    samples.sort()
+    return {"rpc_p50_ms": samples[len(samples) // 2],
+            "rpc_p99_ms": samples[int(len(samples) * 0.99)]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--prefix", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="mdbench-"))
+    daemon = start_daemon(root, args.threads)
+    try:
+        client = modeldconn.Client(data_root=root)
+        path = client.describe(MODEL).facts.path
+        from llama_cpp import Llama
+
+        loop = NativeLoop(path, n_ctx=N_CTX, n_threads=args.threads)
+        llama = Llama(path, n_ctx=N_CTX, n_threads=args.threads, n_threads_batch=args.threads,
+                      verbose=False)
+        with client.open_session(MODEL, n_ctx=N_CTX) as session:
+            result = {
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "model": MODEL,
+                "threads": args.threads,
+                **bench_decode(session, loop, llama, args.reps, args.tokens),
+                **bench_ttft(session, loop, client, args.reps, args.prefix),
+                **bench_rpc(client, 500),
+                "command": "python bench/sessions_bench.py " + " ".join(sys.argv[1:]),
+            }
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+        shutil.rmtree(root, ignore_errors=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "sessions.json").write_text(json.dumps(result, indent=2) + "\n")
+    for key, value in result.items():
+        print(f"{key:32} {value:.3f}" if isinstance(value, float) else f"{key:32} {value}")
+
+
+if __name__ == "__main__":
+    main()
