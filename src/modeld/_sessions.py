@@ -348,9 +348,11 @@ class SessionManager:
                 additional=len(tokens),
                 n_ctx=session.n_ctx,
             )
-        # only tokens whose KV is resident can be reused
-        common = _common_prefix(session.tape[: engine.kv_len], tokens)
-        dropped = len(session.tape) - common
+        matching = _common_prefix(session.tape, tokens)
+        # only tokens whose KV is resident can be reused; a matching token sampled by the last
+        # Decode but not computed yet is kept, not dropped, and computed now
+        common = min(matching, engine.kv_len)
+        dropped = len(session.tape) - matching
         engine.truncate(common)
         session.tape = session.tape[:common]
         if common < len(tokens):
