@@ -28,8 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import modeldconn
 from engine_loop import NativeLoop
+
+import modeldconn
 
 RESULTS = Path(__file__).parent / "results"
 MODEL = "gemma3-270m"
@@ -47,9 +48,20 @@ def prompt_tokens(loop: NativeLoop, n: int, salt: str = "") -> list[int]:
 
 def start_daemon(root: Path, threads: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modeld", "serve", "--data-root", str(root), "--model", MODEL,
-         "--threads", str(threads)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "modeld",
+            "serve",
+            "--data-root",
+            str(root),
+            "--model",
+            MODEL,
+            "--threads",
+            str(threads),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
     while not modeldconn.available(data_root=root):
@@ -63,8 +75,9 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def bench_decode(session: modeldconn.Session, loop: NativeLoop, llama: object, reps: int,
-                 n: int) -> dict[str, float]:
+def bench_decode(
+    session: modeldconn.Session, loop: NativeLoop, llama: object, reps: int, n: int
+) -> dict[str, float]:
     prompt = prompt_tokens(loop, 64)
     modeld_tps, native_tps, llama_tps = [], [], []
     same = True
@@ -78,8 +91,12 @@ def bench_decode(session: modeldconn.Session, loop: NativeLoop, llama: object, r
         native_tps.append((n - 1) / decode_s)
         same &= list(done.token_ids) == tokens
         t0 = time.perf_counter()
-        out = llama.create_completion(prompt, max_tokens=n, temperature=0.0,  # type: ignore[attr-defined]
-                                      stream=True)
+        out = llama.create_completion(
+            prompt,
+            max_tokens=n,
+            temperature=0.0,  # type: ignore[attr-defined]
+            stream=True,
+        )
         first = None
         count = 0
         for _chunk in out:
@@ -100,11 +117,17 @@ def bench_decode(session: modeldconn.Session, loop: NativeLoop, llama: object, r
     }
 
 
-def bench_ttft(session: modeldconn.Session, loop: NativeLoop, client: modeldconn.Client,
-               reps: int, prefix_n: int) -> dict[str, float]:
+def bench_ttft(
+    session: modeldconn.Session,
+    loop: NativeLoop,
+    client: modeldconn.Client,
+    reps: int,
+    prefix_n: int,
+) -> dict[str, float]:
     prefix = prompt_tokens(loop, prefix_n)
-    suffixes = [loop.tokenize(f" Question {i}: " + TEXT, add_special=False)[:32]
-                for i in range(reps + 1)]
+    suffixes = [
+        loop.tokenize(f" Question {i}: " + TEXT, add_special=False)[:32] for i in range(reps + 1)
+    ]
     session.ensure_prefix(prefix)
     loop.truncate(0)
     loop.prefill(prefix)
@@ -150,8 +173,10 @@ def bench_rpc(client: modeldconn.Client, count: int) -> dict[str, float]:
         client.status()
         samples.append((time.perf_counter() - t0) * 1000)
     samples.sort()
-    return {"rpc_p50_ms": samples[len(samples) // 2],
-            "rpc_p99_ms": samples[int(len(samples) * 0.99)]}
+    return {
+        "rpc_p50_ms": samples[len(samples) // 2],
+        "rpc_p99_ms": samples[int(len(samples) * 0.99)],
+    }
 
 
 def main() -> None:
@@ -169,8 +194,9 @@ def main() -> None:
         from llama_cpp import Llama
 
         loop = NativeLoop(path, n_ctx=N_CTX, n_threads=args.threads)
-        llama = Llama(path, n_ctx=N_CTX, n_threads=args.threads, n_threads_batch=args.threads,
-                      verbose=False)
+        llama = Llama(
+            path, n_ctx=N_CTX, n_threads=args.threads, n_threads_batch=args.threads, verbose=False
+        )
         with client.open_session(MODEL, n_ctx=N_CTX) as session:
             result = {
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",

@@ -462,8 +462,9 @@ class SessionManager:
                 prefill_ms=prefill_ms,
                 ttft_ms=ttft_ms,
                 decode_ms=(time.perf_counter() - first_at) * 1000,
+                # the last sampled token is on the tape, computed by whatever comes next
                 resident=engine.kv_len,
-                available=session.n_ctx - engine.kv_len,
+                available=session.n_ctx - len(session.tape),
             )
             yield DecodeStep(tail, (), final)
         finally:

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemons import STARTUP_LIMIT_S, modeld_command, wait_for
 
 import modeldconn
-from daemons import STARTUP_LIMIT_S, modeld_command, wait_for
 
 MODEL = "gemma3-270m"
 MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
@@ -56,8 +56,11 @@ def start_served(gemma_file: Path, *args: str) -> Served:
             stderr=subprocess.STDOUT,
             text=True,
         )
-    wait_for("the daemon to serve", lambda: proc.poll() is not None
-             or modeldconn.available(data_root=root), STARTUP_LIMIT_S + 30)
+    wait_for(
+        "the daemon to serve",
+        lambda: proc.poll() is not None or modeldconn.available(data_root=root),
+        STARTUP_LIMIT_S + 30,
+    )
     assert proc.poll() is None, log.read_text()
     return Served(root, proc, log)
 

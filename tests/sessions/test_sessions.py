@@ -15,7 +15,7 @@ PROMPTS = [
         "The history of the city of Rome begins with a small settlement on the Tiber. " * 6,
         " In the centuries that followed,",
     ),
-    ("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n", "    if n < 2:"),
+    ('def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n', "    if n < 2:"),
     ("A recipe for bread. Ingredients: flour, water, salt and yeast. Steps:", " First,"),
 ]
 
@@ -102,8 +102,16 @@ def test_stop_strings_end_the_text_before_the_stop(client: Client) -> None:
 
 
 def test_sampling_is_native_and_seeded(client: Client) -> None:
-    config = {"max_tokens": 16, "temperature": 0.9, "top_k": 40, "top_p": 0.9, "min_p": 0.02,
-              "repeat_penalty": 1.1, "seed": 1234, "ignore_eos": True}
+    config = {
+        "max_tokens": 16,
+        "temperature": 0.9,
+        "top_k": 40,
+        "top_p": 0.9,
+        "min_p": 0.02,
+        "repeat_penalty": 1.1,
+        "seed": 1234,
+        "ignore_eos": True,
+    }
     with client.open_session(MODEL) as session:
         outs = []
         for _ in range(2):
@@ -137,10 +145,12 @@ def test_chat_messages_use_the_models_template(client: Client) -> None:
         result = session.ensure_prefix(
             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
         )
-        rendered = session.detokenize(session.tokenize(
-            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n",
-            add_special=True,
-        ))
+        rendered = session.detokenize(
+            session.tokenize(
+                "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n",
+                add_special=True,
+            )
+        )
         assert session.info.facts.chat_template_source == "packaged:gemma3-270m"
     expected = client.tokenize(MODEL, rendered, add_special=True)
     assert result.prefix_tokens == len(expected)
