@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -76,7 +77,7 @@ def med(xs: list[float]) -> float:
 
 
 def bench_decode(
-    session: modeldconn.Session, loop: NativeLoop, llama: object, reps: int, n: int
+    session: modeldconn.Session, loop: NativeLoop, llama: Any, reps: int, n: int
 ) -> dict[str, float]:
     prompt = prompt_tokens(loop, 64)
     modeld_tps, native_tps, llama_tps = [], [], []
@@ -90,11 +91,10 @@ def bench_decode(
         tokens, _, decode_s = loop.generate(n)
         native_tps.append((n - 1) / decode_s)
         same &= list(done.token_ids) == tokens
-        t0 = time.perf_counter()
         out = llama.create_completion(
             prompt,
             max_tokens=n,
-            temperature=0.0,  # type: ignore[attr-defined]
+            temperature=0.0,
             stream=True,
         )
         first = None
@@ -105,14 +105,16 @@ def bench_decode(
                 first = time.perf_counter()
         assert first is not None
         llama_tps.append((count - 1) / (time.perf_counter() - first))
-        del t0
     return {
         "decode_tokens": n,
         "modeld_tok_s": med(modeld_tps),
         "native_tok_s": med(native_tps),
         "create_completion_tok_s": med(llama_tps),
-        "modeld_over_native": med(modeld_tps) / med(native_tps),
-        "modeld_over_create_completion": med(modeld_tps) / med(llama_tps),
+        # ratios pair by pair (each rep ran the systems back to back), then the median
+        "modeld_over_native": med([m / n for m, n in zip(modeld_tps, native_tps, strict=True)]),
+        "modeld_over_create_completion": med(
+            [m / c for m, c in zip(modeld_tps, llama_tps, strict=True)]
+        ),
         "greedy_tokens_identical": same,
     }
 
@@ -131,7 +133,7 @@ def bench_ttft(
     session.ensure_prefix(prefix)
     loop.truncate(0)
     loop.prefill(prefix)
-    warm, engine, cold = [], [], []
+    warm, engine, cold, gaps = [], [], [], []
     for i, suffix in enumerate(suffixes):
         t0 = time.perf_counter()
         session.ensure_prefix(prefix)  # reuses the prefix, drops the last turn's suffix
@@ -147,6 +149,7 @@ def bench_ttft(
             continue  # warm-up
         warm.append(warm_s * 1000)
         engine.append(engine_s * 1000)
+        gaps.append((warm_s - engine_s) * 1000)
     for i in range(max(2, reps // 2)):
         t0 = time.perf_counter()
         with client.open_session(MODEL, n_ctx=N_CTX) as fresh:
@@ -158,7 +161,7 @@ def bench_ttft(
         "suffix_tokens": 32,
         "warm_ttft_ms": med(warm),
         "engine_suffix_ms": med(engine),
-        "warm_minus_engine_ms": med(warm) - med(engine),
+        "warm_minus_engine_ms": med(gaps),
         "cold_ttft_ms": med(cold),
         "cold_over_warm": med(cold) / med(warm),
     }
