@@ -1,0 +1,52 @@
+"""modeldconn follows the lease to a new leader; sessions of the old one fail typed."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import MODEL, Served, start_served, stop_served
+from daemons import DaemonPool, wait_for
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import modeldconn
+
+
+def test_client_redials_after_a_takeover(gemma_file: Path) -> None:
+    first: Served = start_served(gemma_file)
+    standby = DaemonPool(first.root)
+    try:
+        standby.start("--model", MODEL, ttl_s=15)
+        wait_for("the standby", lambda: "standing by" in standby.started[0].log(), 20)
+        client = modeldconn.Client(data_root=first.root)
+        old = client.open_session(MODEL)
+        old.ensure_prefix("Hello there")
+        old_instance = client.status().instance_id
+
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+        wait_for("the standby to serve", lambda: modeldconn.available(data_root=first.root), 30)
+
+        assert client.status().instance_id != old_instance  # redialled through the new lease
+        with client.open_session(MODEL) as fresh:
+            fresh.ensure_prefix("Hello there")
+            assert fresh.generate(max_tokens=4).final.completion_tokens == 4
+        with pytest.raises((modeldconn.Unavailable, modeldconn.StaleFence)):
+            old.ensure_prefix("Hello there")
+        client.close()
+    finally:
+        standby.kill_all()
+        stop_served(first)
+
+
+def test_server_reflection_lists_the_services(served: Served) -> None:
+    lease = modeldconn.probe(data_root=served.root).lease
+    assert lease is not None
+    with grpc.insecure_channel(lease.endpoint) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=5)))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"modeld.v1.Modeld", "grpc.health.v1.Health"} <= names
