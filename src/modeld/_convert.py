@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from modeldconn._errors import InvalidArgument
 from modeldconn._pb import modeld_pb2 as pb
+from modeldconn._types import Capabilities, Capacity, PrefixResult, SuffixResult
 
 from ._session_types import (
     ChatInput,
     DecodeRequest,
     DecodeStep,
-    PrefixResult,
     SessionInput,
-    SuffixResult,
     TextInput,
     TokenInput,
 )
-from ._sessions import Capacity, ResolvedConfig
-from .backends._base import Capabilities
+from ._sessions import ResolvedConfig
 from .backends._facts import ModelFacts
 
 __all__ = [
@@ -87,56 +87,23 @@ def facts_to_pb(facts: ModelFacts) -> pb.ModelFacts:
 
 
 def capacity_to_pb(capacity: Capacity) -> pb.Capacity:
-    return pb.Capacity(
-        kv_bytes_per_token=capacity.kv_bytes_per_token,
-        free_bytes=capacity.free_bytes,
-        model_max_context=capacity.model_max_context,
-        memory_fit_context=capacity.memory_fit_context,
-        default_context=capacity.default_context,
-    )
+    return pb.Capacity(**dataclasses.asdict(capacity))
 
 
 def capabilities_to_pb(capabilities: Capabilities) -> pb.Capabilities:
-    return pb.Capabilities(
-        token_level_truncation=capabilities.token_level_truncation,
-        kv_copy_between_sessions=capabilities.kv_copy_between_sessions,
-        native_state_snapshot=capabilities.native_state_snapshot,
-        batched_decode=capabilities.batched_decode,
-        chat_template=capabilities.chat_template,
-        grammar=capabilities.grammar,
-    )
+    return pb.Capabilities(**dataclasses.asdict(capabilities))
 
 
 def resolved_to_pb(config: ResolvedConfig) -> pb.ResolvedSessionConfig:
-    return pb.ResolvedSessionConfig(
-        n_ctx=config.n_ctx,
-        requested_n_ctx=config.requested_n_ctx,
-        model_max_context=config.model_max_context,
-        memory_fit_context=config.memory_fit_context,
-        n_threads=config.n_threads,
-        n_batch=config.n_batch,
-    )
+    return pb.ResolvedSessionConfig(**dataclasses.asdict(config))
 
 
 def prefix_to_pb(result: PrefixResult) -> pb.EnsurePrefixResponse:
-    return pb.EnsurePrefixResponse(
-        reused=result.reused,
-        prefilled=result.prefilled,
-        dropped=result.dropped,
-        prefix_tokens=result.prefix_tokens,
-        resident=result.resident,
-        available=result.available,
-        prefix_hash=result.prefix_hash,
-    )
+    return pb.EnsurePrefixResponse(**dataclasses.asdict(result))
 
 
 def suffix_to_pb(result: SuffixResult) -> pb.PrefillSuffixResponse:
-    return pb.PrefillSuffixResponse(
-        suffix_tokens=result.suffix_tokens,
-        prefilled=result.prefilled,
-        resident=result.resident,
-        available=result.available,
-    )
+    return pb.PrefillSuffixResponse(**dataclasses.asdict(result))
 
 
 def step_to_pb(step: DecodeStep) -> pb.DecodeChunk:

@@ -93,7 +93,7 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             handle=session.handle,
             config=resolved_to_pb(resolved),
             facts=facts_to_pb(spec.facts),
-            capabilities=capabilities_to_pb(self._sessions.capabilities),  # type: ignore[arg-type]
+            capabilities=capabilities_to_pb(self._sessions.capabilities),
         )
 
     async def EnsurePrefix(

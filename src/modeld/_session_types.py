@@ -14,9 +14,7 @@ __all__ = [
     "DecodeFinal",
     "DecodeRequest",
     "DecodeStep",
-    "PrefixResult",
     "SessionInput",
-    "SuffixResult",
     "TextInput",
     "TokenInput",
 ]
@@ -43,25 +41,6 @@ class ChatInput:
 
 
 SessionInput = TextInput | TokenInput | ChatInput
-
-
-@dataclass(frozen=True)
-class PrefixResult:
-    reused: int
-    prefilled: int
-    dropped: int
-    prefix_tokens: int
-    resident: int
-    available: int
-    prefix_hash: str
-
-
-@dataclass(frozen=True)
-class SuffixResult:
-    suffix_tokens: int
-    prefilled: int
-    resident: int
-    available: int
 
 
 @dataclass(frozen=True)

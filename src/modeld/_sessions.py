@@ -32,6 +32,7 @@ from modeldconn._errors import (
     SessionNotFound,
     StaleFence,
 )
+from modeldconn._types import Capabilities, Capacity, PrefixResult, SuffixResult
 
 from ._models import ModelCatalog
 from ._session_types import (
@@ -39,9 +40,7 @@ from ._session_types import (
     DecodeFinal,
     DecodeRequest,
     DecodeStep,
-    PrefixResult,
     SessionInput,
-    SuffixResult,
     TextInput,
     TokenInput,
 )
@@ -50,7 +49,7 @@ from ._worker import EngineWorker
 from .backends._base import Backend, EngineModel, EngineSession
 from .backends._facts import ModelSpec
 
-__all__ = ["Capacity", "MemoryBudget", "ResolvedConfig", "Session", "SessionManager"]
+__all__ = ["MemoryBudget", "ResolvedConfig", "Session", "SessionManager"]
 
 log = logging.getLogger("modeld.sessions")
 
@@ -70,15 +69,6 @@ class MemoryBudget:
         if self.limit_bytes:
             free = min(free, self.limit_bytes - in_use)
         return max(0, free)
-
-
-@dataclass(frozen=True)
-class Capacity:
-    kv_bytes_per_token: int
-    free_bytes: int
-    model_max_context: int
-    memory_fit_context: int
-    default_context: int
 
 
 @dataclass(frozen=True)
@@ -154,7 +144,7 @@ class SessionManager:
     # -- models -------------------------------------------------------------------------------
 
     @property
-    def capabilities(self) -> object:
+    def capabilities(self) -> Capabilities:
         return self._backend.capabilities
 
     def loaded_models(self) -> list[LoadedModel]:

@@ -11,21 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from modeldconn._types import Capabilities
+
 from ._facts import ModelFacts, ModelSpec
 
 __all__ = ["Backend", "Capabilities", "EngineModel", "EngineSession", "Sampler", "SamplingParams"]
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a backend can really do; an absent capability's RPC answers unsupported_feature."""
-
-    token_level_truncation: bool
-    kv_copy_between_sessions: bool
-    native_state_snapshot: bool
-    batched_decode: bool
-    chat_template: bool
-    grammar: bool
 
 
 @dataclass(frozen=True)
