@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass
 
 from modeldconn._errors import InvalidArgument
+from modeldconn._types import DecodeFinal
 
 from .backends._base import SamplingParams
 
 __all__ = [
     "ChatInput",
-    "DecodeFinal",
     "DecodeRequest",
     "DecodeStep",
     "SessionInput",
@@ -108,25 +108,6 @@ class DecodeRequest:
             ignore_eos=ignore_eos,
         )
         return cls(max_tokens=limit, sampling=sampling, stop=stop)
-
-
-@dataclass(frozen=True)
-class DecodeFinal:
-    stop_reason: str  #: eos | max_tokens | stop | cancelled | context_full
-    stop_string: str
-    prompt_tokens: int
-    reused_tokens: int
-    completion_tokens: int
-    prefill_ms: float
-    ttft_ms: float
-    decode_ms: float
-    resident: int
-    available: int
-
-    @property
-    def tokens_per_s(self) -> float:
-        after_first = self.completion_tokens - 1
-        return after_first / (self.decode_ms / 1000) if after_first > 0 and self.decode_ms else 0.0
 
 
 @dataclass(frozen=True)

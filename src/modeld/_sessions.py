@@ -32,12 +32,11 @@ from modeldconn._errors import (
     SessionNotFound,
     StaleFence,
 )
-from modeldconn._types import Capabilities, Capacity, PrefixResult, SuffixResult
+from modeldconn._types import Capabilities, Capacity, DecodeFinal, PrefixResult, SuffixResult
 
 from ._models import ModelCatalog
 from ._session_types import (
     ChatInput,
-    DecodeFinal,
     DecodeRequest,
     DecodeStep,
     SessionInput,
@@ -443,6 +442,7 @@ class SessionManager:
                     break
                 yield DecodeStep(text, (token,))
             tail = "" if stop_reason == "stop" else scanner.flush()
+            decode_ms = (time.perf_counter() - first_at) * 1000
             final = DecodeFinal(
                 stop_reason=stop_reason,
                 stop_string=stop_string,
@@ -451,7 +451,9 @@ class SessionManager:
                 completion_tokens=generated,
                 prefill_ms=prefill_ms,
                 ttft_ms=ttft_ms,
-                decode_ms=(time.perf_counter() - first_at) * 1000,
+                decode_ms=decode_ms,
+                # tokens after the first, over the time after the first
+                tokens_per_s=(generated - 1) / (decode_ms / 1000) if generated > 1 else 0.0,
                 # the last sampled token is on the tape, computed by whatever comes next
                 resident=engine.kv_len,
                 available=session.n_ctx - len(session.tape),
