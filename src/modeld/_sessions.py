@@ -19,7 +19,7 @@ import logging
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass, field
 
 import psutil
@@ -53,6 +53,8 @@ __all__ = ["MemoryBudget", "ResolvedConfig", "Session", "SessionManager"]
 log = logging.getLogger("modeld.sessions")
 
 DEFAULT_N_CTX = 4096
+#: how long an operation waits for the session's previous one before session_busy
+BUSY_GRACE_S = 0.25
 _REMEMBER_CLOSED = 10_000
 
 
@@ -99,6 +101,8 @@ class Session:
     #: tokens the last EnsurePrefix kept; reported by the next Decode, then reset
     turn_reused: int = 0
     busy: bool = False
+    #: set whenever no operation runs, so a waiting one can start
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
     close_requested: bool = False
 
     @property
@@ -252,16 +256,30 @@ class SessionManager:
             raise SessionNotFound(f"session {session_id} is {state}", handle=handle, state=state)
         return session
 
-    @contextlib.contextmanager
-    def _operation(self, handle: str) -> Iterator[Session]:
+    @contextlib.asynccontextmanager
+    async def _operation(self, handle: str) -> AsyncIterator[Session]:
         session = self.get(handle)
-        if session.busy:
-            raise SessionBusy(f"session {session.id} is busy with another operation", handle=handle)
+        deadline = time.monotonic() + BUSY_GRACE_S
+        while session.busy:
+            # A Decode the client just cancelled takes a moment to unwind here; a caller that
+            # hung up and called again must not be refused for that. A real overlap still is.
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(session.idle.wait(), remaining)
+            except TimeoutError:
+                raise SessionBusy(
+                    f"session {session.id} is busy with another operation", handle=handle
+                ) from None
+            session = self.get(handle)  # it may have been closed meanwhile
         session.busy = True
+        session.idle.clear()
         try:
             yield session
         finally:
             session.busy = False
+            session.idle.set()
             if session.close_requested:
                 self._forget(session)
 
@@ -323,7 +341,7 @@ class SessionManager:
     # -- EnsurePrefix / PrefillSuffix -----------------------------------------------------------
 
     async def ensure_prefix(self, handle: str, value: SessionInput) -> PrefixResult:
-        with self._operation(handle) as session:
+        async with self._operation(handle) as session:
             return await self._worker.call(self._ensure_prefix, session, value)
 
     def _ensure_prefix(self, session: Session, value: SessionInput) -> PrefixResult:
@@ -360,7 +378,7 @@ class SessionManager:
         )
 
     async def prefill_suffix(self, handle: str, value: SessionInput) -> SuffixResult:
-        with self._operation(handle) as session:
+        async with self._operation(handle) as session:
             return await self._worker.call(self._prefill_suffix, session, value)
 
     def _prefill_suffix(self, session: Session, value: SessionInput) -> SuffixResult:
@@ -390,7 +408,7 @@ class SessionManager:
     async def decode(
         self, handle: str, request: DecodeRequest, suffix: SessionInput | None = None
     ) -> AsyncIterator[DecodeStep]:
-        with self._operation(handle) as session:
+        async with self._operation(handle) as session:
             if not session.tape and suffix is None:
                 raise InvalidArgument("nothing to continue: EnsurePrefix or PrefillSuffix first")
             steps = self._decode_steps(session, request, suffix)

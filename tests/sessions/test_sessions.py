@@ -140,6 +140,19 @@ def test_cancelling_mid_stream_leaves_the_session_consistent(client: Client) -> 
         assert cold.generate(**GREEDY).token_ids == again.token_ids
 
 
+def test_a_new_call_right_after_hanging_up_is_not_refused(client: Client) -> None:
+    with client.open_session(MODEL) as session:
+        session.ensure_prefix(PROMPTS[0][0])
+        for _ in range(5):
+            stream = session.decode(max_tokens=50, ignore_eos=True)
+            assert next(stream).token_ids
+            stream.close()  # and call again at once: the daemon is still unwinding the first
+            assert session.ensure_prefix(PROMPTS[0][0]).prefilled == 0
+            # the first chunk only, the iterator dropped, the next Decode at once
+            for _ in range(3):
+                assert next(iter(session.decode(max_tokens=1))).token_ids
+
+
 def test_chat_messages_use_the_models_template(client: Client) -> None:
     with client.open_session(MODEL) as session:
         result = session.ensure_prefix(
