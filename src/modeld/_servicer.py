@@ -76,6 +76,8 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             uptime_s=time.monotonic() - self._started,
             sessions_open=self._sessions.session_count(),
             models=models,
+            prefix_shares=self._sessions.prefix_shares,
+            prefix_shared_tokens=self._sessions.prefix_shared_tokens,
         )
 
     async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:

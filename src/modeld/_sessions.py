@@ -55,6 +55,9 @@ log = logging.getLogger("modeld.sessions")
 DEFAULT_N_CTX = 4096
 #: how long an operation waits for the session's previous one before session_busy
 BUSY_GRACE_S = 0.25
+#: a prefix held by another session is copied (a few ms) rather than computed (~1.4 ms a token on
+#: 2 cores) once it beats the session's own resident prefix by this many tokens
+MIN_SHARED_TOKENS = 16
 _REMEMBER_CLOSED = 10_000
 
 
@@ -143,6 +146,8 @@ class SessionManager:
         self._loading: dict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._sessions: dict[str, Session] = {}
         self._closed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.prefix_shares = 0
+        self.prefix_shared_tokens = 0
 
     # -- models -------------------------------------------------------------------------------
 
@@ -360,6 +365,8 @@ class SessionManager:
         # Decode but not computed yet is kept, not dropped, and computed now
         common = min(matching, engine.kv_len)
         dropped = len(session.tape) - matching
+        shared = self._share_from_donor(session, tokens, common)
+        common = max(common, shared)
         engine.truncate(common)
         session.tape = session.tape[:common]
         if common < len(tokens):
@@ -375,7 +382,30 @@ class SessionManager:
             resident=engine.kv_len,
             available=session.n_ctx - engine.kv_len,
             prefix_hash=prefix_hash(tokens),
+            shared=shared,
         )
+
+    def _share_from_donor(self, session: Session, tokens: list[int], own: int) -> int:
+        """Worker thread: start ``session`` from the KV of the session that holds the longest
+        prefix of ``tokens``, when that beats its own by enough to pay for the copy.
+
+        :returns: tokens copied (0: no donor was worth it; the session's KV is untouched).
+        """
+        best, donor = own + MIN_SHARED_TOKENS - 1, None
+        for other in self._sessions.values():
+            if other is session or other.model is not session.model:
+                continue
+            have = min(_common_prefix(other.tape, tokens), other.engine.kv_len)
+            if have > best:
+                best, donor = have, other
+        if donor is None:
+            return 0
+        session.engine.load_state(donor.engine.save_state(), donor.engine.kv_len)
+        session.engine.truncate(best)
+        session.tape = donor.tape[:best]
+        self.prefix_shares += 1
+        self.prefix_shared_tokens += best
+        return best
 
     async def prefill_suffix(self, handle: str, value: SessionInput) -> SuffixResult:
         async with self._operation(handle) as session:

@@ -181,6 +181,8 @@ class PrefixResult:
     resident: int
     available: int
     prefix_hash: str
+    #: of ``reused``, tokens whose KV was copied from another session instead of computed
+    shared: int = 0
 
     @classmethod
     def from_pb(cls, message: pb.EnsurePrefixResponse) -> PrefixResult:

@@ -160,7 +160,7 @@ def test_capabilities_are_pinned(client: modeldconn.Client) -> None:
     with client.open_session(MODEL) as session:
         assert session.info.capabilities == modeldconn.Capabilities(
             token_level_truncation=True,
-            kv_copy_between_sessions=False,
+            kv_copy_between_sessions=True,
             native_state_snapshot=False,
             batched_decode=False,
             chat_template=True,

@@ -59,6 +59,12 @@ class EngineSession(Protocol):
 
     def sampler(self, params: SamplingParams, history: Sequence[int]) -> Sampler: ...
 
+    def save_state(self) -> bytes:
+        """All resident KV, serialised by the engine."""
+
+    def load_state(self, data: bytes, kv_len: int) -> None:
+        """Replace the resident KV with ``data`` (from save_state) holding ``kv_len`` tokens."""
+
     def close(self) -> None: ...
 
 

@@ -145,6 +145,23 @@ class LlamaSession:
             self.kv_len += len(chunk)
         self._logits_for = self.kv_len
 
+    def save_state(self) -> bytes:
+        """The session's KV (all resident tokens) as bytes, via llama.cpp's per-sequence state."""
+        size = ll.llama_state_seq_get_size(self.ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = ll.llama_state_seq_get_data(self.ctx, buffer, size, 0)
+        return ctypes.string_at(buffer, written)
+
+    def load_state(self, data: bytes, kv_len: int) -> None:
+        """Replace this session's KV with ``data`` from :meth:`save_state` of ``kv_len`` tokens."""
+        ll.llama_memory_seq_rm(self._memory, 0, -1, -1)
+        self.kv_len = 0
+        self._logits_for = -1
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if ll.llama_state_seq_set_data(self.ctx, buffer, len(data), 0) == 0:
+            raise SessionFatal("llama.cpp refused the saved state")
+        self.kv_len = kv_len
+
     def logits_current(self) -> bool:
         return self._logits_for == self.kv_len and self.kv_len > 0
 
@@ -239,7 +256,7 @@ class LlamaBackend:
     name = "llama"
     capabilities = Capabilities(
         token_level_truncation=True,
-        kv_copy_between_sessions=False,  # sessions own separate contexts (see the issue on sharing)
+        kv_copy_between_sessions=True,  # per-sequence state copied between the sessions' contexts
         native_state_snapshot=False,  # no Snapshot RPC yet
         batched_decode=False,
         chat_template=True,

@@ -32,7 +32,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("instance_id", "protocol", "min_protocol", "backend", "version", "state", "pid", "host", "endpoint", "uptime_s", "sessions_open", "models")
+    __slots__ = ("instance_id", "protocol", "min_protocol", "backend", "version", "state", "pid", "host", "endpoint", "uptime_s", "sessions_open", "models", "prefix_shares", "prefix_shared_tokens")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     MIN_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,8 @@ class StatusResponse(_message.Message):
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_OPEN_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_SHARES_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_SHARED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     protocol: int
     min_protocol: int
@@ -57,7 +59,9 @@ class StatusResponse(_message.Message):
     uptime_s: float
     sessions_open: int
     models: _containers.RepeatedCompositeFieldContainer[LoadedModelStatus]
-    def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ...) -> None: ...
+    prefix_shares: int
+    prefix_shared_tokens: int
+    def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ..., prefix_shares: _Optional[int] = ..., prefix_shared_tokens: _Optional[int] = ...) -> None: ...
 
 class LoadedModelStatus(_message.Message):
     __slots__ = ("name", "digest", "path", "sessions")
@@ -236,7 +240,7 @@ class EnsurePrefixRequest(_message.Message):
     def __init__(self, handle: _Optional[str] = ..., prefix: _Optional[_Union[Input, _Mapping]] = ...) -> None: ...
 
 class EnsurePrefixResponse(_message.Message):
-    __slots__ = ("reused", "prefilled", "dropped", "prefix_tokens", "resident", "available", "prefix_hash")
+    __slots__ = ("reused", "prefilled", "dropped", "prefix_tokens", "resident", "available", "prefix_hash", "shared")
     REUSED_FIELD_NUMBER: _ClassVar[int]
     PREFILLED_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +248,7 @@ class EnsurePrefixResponse(_message.Message):
     RESIDENT_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     PREFIX_HASH_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     reused: int
     prefilled: int
     dropped: int
@@ -251,7 +256,8 @@ class EnsurePrefixResponse(_message.Message):
     resident: int
     available: int
     prefix_hash: str
-    def __init__(self, reused: _Optional[int] = ..., prefilled: _Optional[int] = ..., dropped: _Optional[int] = ..., prefix_tokens: _Optional[int] = ..., resident: _Optional[int] = ..., available: _Optional[int] = ..., prefix_hash: _Optional[str] = ...) -> None: ...
+    shared: int
+    def __init__(self, reused: _Optional[int] = ..., prefilled: _Optional[int] = ..., dropped: _Optional[int] = ..., prefix_tokens: _Optional[int] = ..., resident: _Optional[int] = ..., available: _Optional[int] = ..., prefix_hash: _Optional[str] = ..., shared: _Optional[int] = ...) -> None: ...
 
 class PrefillSuffixRequest(_message.Message):
     __slots__ = ("handle", "suffix")
