@@ -73,6 +73,15 @@ def cli() -> None:
     help="Cap on weights + KV, e.g. 800MB or 4GiB (0: free memory less 256 MiB).",
 )
 @click.option(
+    "--max-live-sessions",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Sessions holding an engine context at once; more are parked and restored on use.",
+)
+@click.option("--park-ram", default="1GiB", show_default=True, help="Parked KV kept in RAM.")
+@click.option("--park-disk", default="8GiB", show_default=True, help="Parked KV allowed on disk.")
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -88,6 +97,9 @@ def serve(
     model: str | None,
     threads: int,
     memory_limit: str,
+    max_live_sessions: int,
+    park_ram: str,
+    park_disk: str,
     log_level: str,
 ) -> None:
     """Serve the data root's models, leading by lease (or standing by)."""
@@ -98,6 +110,9 @@ def serve(
         _fail(f"backend {backend} needs {module}: pip install 'modeld[{extra}]'", ExitCode.USAGE)
     if not 0.5 <= lease_ttl <= 3600:
         _fail(f"--lease-ttl {lease_ttl:g}: choose between 0.5 and 3600 s", ExitCode.USAGE)
+    park_ram_bytes, park_disk_bytes = parse_bytes(park_ram), parse_bytes(park_disk)
+    if park_ram_bytes is None or park_disk_bytes is None:
+        _fail("--park-ram / --park-disk: expected bytes like 800MB or 4GiB", ExitCode.USAGE)
     limit = parse_bytes(memory_limit)
     if limit is None:
         _fail(f"--memory-limit {memory_limit!r}: expected bytes like 800MB or 4GiB", ExitCode.USAGE)
@@ -116,6 +131,9 @@ def serve(
         model=model,
         threads=threads,
         memory_limit_bytes=limit or 0,
+        max_live_sessions=max_live_sessions,
+        park_ram_bytes=park_ram_bytes or 0,
+        park_disk_bytes=park_disk_bytes or 0,
     )
     from ._daemon import serve as run_daemon  # grpc's server side loads only when serving
 
@@ -244,7 +262,16 @@ def status(data_root: Path | None, as_json: bool) -> None:
     click.echo(f"state      {reply.state}, backend {reply.backend}, up {reply.uptime_s:.0f} s")
     click.echo(f"endpoint   {reply.endpoint}")
     click.echo(f"version    modeld {reply.version}, protocol {reply.protocol}")
-    click.echo(f"sessions   {reply.sessions_open} open")
+    click.echo(
+        f"sessions   {reply.sessions_open} open: {reply.sessions_live} live "
+        f"(at most {reply.max_live_sessions}), {reply.sessions_parked} parked "
+        f"({reply.parked_ram_bytes / 2**20:.1f} MiB RAM, {reply.parked_disk_bytes / 2**20:.1f} MiB "
+        f"disk; {reply.parks} parks, {reply.restores} restores)"
+    )
+    click.echo(
+        f"sharing    {reply.prefix_shares} sessions started from another's KV "
+        f"({reply.prefix_shared_tokens} tokens copied, not computed)"
+    )
     for loaded in reply.models:
         click.echo(f"model      {loaded.name} ({loaded.digest[:12]}), {loaded.sessions} sessions")
 

@@ -33,3 +33,9 @@ class ServeSettings:
     threads: int = 0
     #: cap on what weights and KV may use, bytes (0: free memory less a reserve)
     memory_limit_bytes: int = 0
+    #: sessions holding an engine context at once; more are parked (KV saved, context freed)
+    max_live_sessions: int = 8
+    #: bytes of parked KV kept in RAM; beyond it parked KV goes to <data root>/parked/
+    park_ram_bytes: int = 1 << 30
+    #: bytes of parked KV allowed on disk
+    park_disk_bytes: int = 8 << 30

@@ -22,6 +22,7 @@ from ._identity import Identity, modeld_version
 from ._lease_store import LeaseStore
 from ._listener import parse_listen
 from ._models import ModelCatalog
+from ._parking import ParkingLot
 from ._phase import Gate, Phase
 from ._server import BoundServer, bind_server
 from ._servicer import ModeldServicer
@@ -125,6 +126,12 @@ async def serve(settings: ServeSettings) -> int:
         backend=make_backend(settings.backend, n_threads=settings.threads or os.cpu_count() or 1),
         worker=worker,
         budget=MemoryBudget(limit_bytes=settings.memory_limit_bytes),
+        lot=ParkingLot(
+            max_live=settings.max_live_sessions,
+            ram_budget=settings.park_ram_bytes,
+            disk_dir=root / "parked",
+            disk_budget=settings.park_disk_bytes,
+        ),
     )
     servicer = ModeldServicer(
         identity=identity,

@@ -54,6 +54,7 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         return await self._sessions.resolve(ref.name, ref.type, ref.digest, ref.path)
 
     async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
+        lot = self._sessions.lot
         models = [
             pb.LoadedModelStatus(
                 name=m.spec.facts.name,
@@ -78,6 +79,13 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             models=models,
             prefix_shares=self._sessions.prefix_shares,
             prefix_shared_tokens=self._sessions.prefix_shared_tokens,
+            sessions_live=self._sessions.live_count(),
+            sessions_parked=self._sessions.session_count() - self._sessions.live_count(),
+            parked_ram_bytes=lot.ram_bytes,
+            parked_disk_bytes=lot.disk_bytes,
+            parks=lot.parks,
+            restores=lot.restores,
+            max_live_sessions=lot.max_live,
         )
 
     async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:

@@ -35,6 +35,7 @@ from modeldconn._errors import (
 from modeldconn._types import Capabilities, Capacity, DecodeFinal, PrefixResult, SuffixResult
 
 from ._models import ModelCatalog
+from ._parking import ParkedState, ParkingLot
 from ._session_types import (
     ChatInput,
     DecodeRequest,
@@ -97,7 +98,8 @@ class Session:
     id: str
     handle: str
     model: LoadedModel
-    engine: EngineSession
+    #: None while parked (see ``_parking``)
+    engine: EngineSession | None
     n_ctx: int
     tape: list[int] = field(default_factory=list)
     prefix_len: int = 0
@@ -106,6 +108,8 @@ class Session:
     busy: bool = False
     #: set whenever no operation runs, so a waiting one can start
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    parked: ParkedState | None = None
+    last_used: float = field(default_factory=time.monotonic)
     close_requested: bool = False
 
     @property
@@ -136,12 +140,14 @@ class SessionManager:
         backend: Backend,
         worker: EngineWorker,
         budget: MemoryBudget,
+        lot: ParkingLot,
     ) -> None:
         self._instance_id = instance_id
         self._catalog = catalog
         self._backend = backend
         self._worker = worker
         self._budget = budget
+        self.lot = lot
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._loading: dict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._sessions: dict[str, Session] = {}
@@ -167,7 +173,11 @@ class SessionManager:
 
     def _in_use(self) -> int:
         weights = sum(m.spec.facts.file_bytes for m in self._models.values())
-        return weights + sum(s.kv_bytes for s in self._sessions.values())
+        live = sum(s.kv_bytes for s in self._sessions.values() if s.parked is None)
+        return weights + live + self.lot.ram_bytes
+
+    def live_count(self) -> int:
+        return sum(1 for s in self._sessions.values() if s.parked is None)
 
     def capacity(self, spec: ModelSpec) -> Capacity:
         facts = spec.facts
@@ -230,7 +240,7 @@ class SessionManager:
                 memory_fit_context=capacity.memory_fit_context,
             )
         loaded = await self._load(spec)
-        engine = await self._worker.call(loaded.engine.open_session, n_ctx)
+        engine = await self._worker.call(self._open_context, loaded, n_ctx)
         session_id = uuid.uuid4().hex
         session = Session(session_id, f"{self._instance_id}/{session_id}", loaded, engine, n_ctx)
         self._sessions[session_id] = session
@@ -244,6 +254,20 @@ class SessionManager:
             n_batch=loaded.engine.n_batch,
         )
         return session, resolved
+
+    def _open_context(self, loaded: LoadedModel, n_ctx: int) -> EngineSession:
+        """Worker thread: a new engine context, parking an idle session first if needed."""
+        self.lot.make_room(self._sessions.values(), keep=None)
+        return loaded.engine.open_session(n_ctx)
+
+    def _live(self, session: Session) -> EngineSession:
+        """Worker thread: the session's engine context, restored first if it was parked."""
+        session.last_used = time.monotonic()
+        if session.engine is None:
+            self.lot.make_room(self._sessions.values(), keep=session)
+            self.lot.restore(session, lambda: session.model.engine.open_session(session.n_ctx))
+        assert session.engine is not None
+        return session.engine
 
     def get(self, handle: str) -> Session:
         instance, _, session_id = handle.rpartition("/")
@@ -297,6 +321,7 @@ class SessionManager:
             session.close_requested = True  # freed when its operation ends
             return True
         self._forget(session)
+        await self._worker.call(lambda: None)  # its release (queued first) has run
         return True
 
     def _forget(self, session: Session) -> None:
@@ -307,11 +332,18 @@ class SessionManager:
         while len(self._closed) > _REMEMBER_CLOSED:
             self._closed.popitem(last=False)
         # queued behind any step still running for it on the worker
-        self._worker.submit(session.engine.close)
+        self._worker.submit(lambda: self._release(session))
+
+    def _release(self, session: Session) -> None:
+        if session.engine is not None:
+            session.engine.close()
+            session.engine = None
+        self.lot.forget(session)
 
     async def close_all(self) -> None:
         for session in list(self._sessions.values()):
             self._forget(session)
+        await self._worker.call(lambda: None)  # the releases queued above have run
         for loaded in self._models.values():
             await self._worker.call(loaded.engine.close)
         self._models.clear()
@@ -350,7 +382,7 @@ class SessionManager:
             return await self._worker.call(self._ensure_prefix, session, value)
 
     def _ensure_prefix(self, session: Session, value: SessionInput) -> PrefixResult:
-        engine = session.engine
+        engine = self._live(session)
         tokens = self._to_tokens(session.model.engine, value, start=True)
         if len(tokens) > session.n_ctx:
             raise ContextOverflow(
@@ -391,17 +423,26 @@ class SessionManager:
 
         :returns: tokens copied (0: no donor was worth it; the session's KV is untouched).
         """
-        best, donor = own + MIN_SHARED_TOKENS - 1, None
+        best, donor, donor_kv = own + MIN_SHARED_TOKENS - 1, None, 0
         for other in self._sessions.values():
             if other is session or other.model is not session.model:
                 continue
-            have = min(_common_prefix(other.tape, tokens), other.engine.kv_len)
+            kv_len = (
+                other.engine.kv_len
+                if other.engine
+                else other.parked.kv_len
+                if (other.parked)
+                else 0
+            )
+            have = min(_common_prefix(other.tape, tokens), kv_len)
             if have > best:
-                best, donor = have, other
+                best, donor, donor_kv = have, other, kv_len
         if donor is None:
             return 0
-        session.engine.load_state(donor.engine.save_state(), donor.engine.kv_len)
-        session.engine.truncate(best)
+        state = donor.engine.save_state() if donor.engine else self.lot.saved_state(donor)
+        engine = self._live(session)
+        engine.load_state(state, donor_kv)
+        engine.truncate(best)
         session.tape = donor.tape[:best]
         self.prefix_shares += 1
         self.prefix_shared_tokens += best
@@ -412,7 +453,7 @@ class SessionManager:
             return await self._worker.call(self._prefill_suffix, session, value)
 
     def _prefill_suffix(self, session: Session, value: SessionInput) -> SuffixResult:
-        engine = session.engine
+        engine = self._live(session)
         tokens = self._to_tokens(session.model.engine, value, start=not session.tape)
         pending = session.tape[engine.kv_len :]
         if len(session.tape) + len(tokens) > session.n_ctx:
@@ -449,8 +490,8 @@ class SessionManager:
         self, session: Session, request: DecodeRequest, suffix: SessionInput | None
     ) -> Generator[DecodeStep, None, None]:
         """Runs on the worker, one token per step; closing it mid-way keeps the tape valid."""
-        engine, model = session.engine, session.model.engine
         received = time.perf_counter()
+        engine, model = self._live(session), session.model.engine
         if suffix is not None:
             self._prefill_suffix(session, suffix)
         prompt_tokens, reused = len(session.tape), session.turn_reused

@@ -35,7 +35,10 @@ def test_second_process_reuses_a_prefix_another_session_holds(served: Served) ->
         holder.generate(suffix="\nQ: Who wrote Hamlet?\nA:", max_tokens=8)  # the holder moves on
         run = subprocess.run(
             [sys.executable, "-c", OTHER_PROCESS, str(served.root), SYSTEM, QUESTION],
-            capture_output=True, text=True, timeout=120, check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
         )
         other = json.loads(run.stdout)
     assert other["reused"] == other["shared"] == held.prefix_tokens

@@ -32,7 +32,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("instance_id", "protocol", "min_protocol", "backend", "version", "state", "pid", "host", "endpoint", "uptime_s", "sessions_open", "models", "prefix_shares", "prefix_shared_tokens")
+    __slots__ = ("instance_id", "protocol", "min_protocol", "backend", "version", "state", "pid", "host", "endpoint", "uptime_s", "sessions_open", "models", "prefix_shares", "prefix_shared_tokens", "sessions_live", "sessions_parked", "parked_ram_bytes", "parked_disk_bytes", "parks", "restores", "max_live_sessions")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     MIN_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,13 @@ class StatusResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_SHARES_FIELD_NUMBER: _ClassVar[int]
     PREFIX_SHARED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_LIVE_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_PARKED_FIELD_NUMBER: _ClassVar[int]
+    PARKED_RAM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARKED_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARKS_FIELD_NUMBER: _ClassVar[int]
+    RESTORES_FIELD_NUMBER: _ClassVar[int]
+    MAX_LIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     protocol: int
     min_protocol: int
@@ -61,7 +68,14 @@ class StatusResponse(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[LoadedModelStatus]
     prefix_shares: int
     prefix_shared_tokens: int
-    def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ..., prefix_shares: _Optional[int] = ..., prefix_shared_tokens: _Optional[int] = ...) -> None: ...
+    sessions_live: int
+    sessions_parked: int
+    parked_ram_bytes: int
+    parked_disk_bytes: int
+    parks: int
+    restores: int
+    max_live_sessions: int
+    def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ..., prefix_shares: _Optional[int] = ..., prefix_shared_tokens: _Optional[int] = ..., sessions_live: _Optional[int] = ..., sessions_parked: _Optional[int] = ..., parked_ram_bytes: _Optional[int] = ..., parked_disk_bytes: _Optional[int] = ..., parks: _Optional[int] = ..., restores: _Optional[int] = ..., max_live_sessions: _Optional[int] = ...) -> None: ...
 
 class LoadedModelStatus(_message.Message):
     __slots__ = ("name", "digest", "path", "sessions")
