@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from modeldconn._errors import Overloaded
+from modeldconn._errors import Overloaded, SessionFatal
 
-from .backends._base import EngineSession
+from ._state_file import StateFileError, read_state_file, write_state_file
+from .backends._base import EngineSession, EngineState
 
 __all__ = ["Parkable", "ParkedState", "ParkingLot"]
 
@@ -30,7 +31,7 @@ __all__ = ["Parkable", "ParkedState", "ParkingLot"]
 class ParkedState:
     kv_len: int
     size: int
-    data: bytes | None  #: RAM tier
+    state: EngineState | None  #: RAM tier
     path: Path | None  #: disk tier
 
 
@@ -74,18 +75,16 @@ class ParkingLot:
     def park(self, session: Parkable) -> None:
         engine = session.engine
         assert engine is not None
-        data = engine.save_state()
-        kv_len = engine.kv_len
-        if self.ram_bytes + len(data) <= self.ram_budget:
-            session.parked = ParkedState(kv_len, len(data), data, None)
-            self.ram_bytes += len(data)
-        elif self.disk_bytes + len(data) <= self.disk_budget:
+        state = engine.save_state()
+        if self.ram_bytes + state.size <= self.ram_budget:
+            session.parked = ParkedState(state.kv_len, state.size, state, None)
+            self.ram_bytes += state.size
+        elif self.disk_bytes + state.size <= self.disk_budget:
             self.disk_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             path = self.disk_dir / f"{session.id}.kv"
-            with open(path, "wb") as handle:
-                handle.write(data)
-            session.parked = ParkedState(kv_len, len(data), None, path)
-            self.disk_bytes += len(data)
+            write_state_file(path, state, {"session": session.id})
+            session.parked = ParkedState(state.kv_len, state.size, None, path)
+            self.disk_bytes += state.size
         else:
             raise Overloaded(
                 "no room left to park a session (RAM and disk tiers are full)", retry_after_s=5
@@ -97,11 +96,10 @@ class ParkingLot:
     def restore(self, session: Parkable, open_context: Callable[[], EngineSession]) -> None:
         parked = session.parked
         assert parked is not None and session.engine is None
-        data = parked.data if parked.data is not None else self._read(parked)
+        state = self.saved_state(session)
         engine = open_context()
         try:
-            if parked.kv_len:
-                engine.load_state(data, parked.kv_len)
+            engine.load_state(state)
         except BaseException:
             engine.close()
             raise
@@ -109,23 +107,24 @@ class ParkingLot:
         self.forget(session)
         self.restores += 1
 
-    def saved_state(self, session: Parkable) -> bytes:
+    def saved_state(self, session: Parkable) -> EngineState:
         parked = session.parked
         assert parked is not None
-        return parked.data if parked.data is not None else self._read(parked)
+        if parked.state is not None:
+            return parked.state
+        assert parked.path is not None
+        try:
+            return read_state_file(parked.path)[0]
+        except (OSError, StateFileError) as exc:
+            raise SessionFatal(f"the parked state of session {session.id} is lost: {exc}") from None
 
     def forget(self, session: Parkable) -> None:
         parked, session.parked = session.parked, None
         if parked is None:
             return
-        if parked.data is not None:
+        if parked.state is not None:
             self.ram_bytes -= parked.size
         if parked.path is not None:
             self.disk_bytes -= parked.size
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(parked.path)
-
-    @staticmethod
-    def _read(parked: ParkedState) -> bytes:
-        assert parked.path is not None
-        return parked.path.read_bytes()

@@ -423,7 +423,7 @@ class SessionManager:
 
         :returns: tokens copied (0: no donor was worth it; the session's KV is untouched).
         """
-        best, donor, donor_kv = own + MIN_SHARED_TOKENS - 1, None, 0
+        best, donor = own + MIN_SHARED_TOKENS - 1, None
         for other in self._sessions.values():
             if other is session or other.model is not session.model:
                 continue
@@ -436,12 +436,12 @@ class SessionManager:
             )
             have = min(_common_prefix(other.tape, tokens), kv_len)
             if have > best:
-                best, donor, donor_kv = have, other, kv_len
+                best, donor = have, other
         if donor is None:
             return 0
         state = donor.engine.save_state() if donor.engine else self.lot.saved_state(donor)
         engine = self._live(session)
-        engine.load_state(state, donor_kv)
+        engine.load_state(state)
         engine.truncate(best)
         session.tape = donor.tape[:best]
         self.prefix_shares += 1

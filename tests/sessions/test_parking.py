@@ -74,3 +74,24 @@ def test_round_robin_over_more_sessions_than_live_contexts(
         assert not list((tight.root / "parked").glob("*.kv"))
     finally:
         stop_served(tight)
+
+
+def test_parked_between_prefill_and_decode_samples_from_the_saved_logits(
+    gemma_file: Path, served: Served
+) -> None:
+    prompt, suffix = _system(0), " In the morning the river"
+    with served.client.open_session(MODEL) as alone:
+        alone.ensure_prefix(prompt)
+        alone.prefill_suffix(suffix)
+        expected = alone.generate(max_tokens=16).token_ids
+    one: Served = start_served(gemma_file, "--max-live-sessions", "1")
+    try:
+        with one.client.open_session(MODEL) as a, one.client.open_session(MODEL) as b:
+            a.ensure_prefix(prompt)
+            a.prefill_suffix(suffix)  # a's logits are current...
+            b.ensure_prefix(_system(1))  # ...when b's turn parks a
+            assert one.client.status().sessions_parked == 1
+            assert a.generate(max_tokens=16).token_ids == expected
+            assert one.client.status().restores >= 1
+    finally:
+        stop_served(one)

@@ -15,7 +15,30 @@ from modeldconn._types import Capabilities
 
 from ._facts import ModelFacts, ModelSpec
 
-__all__ = ["Backend", "Capabilities", "EngineModel", "EngineSession", "Sampler", "SamplingParams"]
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "EngineModel",
+    "EngineSession",
+    "EngineState",
+    "Sampler",
+    "SamplingParams",
+]
+
+
+@dataclass(frozen=True)
+class EngineState:
+    """A session's engine state, portable between contexts of the same model and runtime."""
+
+    kv: bytes  #: the engine's own serialisation of the resident KV
+    kv_len: int
+    #: float32 logits of the last resident token, when they were current: a restored session
+    #: samples its next token from exactly these, never from a recomputation
+    logits: bytes | None
+
+    @property
+    def size(self) -> int:
+        return len(self.kv) + len(self.logits or b"")
 
 
 @dataclass(frozen=True)
@@ -59,11 +82,10 @@ class EngineSession(Protocol):
 
     def sampler(self, params: SamplingParams, history: Sequence[int]) -> Sampler: ...
 
-    def save_state(self) -> bytes:
-        """All resident KV, serialised by the engine."""
+    def save_state(self) -> EngineState: ...
 
-    def load_state(self, data: bytes, kv_len: int) -> None:
-        """Replace the resident KV with ``data`` (from save_state) holding ``kv_len`` tokens."""
+    def load_state(self, state: EngineState) -> None:
+        """Replace the resident KV (and logits) with ``state`` from :meth:`save_state`."""
 
     def close(self) -> None: ...
 

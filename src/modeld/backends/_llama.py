@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import llama_cpp as ll
+import numpy as np
 
 from modeldconn._errors import (
     ContextOverflow,
@@ -21,7 +22,7 @@ from modeldconn._errors import (
     UnsupportedFeature,
 )
 
-from ._base import Capabilities, SamplingParams
+from ._base import Capabilities, EngineState, SamplingParams
 from ._facts import ModelFacts, ModelSpec
 
 __all__ = ["LlamaBackend"]
@@ -46,6 +47,7 @@ def _init_llama_once() -> None:
 class _LlamaSampler:
     def __init__(self, session: LlamaSession, params: SamplingParams, history: Sequence[int]):
         self._ctx = session.ctx
+        self._session = session
         model = session.model
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         self._chain = chain
@@ -80,7 +82,23 @@ class _LlamaSampler:
                 ll.llama_sampler_accept(chain, token)
 
     def sample(self) -> int:
-        return int(ll.llama_sampler_sample(self._chain, self._ctx, -1))
+        restored = self._session.restored_logits
+        if restored is None:
+            return int(ll.llama_sampler_sample(self._chain, self._ctx, -1))
+        # The context has no logits of its own yet: run the same chain over the saved ones,
+        # as llama_sampler_sample does over the context's.
+        self._session.restored_logits = None
+        vocab = self._session.model.facts.vocab_size
+        candidates = (ll.llama_token_data * vocab)()
+        view = np.ctypeslib.as_array(candidates)
+        view["id"] = np.arange(vocab, dtype=np.int32)
+        view["logit"] = np.frombuffer(restored, dtype=np.float32, count=vocab)
+        view["p"] = 0.0
+        array = ll.llama_token_data_array(data=candidates, size=vocab, selected=-1, sorted=False)
+        ll.llama_sampler_apply(self._chain, ctypes.byref(array))
+        token = int(candidates[array.selected].id)
+        ll.llama_sampler_accept(self._chain, token)
+        return token
 
     def close(self) -> None:
         if self._chain is not None:
@@ -108,11 +126,14 @@ class LlamaSession:
         self._batch = ll.llama_batch_init(self._batch_size, 0, 1)
         self.kv_len = 0
         self._logits_for = -1  # kv_len at which the context's logits were produced
+        #: logits carried over by load_state; the context itself has none until it computes
+        self.restored_logits: bytes | None = None
 
     def truncate(self, keep: int) -> None:
         if keep < self.kv_len:
             ll.llama_memory_seq_rm(self._memory, 0, keep, -1)
             self.kv_len = keep
+            self.restored_logits = None
 
     def prefill(self, tokens: Sequence[int]) -> None:
         if self.kv_len + len(tokens) > self.n_ctx:
@@ -125,6 +146,7 @@ class LlamaSession:
             )
         start = self.kv_len
         batch = self._batch
+        self.restored_logits = None
         for offset in range(0, len(tokens), self._batch_size):
             chunk = tokens[offset : offset + self._batch_size]
             batch.n_tokens = len(chunk)
@@ -145,22 +167,34 @@ class LlamaSession:
             self.kv_len += len(chunk)
         self._logits_for = self.kv_len
 
-    def save_state(self) -> bytes:
-        """The session's KV (all resident tokens) as bytes, via llama.cpp's per-sequence state."""
+    def save_state(self) -> EngineState:
+        """The resident KV via llama.cpp's per-sequence state functions, plus current logits."""
         size = ll.llama_state_seq_get_size(self.ctx, 0)
         buffer = (ctypes.c_uint8 * size)()
         written = ll.llama_state_seq_get_data(self.ctx, buffer, size, 0)
-        return ctypes.string_at(buffer, written)
+        logits = None
+        if self.logits_current():
+            logits = ctypes.string_at(self._last_logits(), 4 * self.model.facts.vocab_size)
+        return EngineState(ctypes.string_at(buffer, written), self.kv_len, logits)
 
-    def load_state(self, data: bytes, kv_len: int) -> None:
-        """Replace this session's KV with ``data`` from :meth:`save_state` of ``kv_len`` tokens."""
+    def load_state(self, state: EngineState) -> None:
         ll.llama_memory_seq_rm(self._memory, 0, -1, -1)
         self.kv_len = 0
         self._logits_for = -1
-        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if ll.llama_state_seq_set_data(self.ctx, buffer, len(data), 0) == 0:
-            raise SessionFatal("llama.cpp refused the saved state")
-        self.kv_len = kv_len
+        self.restored_logits = None
+        if state.kv_len:
+            buffer = (ctypes.c_uint8 * len(state.kv)).from_buffer_copy(state.kv)
+            if ll.llama_state_seq_set_data(self.ctx, buffer, len(state.kv), 0) == 0:
+                raise SessionFatal("llama.cpp refused the saved state")
+        self.kv_len = state.kv_len
+        if state.logits is not None:
+            self.restored_logits = state.logits
+            self._logits_for = self.kv_len
+
+    def _last_logits(self) -> Any:
+        if self.restored_logits is not None:
+            return self.restored_logits
+        return ll.llama_get_logits_ith(self.ctx, -1)
 
     def logits_current(self) -> bool:
         return self._logits_for == self.kv_len and self.kv_len > 0
