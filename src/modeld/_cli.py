@@ -82,6 +82,9 @@ def cli() -> None:
 @click.option("--park-ram", default="1GiB", show_default=True, help="Parked KV kept in RAM.")
 @click.option("--park-disk", default="8GiB", show_default=True, help="Parked KV allowed on disk.")
 @click.option(
+    "--snapshot-budget", default="4GiB", show_default=True, help="Bytes of snapshots kept."
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -100,6 +103,7 @@ def serve(
     max_live_sessions: int,
     park_ram: str,
     park_disk: str,
+    snapshot_budget: str,
     log_level: str,
 ) -> None:
     """Serve the data root's models, leading by lease (or standing by)."""
@@ -111,8 +115,12 @@ def serve(
     if not 0.5 <= lease_ttl <= 3600:
         _fail(f"--lease-ttl {lease_ttl:g}: choose between 0.5 and 3600 s", ExitCode.USAGE)
     park_ram_bytes, park_disk_bytes = parse_bytes(park_ram), parse_bytes(park_disk)
-    if park_ram_bytes is None or park_disk_bytes is None:
-        _fail("--park-ram / --park-disk: expected bytes like 800MB or 4GiB", ExitCode.USAGE)
+    snapshot_bytes = parse_bytes(snapshot_budget)
+    if park_ram_bytes is None or park_disk_bytes is None or snapshot_bytes is None:
+        _fail(
+            "--park-ram / --park-disk / --snapshot-budget: expected bytes like 800MB or 4GiB",
+            ExitCode.USAGE,
+        )
     limit = parse_bytes(memory_limit)
     if limit is None:
         _fail(f"--memory-limit {memory_limit!r}: expected bytes like 800MB or 4GiB", ExitCode.USAGE)
@@ -134,6 +142,7 @@ def serve(
         max_live_sessions=max_live_sessions,
         park_ram_bytes=park_ram_bytes or 0,
         park_disk_bytes=park_disk_bytes or 0,
+        snapshot_budget_bytes=snapshot_bytes or 0,
     )
     from ._daemon import serve as run_daemon  # grpc's server side loads only when serving
 

@@ -39,3 +39,5 @@ class ServeSettings:
     park_ram_bytes: int = 1 << 30
     #: bytes of parked KV allowed on disk
     park_disk_bytes: int = 8 << 30
+    #: bytes of snapshots kept under <data root>/snapshots/ (least recently used go first)
+    snapshot_budget_bytes: int = 4 << 30

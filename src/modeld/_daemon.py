@@ -27,6 +27,7 @@ from ._phase import Gate, Phase
 from ._server import BoundServer, bind_server
 from ._servicer import ModeldServicer
 from ._sessions import MemoryBudget, SessionManager
+from ._snapshots import SnapshotStore
 from ._storage import prepare_data_root
 from ._worker import EngineWorker
 from .backends import make_backend
@@ -132,6 +133,7 @@ async def serve(settings: ServeSettings) -> int:
             disk_dir=root / "parked",
             disk_budget=settings.park_disk_bytes,
         ),
+        snapshots=SnapshotStore(root / "snapshots", settings.snapshot_budget_bytes),
     )
     servicer = ModeldServicer(
         identity=identity,

@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from modeldconn._errors import InvalidArgument
+from modeldconn._errors import InvalidArgument, SnapshotNotFound
 from modeldconn._pb import modeld_pb2 as pb
 from modeldconn._pb import modeld_pb2_grpc
 from modeldconn._wire import MIN_PROTOCOL, PROTOCOL
@@ -130,6 +130,28 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         self, request: pb.CloseSessionRequest, context: Context
     ) -> pb.CloseSessionResponse:
         return pb.CloseSessionResponse(closed=await self._sessions.close(request.handle))
+
+    async def Snapshot(self, request: pb.SnapshotRequest, context: Context) -> pb.SnapshotResponse:
+        snapshot_id, size, tokens = await self._sessions.snapshot(request.handle)
+        return pb.SnapshotResponse(snapshot_id=snapshot_id, bytes=size, tokens=tokens)
+
+    async def Restore(self, request: pb.RestoreRequest, context: Context) -> pb.OpenSessionResponse:
+        ref = request.model
+        if not (ref.name or ref.path):
+            recorded = self._sessions.snapshots.recorded_model_path(request.snapshot_id)
+            if not recorded:
+                raise SnapshotNotFound(f"no snapshot {request.snapshot_id}")
+            ref = pb.ModelRef(path=recorded)
+        spec = await self._spec(ref)
+        session, resolved = await self._sessions.restore(
+            spec, request.snapshot_id, request.config.n_ctx
+        )
+        return pb.OpenSessionResponse(
+            handle=session.handle,
+            config=resolved_to_pb(resolved),
+            facts=facts_to_pb(spec.facts),
+            capabilities=capabilities_to_pb(self._sessions.capabilities),
+        )
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
         model = await self._sessions.model_for(

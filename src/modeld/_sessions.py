@@ -44,9 +44,10 @@ from ._session_types import (
     TextInput,
     TokenInput,
 )
+from ._snapshots import Snapshot, SnapshotStore
 from ._text import StopScanner
 from ._worker import EngineWorker
-from .backends._base import Backend, EngineModel, EngineSession
+from .backends._base import Backend, EngineModel, EngineSession, EngineState
 from .backends._facts import ModelSpec
 
 __all__ = ["MemoryBudget", "ResolvedConfig", "Session", "SessionManager"]
@@ -141,6 +142,7 @@ class SessionManager:
         worker: EngineWorker,
         budget: MemoryBudget,
         lot: ParkingLot,
+        snapshots: SnapshotStore,
     ) -> None:
         self._instance_id = instance_id
         self._catalog = catalog
@@ -148,6 +150,7 @@ class SessionManager:
         self._worker = worker
         self._budget = budget
         self.lot = lot
+        self.snapshots = snapshots
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._loading: dict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._sessions: dict[str, Session] = {}
@@ -550,6 +553,57 @@ class SessionManager:
             yield DecodeStep(tail, (), final)
         finally:
             sampler.close()
+
+    # -- Snapshot / Restore -------------------------------------------------------------------
+
+    async def snapshot(self, handle: str) -> tuple[str, int, int]:
+        """Persist the session; returns (snapshot id, bytes, tape tokens)."""
+        async with self._operation(handle) as session:
+            state, tape, prefix_len = await self._worker.call(self._capture, session)
+            snapshot = Snapshot(
+                id=SnapshotStore.new_id(),
+                state=state,
+                model_digest=session.model.spec.facts.digest,
+                model_path=str(session.model.spec.facts.path),
+                fingerprint=self._backend.fingerprint,
+                tape=tape,
+                prefix_len=prefix_len,
+                n_ctx=session.n_ctx,
+            )
+            size = await asyncio.to_thread(self.snapshots.save, snapshot)
+            return snapshot.id, size, len(tape)
+
+    def _capture(self, session: Session) -> tuple[EngineState, list[int], int]:
+        state = session.engine.save_state() if session.engine else self.lot.saved_state(session)
+        return state, list(session.tape), session.prefix_len
+
+    async def restore(
+        self, spec: ModelSpec, snapshot_id: str, n_ctx: int
+    ) -> tuple[Session, ResolvedConfig]:
+        snapshot = await asyncio.to_thread(
+            self.snapshots.load,
+            snapshot_id,
+            model_digest=spec.facts.digest,
+            fingerprint=self._backend.fingerprint,
+        )
+        wanted = n_ctx or snapshot.n_ctx
+        if wanted < len(snapshot.tape):
+            raise InvalidArgument(
+                f"n_ctx {wanted} is smaller than the snapshot's {len(snapshot.tape)} tokens",
+                field="n_ctx",
+            )
+        session, resolved = await self.open(spec, wanted)
+        try:
+            await self._worker.call(self._install, session, snapshot)
+        except BaseException:
+            self._forget(session)
+            raise
+        return session, resolved
+
+    def _install(self, session: Session, snapshot: Snapshot) -> None:
+        self._live(session).load_state(snapshot.state)
+        session.tape = list(snapshot.tape)
+        session.prefix_len = snapshot.prefix_len
 
     # -- tokenizer ------------------------------------------------------------------------------
 

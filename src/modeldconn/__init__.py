@@ -36,7 +36,9 @@ from ._errors import (
     SessionBusy,
     SessionFatal,
     SessionNotFound,
+    SnapshotFailed,
     SnapshotMismatch,
+    SnapshotNotFound,
     StaleFence,
     Unauthenticated,
     Unavailable,
@@ -55,6 +57,7 @@ from ._types import (
     ModelRef,
     PrefixResult,
     SessionInfo,
+    SnapshotInfo,
     SuffixResult,
 )
 
@@ -97,7 +100,10 @@ __all__ = [
     "SessionFatal",
     "SessionInfo",
     "SessionNotFound",
+    "SnapshotFailed",
+    "SnapshotInfo",
     "SnapshotMismatch",
+    "SnapshotNotFound",
     "StaleFence",
     "SuffixResult",
     "Unauthenticated",

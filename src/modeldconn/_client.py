@@ -38,6 +38,7 @@ from ._types import (
     ModelRef,
     PrefixResult,
     SessionInfo,
+    SnapshotInfo,
     SuffixResult,
     input_to_pb,
 )
@@ -97,6 +98,15 @@ def _decode_request(
     request = pb.DecodeRequest(handle=handle, config=config)
     if suffix is not None:
         request.suffix.CopyFrom(input_to_pb(suffix))
+    return request
+
+
+def _restore_request(
+    snapshot_id: str, model: ModelRef | str | None, n_ctx: int
+) -> pb.RestoreRequest:
+    request = pb.RestoreRequest(snapshot_id=snapshot_id, config=pb.SessionConfig(n_ctx=n_ctx))
+    if model is not None:
+        request.model.CopyFrom(ModelRef.of(model).to_pb())
     return request
 
 
@@ -182,6 +192,13 @@ class Client(_ClientBase):
             model=ModelRef.of(model).to_pb(), config=pb.SessionConfig(n_ctx=n_ctx)
         )
         return Session(self, SessionInfo.from_pb(self._unary("OpenSession", request)))
+
+    def restore(
+        self, snapshot_id: str, model: ModelRef | str | None = None, *, n_ctx: int = 0
+    ) -> Session:
+        """A new session from a snapshot (by default on the model it was taken on)."""
+        reply = self._unary("Restore", _restore_request(snapshot_id, model, n_ctx))
+        return Session(self, SessionInfo.from_pb(reply))
 
     def tokenize(self, model: ModelRef | str, text: str, *, add_special: bool = False) -> list[int]:
         request = pb.TokenizeRequest(
@@ -291,6 +308,11 @@ class Session:
         assert final is not None
         return Completion("".join(texts), tuple(ids), final)
 
+    def snapshot(self) -> SnapshotInfo:
+        """Persist this session in the data root; restore it with :meth:`Client.restore`."""
+        reply = self._call("Snapshot", pb.SnapshotRequest(handle=self.handle))
+        return SnapshotInfo.from_pb(reply)
+
     def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
         request = pb.TokenizeRequest(handle=self.handle, text=text, add_special=add_special)
         return list(self._call("Tokenize", request).ids)
@@ -365,6 +387,12 @@ class AsyncClient(_ClientBase):
             model=ModelRef.of(model).to_pb(), config=pb.SessionConfig(n_ctx=n_ctx)
         )
         return AsyncSession(self, SessionInfo.from_pb(await self._unary("OpenSession", request)))
+
+    async def restore(
+        self, snapshot_id: str, model: ModelRef | str | None = None, *, n_ctx: int = 0
+    ) -> AsyncSession:
+        reply = await self._unary("Restore", _restore_request(snapshot_id, model, n_ctx))
+        return AsyncSession(self, SessionInfo.from_pb(reply))
 
     async def aclose(self) -> None:
         for channel in self._channels.values():
@@ -449,6 +477,10 @@ class AsyncSession:
             final = chunk.final or final
         assert final is not None
         return Completion("".join(texts), tuple(ids), final)
+
+    async def snapshot(self) -> SnapshotInfo:
+        reply = await self._call("Snapshot", pb.SnapshotRequest(handle=self.handle))
+        return SnapshotInfo.from_pb(reply)
 
     async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
         request = pb.TokenizeRequest(handle=self.handle, text=text, add_special=add_special)

@@ -26,6 +26,8 @@ On the wire an error is a ``google.rpc.Status`` whose single detail is an
           ├── NotReady              not_ready            UNAVAILABLE
           ├── Draining              draining             UNAVAILABLE
           ├── SnapshotMismatch      snapshot_mismatch    FAILED_PRECONDITION
+          ├── SnapshotNotFound      snapshot_not_found   NOT_FOUND
+          ├── SnapshotFailed        snapshot_failed      RESOURCE_EXHAUSTED
           ├── Unauthenticated       unauthenticated      UNAUTHENTICATED
           ├── Unavailable           unavailable          UNAVAILABLE   (no answer at all)
           └── InternalError         internal             INTERNAL      (a daemon bug; logged there)
@@ -62,7 +64,9 @@ __all__ = [
     "SessionBusy",
     "SessionFatal",
     "SessionNotFound",
+    "SnapshotFailed",
     "SnapshotMismatch",
+    "SnapshotNotFound",
     "StaleFence",
     "Unauthenticated",
     "Unavailable",
@@ -247,6 +251,20 @@ class SnapshotMismatch(RemoteError):
 
     reason = "snapshot_mismatch"
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class SnapshotNotFound(RemoteError):
+    """No snapshot has this id (never taken, or evicted by the byte budget)."""
+
+    reason = "snapshot_not_found"
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class SnapshotFailed(RemoteError):
+    """The snapshot could not be written (disk full, size limit); nothing was left behind."""
+
+    reason = "snapshot_failed"
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class Unauthenticated(RemoteError):

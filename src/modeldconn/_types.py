@@ -20,6 +20,7 @@ __all__ = [
     "ModelRef",
     "PrefixResult",
     "SessionInfo",
+    "SnapshotInfo",
     "SuffixResult",
     "input_to_pb",
 ]
@@ -170,6 +171,17 @@ class SessionInfo:
             facts=ModelFacts.from_pb(message.facts),
             capabilities=Capabilities.from_pb(message.capabilities),
         )
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    snapshot_id: str
+    bytes: int
+    tokens: int
+
+    @classmethod
+    def from_pb(cls, message: pb.SnapshotResponse) -> SnapshotInfo:
+        return cls(**_fields(message, cls))
 
 
 @dataclass(frozen=True)

@@ -44,12 +44,14 @@ class Served:
         return self.proc.poll() is None
 
 
-def start_served(gemma_file: Path, *args: str) -> Served:
-    root = Path(tempfile.mkdtemp(prefix="mds-"))
-    (root / "models").mkdir()
-    (root / "models" / MODEL_FILE).symlink_to(gemma_file)
+def start_served(gemma_file: Path, *args: str, root: Path | None = None) -> Served:
+    """A daemon serving the model on a new data root, or again on ``root`` (a restart)."""
+    if root is None:
+        root = Path(tempfile.mkdtemp(prefix="mds-"))
+        (root / "models").mkdir()
+        (root / "models" / MODEL_FILE).symlink_to(gemma_file)
     log = root.parent / f"{root.name}.log"
-    with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+    with open(log, "a") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
             modeld_command("serve", "--data-root", str(root), "--model", MODEL, *args),
             stdout=out,

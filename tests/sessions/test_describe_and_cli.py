@@ -161,7 +161,7 @@ def test_capabilities_are_pinned(client: modeldconn.Client) -> None:
         assert session.info.capabilities == modeldconn.Capabilities(
             token_level_truncation=True,
             kv_copy_between_sessions=True,
-            native_state_snapshot=False,
+            native_state_snapshot=True,
             batched_decode=False,
             chat_template=True,
             grammar=False,

@@ -22,6 +22,7 @@ class AbsentBackend:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.fingerprint: dict[str, object] = {"backend": name}
 
     def load(self, spec: ModelSpec) -> EngineModel:
         raise UnsupportedFeature(

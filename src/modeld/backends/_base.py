@@ -115,6 +115,8 @@ class EngineModel(Protocol):
 class Backend(Protocol):
     name: str
     capabilities: Capabilities
+    #: what saved state depends on besides the model file; snapshots record and check it
+    fingerprint: dict[str, object]
 
     def load(self, spec: ModelSpec) -> EngineModel:
         """:raises ModelLoadFailed: the engine could not load the file."""

@@ -291,7 +291,7 @@ class LlamaBackend:
     capabilities = Capabilities(
         token_level_truncation=True,
         kv_copy_between_sessions=True,  # per-sequence state copied between the sessions' contexts
-        native_state_snapshot=False,  # no Snapshot RPC yet
+        native_state_snapshot=True,  # per-sequence state, saved to files and restored
         batched_decode=False,
         chat_template=True,
         grammar=False,
@@ -300,6 +300,12 @@ class LlamaBackend:
     def __init__(self, n_threads: int, n_batch: int = 512) -> None:
         self.n_threads = n_threads
         self.n_batch = n_batch
+        self.fingerprint: dict[str, object] = {
+            "backend": "llama",
+            "engine": f"llama-cpp-python {ll.__version__}",
+            "kv_type": "f16",
+            "swa_full": True,
+        }
 
     def load(self, spec: ModelSpec) -> LlamaModel:
         _init_llama_once()

@@ -213,6 +213,32 @@ class OpenSessionResponse(_message.Message):
     capabilities: Capabilities
     def __init__(self, handle: _Optional[str] = ..., config: _Optional[_Union[ResolvedSessionConfig, _Mapping]] = ..., facts: _Optional[_Union[ModelFacts, _Mapping]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ...) -> None: ...
 
+class SnapshotRequest(_message.Message):
+    __slots__ = ("handle",)
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    def __init__(self, handle: _Optional[str] = ...) -> None: ...
+
+class SnapshotResponse(_message.Message):
+    __slots__ = ("snapshot_id", "bytes", "tokens")
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    snapshot_id: str
+    bytes: int
+    tokens: int
+    def __init__(self, snapshot_id: _Optional[str] = ..., bytes: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
+
+class RestoreRequest(_message.Message):
+    __slots__ = ("model", "snapshot_id", "config")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    snapshot_id: str
+    config: SessionConfig
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., snapshot_id: _Optional[str] = ..., config: _Optional[_Union[SessionConfig, _Mapping]] = ...) -> None: ...
+
 class TokenIds(_message.Message):
     __slots__ = ("ids",)
     IDS_FIELD_NUMBER: _ClassVar[int]

@@ -70,6 +70,16 @@ class ModeldStub:
                 request_serializer=modeld_dot_v1_dot_modeld__pb2.CloseSessionRequest.SerializeToString,
                 response_deserializer=modeld_dot_v1_dot_modeld__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_unary(
+                '/modeld.v1.Modeld/Snapshot',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.SnapshotResponse.FromString,
+                _registered_method=True)
+        self.Restore = channel.unary_unary(
+                '/modeld.v1.Modeld/Restore',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.RestoreRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.OpenSessionResponse.FromString,
+                _registered_method=True)
         self.Tokenize = channel.unary_unary(
                 '/modeld.v1.Modeld/Tokenize',
                 request_serializer=modeld_dot_v1_dot_modeld__pb2.TokenizeRequest.SerializeToString,
@@ -134,6 +144,20 @@ class ModeldServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """Persist a session's state under <data root>/snapshots/; it survives daemon restarts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Restore(self, request, context):
+        """Open a new session from a snapshot, on the same model and runtime only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Tokenize(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -183,6 +207,16 @@ def add_ModeldServicer_to_server(servicer, server):
                     servicer.CloseSession,
                     request_deserializer=modeld_dot_v1_dot_modeld__pb2.CloseSessionRequest.FromString,
                     response_serializer=modeld_dot_v1_dot_modeld__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.SnapshotRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'Restore': grpc.unary_unary_rpc_method_handler(
+                    servicer.Restore,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.RestoreRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.OpenSessionResponse.SerializeToString,
             ),
             'Tokenize': grpc.unary_unary_rpc_method_handler(
                     servicer.Tokenize,
@@ -384,6 +418,60 @@ class Modeld:
             '/modeld.v1.Modeld/CloseSession',
             modeld_dot_v1_dot_modeld__pb2.CloseSessionRequest.SerializeToString,
             modeld_dot_v1_dot_modeld__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/Snapshot',
+            modeld_dot_v1_dot_modeld__pb2.SnapshotRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/Restore',
+            modeld_dot_v1_dot_modeld__pb2.RestoreRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.OpenSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,
