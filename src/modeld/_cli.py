@@ -85,6 +85,20 @@ def cli() -> None:
     "--snapshot-budget", default="4GiB", show_default=True, help="Bytes of snapshots kept."
 )
 @click.option(
+    "--idle-park",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Park a session idle this many seconds (0: only when room is needed).",
+)
+@click.option(
+    "--idle-close",
+    type=float,
+    default=86400.0,
+    show_default=True,
+    help="Close a session idle this many seconds (0: never).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -104,6 +118,8 @@ def serve(
     park_ram: str,
     park_disk: str,
     snapshot_budget: str,
+    idle_park: float,
+    idle_close: float,
     log_level: str,
 ) -> None:
     """Serve the data root's models, leading by lease (or standing by)."""
@@ -143,6 +159,8 @@ def serve(
         park_ram_bytes=park_ram_bytes or 0,
         park_disk_bytes=park_disk_bytes or 0,
         snapshot_budget_bytes=snapshot_bytes or 0,
+        idle_park_s=idle_park,
+        idle_close_s=idle_close,
     )
     from ._daemon import serve as run_daemon  # grpc's server side loads only when serving
 

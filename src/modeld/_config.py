@@ -41,3 +41,7 @@ class ServeSettings:
     park_disk_bytes: int = 8 << 30
     #: bytes of snapshots kept under <data root>/snapshots/ (least recently used go first)
     snapshot_budget_bytes: int = 4 << 30
+    #: park a session idle this long, seconds (0: only when room is needed)
+    idle_park_s: float = 600.0
+    #: close a session idle this long, seconds (0: never)
+    idle_close_s: float = 86400.0

@@ -61,6 +61,22 @@ def _candidate(identity: Identity, settings: ServeSettings, endpoint: str) -> Le
     )
 
 
+async def _reap_idle(sessions: SessionManager, settings: ServeSettings) -> None:
+    """Park, then close, sessions nobody has used for a while."""
+    limits = [t for t in (settings.idle_park_s, settings.idle_close_s) if t > 0]
+    if not limits:
+        return
+    interval = min(30.0, max(0.25, min(limits) / 4))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sessions.reap(
+                park_after_s=settings.idle_park_s, close_after_s=settings.idle_close_s
+            )
+        except RemoteError as exc:  # e.g. no room to park: try again next round
+            log.warning("idle reaper: %s", exc)
+
+
 async def _until_stopped_or_fenced(stop: asyncio.Event, election: Election) -> str | None:
     """Serve until SIGTERM/SIGINT (None) or until leadership ends (the reason)."""
     stopped = asyncio.ensure_future(stop.wait())
@@ -175,7 +191,11 @@ async def serve(settings: ServeSettings) -> int:
         await bound.set_serving(True)
         log.info("serving backend %s", settings.backend)
         # 4. Until a signal or a loss of leadership.
-        fenced_because = await _until_stopped_or_fenced(stop, election)
+        reaper = asyncio.ensure_future(_reap_idle(sessions, settings))
+        try:
+            fenced_because = await _until_stopped_or_fenced(stop, election)
+        finally:
+            reaper.cancel()
         if fenced_because is not None:
             return await _fence(gate, bound, fenced_because)
         return await _drain(gate, bound, election, settings.drain_grace_s)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from modeldconn._errors import InvalidArgument, SnapshotNotFound
 from modeldconn._pb import modeld_pb2 as pb
 from modeldconn._pb import modeld_pb2_grpc
-from modeldconn._wire import MIN_PROTOCOL, PROTOCOL
+from modeldconn._wire import CLIENT_METADATA_KEY, MIN_PROTOCOL, PROTOCOL
 
 from ._convert import (
     capabilities_to_pb,
@@ -31,6 +34,14 @@ __all__ = ["ModeldServicer"]
 
 #: grpc ships no type stubs; this names the servicer context for readers
 Context = Any
+log = logging.getLogger("modeld.rpc")
+
+
+def _client_of(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_METADATA_KEY:
+            return str(value)
+    return ""
 
 
 class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
@@ -86,6 +97,9 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             parks=lot.parks,
             restores=lot.restores,
             max_live_sessions=lot.max_live,
+            queue_depth=self._sessions.queue_depth(),
+            clients_attached=self._sessions.client_count(),
+            sessions_reaped=self._sessions.sessions_reaped,
         )
 
     async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:
@@ -98,7 +112,9 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         self, request: pb.OpenSessionRequest, context: Context
     ) -> pb.OpenSessionResponse:
         spec = await self._spec(request.model)
-        session, resolved = await self._sessions.open(spec, request.config.n_ctx)
+        session, resolved = await self._sessions.open(
+            spec, request.config.n_ctx, _client_of(context)
+        )
         return pb.OpenSessionResponse(
             handle=session.handle,
             config=resolved_to_pb(resolved),
@@ -144,7 +160,7 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             ref = pb.ModelRef(path=recorded)
         spec = await self._spec(ref)
         session, resolved = await self._sessions.restore(
-            spec, request.snapshot_id, request.config.n_ctx
+            spec, request.snapshot_id, request.config.n_ctx, _client_of(context)
         )
         return pb.OpenSessionResponse(
             handle=session.handle,
@@ -152,6 +168,24 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             facts=facts_to_pb(spec.facts),
             capabilities=capabilities_to_pb(self._sessions.capabilities),
         )
+
+    async def Attach(
+        self, request: pb.AttachRequest, context: Context
+    ) -> AsyncIterator[pb.AttachEvent]:
+        client_id = uuid.uuid4().hex
+        self._sessions.attach(client_id)
+        try:
+            yield pb.AttachEvent(client_id=client_id)
+            await asyncio.Event().wait()  # until the client goes (cancelled) or we stop
+        finally:
+            closed = self._sessions.detach(client_id)
+            if closed:
+                log.info(
+                    "client %s (%s) went away: closed %d sessions",
+                    client_id,
+                    request.client_name or "unnamed",
+                    closed,
+                )
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
         model = await self._sessions.model_for(

@@ -111,6 +111,8 @@ class Session:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     parked: ParkedState | None = None
     last_used: float = field(default_factory=time.monotonic)
+    #: the Attach id of the client that opened it; its session closes when that client goes
+    owner: str = ""
     close_requested: bool = False
 
     @property
@@ -157,6 +159,8 @@ class SessionManager:
         self._closed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.prefix_shares = 0
         self.prefix_shared_tokens = 0
+        self.sessions_reaped = 0
+        self._clients: set[str] = set()
 
     # -- models -------------------------------------------------------------------------------
 
@@ -217,7 +221,51 @@ class SessionManager:
 
     # -- sessions -----------------------------------------------------------------------------
 
-    async def open(self, spec: ModelSpec, requested_n_ctx: int) -> tuple[Session, ResolvedConfig]:
+    # -- clients ------------------------------------------------------------------------------
+
+    def attach(self, client_id: str) -> None:
+        self._clients.add(client_id)
+
+    def detach(self, client_id: str) -> int:
+        """The client is gone: close every session it opened; returns how many."""
+        self._clients.discard(client_id)
+        gone = [s for s in self._sessions.values() if s.owner == client_id]
+        for session in gone:
+            if session.busy:
+                session.close_requested = True  # its cancelled operation is unwinding
+            else:
+                self._forget(session)
+        self.sessions_reaped += len(gone)
+        return len(gone)
+
+    def queue_depth(self) -> int:
+        return self._worker.depth
+
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    async def reap(self, *, park_after_s: float, close_after_s: float) -> None:
+        """Park sessions idle longer than ``park_after_s``; close those idle past
+        ``close_after_s`` (0 disables either)."""
+        now = time.monotonic()
+        for session in list(self._sessions.values()):
+            idle_for = now - session.last_used
+            if session.busy:
+                continue
+            if close_after_s and idle_for > close_after_s:
+                log.info("closing session %s, idle for %.0f s", session.id, idle_for)
+                self._forget(session)
+                self.sessions_reaped += 1
+            elif park_after_s and idle_for > park_after_s and session.engine is not None:
+                await self._worker.call(self._park_if_idle, session)
+
+    def _park_if_idle(self, session: Session) -> None:
+        if session.engine is not None and not session.busy and session.id in self._sessions:
+            self.lot.park(session)
+
+    async def open(
+        self, spec: ModelSpec, requested_n_ctx: int, owner: str = ""
+    ) -> tuple[Session, ResolvedConfig]:
         capacity = self.capacity(spec)
         model_max = capacity.model_max_context
         if requested_n_ctx > model_max:
@@ -246,6 +294,7 @@ class SessionManager:
         engine = await self._worker.call(self._open_context, loaded, n_ctx)
         session_id = uuid.uuid4().hex
         session = Session(session_id, f"{self._instance_id}/{session_id}", loaded, engine, n_ctx)
+        session.owner = owner if owner in self._clients else ""
         self._sessions[session_id] = session
         loaded.sessions += 1
         resolved = ResolvedConfig(
@@ -311,6 +360,7 @@ class SessionManager:
             yield session
         finally:
             session.busy = False
+            session.last_used = time.monotonic()
             session.idle.set()
             if session.close_requested:
                 self._forget(session)
@@ -578,7 +628,7 @@ class SessionManager:
         return state, list(session.tape), session.prefix_len
 
     async def restore(
-        self, spec: ModelSpec, snapshot_id: str, n_ctx: int
+        self, spec: ModelSpec, snapshot_id: str, n_ctx: int, owner: str = ""
     ) -> tuple[Session, ResolvedConfig]:
         snapshot = await asyncio.to_thread(
             self.snapshots.load,
@@ -592,7 +642,7 @@ class SessionManager:
                 f"n_ctx {wanted} is smaller than the snapshot's {len(snapshot.tape)} tokens",
                 field="n_ctx",
             )
-        session, resolved = await self.open(spec, wanted)
+        session, resolved = await self.open(spec, wanted, owner)
         try:
             await self._worker.call(self._install, session, snapshot)
         except BaseException:

@@ -18,6 +18,8 @@ import threading
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, TypeVar
 
+from modeldconn._errors import Overloaded
+
 __all__ = ["EngineWorker"]
 
 log = logging.getLogger("modeld.engine")
@@ -37,12 +39,25 @@ class _Stream:
 
 
 class EngineWorker:
-    def __init__(self, name: str = "modeld-engine") -> None:
+    def __init__(self, name: str = "modeld-engine", max_pending: int = 1024) -> None:
+        #: new work is refused (overloaded) once this many jobs wait
+        self.max_pending = max_pending
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
+    @property
+    def depth(self) -> int:
+        return self._jobs.qsize()
+
+    def _admit(self) -> None:
+        if self._jobs.qsize() >= self.max_pending:
+            raise Overloaded(
+                f"{self._jobs.qsize()} engine jobs are waiting; retry shortly", retry_after_s=1
+            )
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        self._admit()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put(("call", fn, args, future, loop))
@@ -54,6 +69,7 @@ class EngineWorker:
 
     async def stream(self, generator: Generator[T, None, None]) -> AsyncIterator[T]:
         """Iterate ``generator`` on the worker; leaving early closes it there."""
+        self._admit()
         job = _Stream(generator, asyncio.get_running_loop())
         self._jobs.put(("stream", job))
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from ._types import (
     SuffixResult,
     input_to_pb,
 )
-from ._wire import INSTANCE_METADATA_KEY, channel_options
+from ._wire import CLIENT_METADATA_KEY, INSTANCE_METADATA_KEY, channel_options
 
 __all__ = [
     "AsyncClient",
@@ -122,6 +123,9 @@ class _ClientBase:
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
         self._target: tuple[str, str] | None = None  # (endpoint, instance id)
+        #: per daemon instance: our Attach id and the open stream that keeps it alive
+        self._attached: dict[tuple[str, str], tuple[str, Any]] = {}
+        self._attach_lock = threading.Lock()
 
     def _leader(self, refresh: bool = False) -> tuple[str, str]:
         with self._lock:
@@ -132,8 +136,14 @@ class _ClientBase:
             return self._target
 
     @staticmethod
-    def _metadata(instance: str) -> tuple[tuple[str, str], ...]:
+    def _metadata(instance: str, client_id: str = "") -> tuple[tuple[str, str], ...]:
+        if client_id:
+            return ((INSTANCE_METADATA_KEY, instance), (CLIENT_METADATA_KEY, client_id))
         return ((INSTANCE_METADATA_KEY, instance),)
+
+    @staticmethod
+    def _attach_request() -> pb.AttachRequest:
+        return pb.AttachRequest(client_name=f"{os.path.basename(sys.argv[0])} pid {os.getpid()}")
 
     @staticmethod
     def _should_redial(error: RemoteError) -> bool:
@@ -162,13 +172,35 @@ class Client(_ClientBase):
                 channel = self._channels[target]
         return modeld_pb2_grpc.ModeldStub(channel)
 
-    def _unary(self, method: str, request: Any, instance_hint: str = "") -> Any:
+    def _attach(self, target: tuple[str, str]) -> str:
+        """Our Attach id on ``target``, opening the lifeline stream on first use. Sessions
+        opened with it close when this client goes away (closed, crashed, killed)."""
+        with self._attach_lock:
+            if target not in self._attached:
+                call = self._stub(target).Attach(
+                    self._attach_request(), metadata=self._metadata(target[1])
+                )
+                try:
+                    event = next(call)
+                except grpc.RpcError as exc:
+                    raise error_from_rpc(exc) from exc
+                self._attached[target] = (event.client_id, call)
+            return self._attached[target][0]
+
+    def _unary(
+        self, method: str, request: Any, instance_hint: str = "", attach: bool = False
+    ) -> Any:
         target = self._leader()
         for attempt in (0, 1):
             instance = instance_hint or target[1]
             try:
+                client_id = self._attach(target) if attach else ""
                 call = getattr(self._stub(target), method)
-                return call(request, metadata=self._metadata(instance), timeout=self._timeout_s)
+                return call(
+                    request,
+                    metadata=self._metadata(instance, client_id),
+                    timeout=self._timeout_s,
+                )
             except grpc.RpcError as exc:
                 error = error_from_rpc(exc)
                 if attempt == 0 and not instance_hint and self._should_redial(error):
@@ -191,13 +223,14 @@ class Client(_ClientBase):
         request = pb.OpenSessionRequest(
             model=ModelRef.of(model).to_pb(), config=pb.SessionConfig(n_ctx=n_ctx)
         )
-        return Session(self, SessionInfo.from_pb(self._unary("OpenSession", request)))
+        reply = self._unary("OpenSession", request, attach=True)
+        return Session(self, SessionInfo.from_pb(reply))
 
     def restore(
         self, snapshot_id: str, model: ModelRef | str | None = None, *, n_ctx: int = 0
     ) -> Session:
         """A new session from a snapshot (by default on the model it was taken on)."""
-        reply = self._unary("Restore", _restore_request(snapshot_id, model, n_ctx))
+        reply = self._unary("Restore", _restore_request(snapshot_id, model, n_ctx), attach=True)
         return Session(self, SessionInfo.from_pb(reply))
 
     def tokenize(self, model: ModelRef | str, text: str, *, add_special: bool = False) -> list[int]:
@@ -211,6 +244,11 @@ class Client(_ClientBase):
         return str(self._unary("Detokenize", request).text)
 
     def close(self) -> None:
+        """Close the connection; the daemon closes the sessions this client opened."""
+        with self._attach_lock:
+            for _, call in self._attached.values():
+                call.cancel()
+            self._attached.clear()
         with self._lock:
             for channel in self._channels.values():
                 channel.close()
@@ -354,14 +392,30 @@ class AsyncClient(_ClientBase):
             )
         return modeld_pb2_grpc.ModeldStub(channel)
 
-    async def _unary(self, method: str, request: Any, instance_hint: str = "") -> Any:
+    async def _attach(self, target: tuple[str, str]) -> str:
+        if target not in self._attached:
+            stub = await self._stub(target)
+            call = stub.Attach(self._attach_request(), metadata=self._metadata(target[1]))
+            try:
+                event = await call.read()
+            except grpc.RpcError as exc:
+                raise error_from_rpc(exc) from exc
+            self._attached[target] = (event.client_id, call)
+        return self._attached[target][0]
+
+    async def _unary(
+        self, method: str, request: Any, instance_hint: str = "", attach: bool = False
+    ) -> Any:
         target = self._leader()
         for attempt in (0, 1):
             instance = instance_hint or target[1]
             try:
+                client_id = await self._attach(target) if attach else ""
                 call = getattr(await self._stub(target), method)
                 return await call(
-                    request, metadata=self._metadata(instance), timeout=self._timeout_s
+                    request,
+                    metadata=self._metadata(instance, client_id),
+                    timeout=self._timeout_s,
                 )
             except grpc.RpcError as exc:
                 error = error_from_rpc(exc)
@@ -386,15 +440,20 @@ class AsyncClient(_ClientBase):
         request = pb.OpenSessionRequest(
             model=ModelRef.of(model).to_pb(), config=pb.SessionConfig(n_ctx=n_ctx)
         )
-        return AsyncSession(self, SessionInfo.from_pb(await self._unary("OpenSession", request)))
+        reply = await self._unary("OpenSession", request, attach=True)
+        return AsyncSession(self, SessionInfo.from_pb(reply))
 
     async def restore(
         self, snapshot_id: str, model: ModelRef | str | None = None, *, n_ctx: int = 0
     ) -> AsyncSession:
-        reply = await self._unary("Restore", _restore_request(snapshot_id, model, n_ctx))
+        request = _restore_request(snapshot_id, model, n_ctx)
+        reply = await self._unary("Restore", request, attach=True)
         return AsyncSession(self, SessionInfo.from_pb(reply))
 
     async def aclose(self) -> None:
+        for _, call in self._attached.values():
+            call.cancel()
+        self._attached.clear()
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "CLIENT_METADATA_KEY",
     "INSTANCE_METADATA_KEY",
     "MAX_MESSAGE_BYTES",
     "MIN_PROTOCOL",
@@ -16,6 +17,9 @@ PROTOCOL = 1
 MIN_PROTOCOL = 1
 #: Every call but health carries the lease's instance id under this key: the fencing token.
 INSTANCE_METADATA_KEY = "x-modeld-instance"
+#: OpenSession / Restore carry the caller's Attach id under this key, binding the session's life
+#: to the client's.
+CLIENT_METADATA_KEY = "x-modeld-client"
 #: Explicit limit on one message either way: a 128k-token prompt as ids is ~0.6 MB, so 16 MiB is
 #: ample for real prompts while an unbounded one is refused by gRPC itself.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024

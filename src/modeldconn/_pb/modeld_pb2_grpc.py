@@ -85,6 +85,11 @@ class ModeldStub:
                 request_serializer=modeld_dot_v1_dot_modeld__pb2.TokenizeRequest.SerializeToString,
                 response_deserializer=modeld_dot_v1_dot_modeld__pb2.TokenizeResponse.FromString,
                 _registered_method=True)
+        self.Attach = channel.unary_stream(
+                '/modeld.v1.Modeld/Attach',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.AttachRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.AttachEvent.FromString,
+                _registered_method=True)
         self.Detokenize = channel.unary_unary(
                 '/modeld.v1.Modeld/Detokenize',
                 request_serializer=modeld_dot_v1_dot_modeld__pb2.DetokenizeRequest.SerializeToString,
@@ -164,6 +169,15 @@ class ModeldServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attach(self, request, context):
+        """A client's lifeline: the first event names the client; the stream stays open while the
+        client lives. Sessions opened with that id (metadata "x-modeld-client") are closed when it
+        ends, so a crashed client leaks nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Detokenize(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -222,6 +236,11 @@ def add_ModeldServicer_to_server(servicer, server):
                     servicer.Tokenize,
                     request_deserializer=modeld_dot_v1_dot_modeld__pb2.TokenizeRequest.FromString,
                     response_serializer=modeld_dot_v1_dot_modeld__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'Attach': grpc.unary_stream_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.AttachRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.AttachEvent.SerializeToString,
             ),
             'Detokenize': grpc.unary_unary_rpc_method_handler(
                     servicer.Detokenize,
@@ -499,6 +518,33 @@ class Modeld:
             '/modeld.v1.Modeld/Tokenize',
             modeld_dot_v1_dot_modeld__pb2.TokenizeRequest.SerializeToString,
             modeld_dot_v1_dot_modeld__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/modeld.v1.Modeld/Attach',
+            modeld_dot_v1_dot_modeld__pb2.AttachRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.AttachEvent.FromString,
             options,
             channel_credentials,
             insecure,
