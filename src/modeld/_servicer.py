@@ -100,6 +100,8 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             queue_depth=self._sessions.queue_depth(),
             clients_attached=self._sessions.client_count(),
             sessions_reaped=self._sessions.sessions_reaped,
+            prefix_hits=self._sessions.prefix_hits,
+            prefix_misses=self._sessions.prefix_misses,
         )
 
     async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:

@@ -160,6 +160,8 @@ class SessionManager:
         self.prefix_shares = 0
         self.prefix_shared_tokens = 0
         self.sessions_reaped = 0
+        self.prefix_hits = 0
+        self.prefix_misses = 0
         self._clients: set[str] = set()
 
     # -- models -------------------------------------------------------------------------------
@@ -452,6 +454,10 @@ class SessionManager:
         dropped = len(session.tape) - matching
         shared = self._share_from_donor(session, tokens, common)
         common = max(common, shared)
+        if common:
+            self.prefix_hits += 1
+        else:
+            self.prefix_misses += 1
         engine.truncate(common)
         session.tape = session.tape[:common]
         if common < len(tokens):
