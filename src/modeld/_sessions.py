@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import psutil
 
@@ -53,6 +54,7 @@ from .backends._facts import ModelSpec
 __all__ = ["MemoryBudget", "ResolvedConfig", "Session", "SessionManager"]
 
 log = logging.getLogger("modeld.sessions")
+T = TypeVar("T")
 
 DEFAULT_N_CTX = 4096
 #: how long an operation waits for the session's previous one before session_busy
@@ -432,11 +434,34 @@ class SessionManager:
 
     # -- EnsurePrefix / PrefillSuffix -----------------------------------------------------------
 
+    async def _in_turns(self, steps: Generator[T | None, None, None]) -> T:
+        """Run a worker generator that yields None between prefill chunks, then its result;
+        other sessions' work goes in between the chunks."""
+        result: T | None = None
+        async for item in self._worker.stream(steps):
+            if item is not None:
+                result = item
+        assert result is not None
+        return result
+
+    def _prefill_in_turns(self, session: Session, full: list[int]) -> Generator[None, None, None]:
+        """Compute ``full[kv_len:]`` a batch at a time, the tape always matching the KV."""
+        engine = self._live(session)
+        step = session.model.engine.n_batch
+        while engine.kv_len < len(full):
+            engine.prefill(full[engine.kv_len : engine.kv_len + step])
+            session.tape = full[: engine.kv_len]
+            if engine.kv_len < len(full):
+                yield None
+        session.tape = list(full)
+
     async def ensure_prefix(self, handle: str, value: SessionInput) -> PrefixResult:
         async with self._operation(handle) as session:
-            return await self._worker.call(self._ensure_prefix, session, value)
+            return await self._in_turns(self._ensure_prefix(session, value))
 
-    def _ensure_prefix(self, session: Session, value: SessionInput) -> PrefixResult:
+    def _ensure_prefix(
+        self, session: Session, value: SessionInput
+    ) -> Generator[PrefixResult | None, None, None]:
         engine = self._live(session)
         tokens = self._to_tokens(session.model.engine, value, start=True)
         if len(tokens) > session.n_ctx:
@@ -460,12 +485,10 @@ class SessionManager:
             self.prefix_misses += 1
         engine.truncate(common)
         session.tape = session.tape[:common]
-        if common < len(tokens):
-            engine.prefill(tokens[common:])
-        session.tape = tokens
+        yield from self._prefill_in_turns(session, tokens)
         session.prefix_len = len(tokens)
         session.turn_reused = common
-        return PrefixResult(
+        yield PrefixResult(
             reused=common,
             prefilled=len(tokens) - common,
             dropped=dropped,
@@ -509,9 +532,11 @@ class SessionManager:
 
     async def prefill_suffix(self, handle: str, value: SessionInput) -> SuffixResult:
         async with self._operation(handle) as session:
-            return await self._worker.call(self._prefill_suffix, session, value)
+            return await self._in_turns(self._prefill_suffix(session, value))
 
-    def _prefill_suffix(self, session: Session, value: SessionInput) -> SuffixResult:
+    def _prefill_suffix(
+        self, session: Session, value: SessionInput
+    ) -> Generator[SuffixResult | None, None, None]:
         engine = self._live(session)
         tokens = self._to_tokens(session.model.engine, value, start=not session.tape)
         pending = session.tape[engine.kv_len :]
@@ -524,9 +549,8 @@ class SessionManager:
                 additional=len(tokens),
                 n_ctx=session.n_ctx,
             )
-        engine.prefill(pending + tokens)
-        session.tape.extend(tokens)
-        return SuffixResult(
+        yield from self._prefill_in_turns(session, session.tape + tokens)
+        yield SuffixResult(
             suffix_tokens=len(tokens),
             prefilled=len(pending) + len(tokens),
             resident=engine.kv_len,
@@ -543,16 +567,19 @@ class SessionManager:
                 raise InvalidArgument("nothing to continue: EnsurePrefix or PrefillSuffix first")
             steps = self._decode_steps(session, request, suffix)
             async for step in self._worker.stream(steps):
-                yield step
+                if step is not None:
+                    yield step
 
     def _decode_steps(
         self, session: Session, request: DecodeRequest, suffix: SessionInput | None
-    ) -> Generator[DecodeStep, None, None]:
+    ) -> Generator[DecodeStep | None, None, None]:
         """Runs on the worker, one token per step; closing it mid-way keeps the tape valid."""
         received = time.perf_counter()
         engine, model = self._live(session), session.model.engine
         if suffix is not None:
-            self._prefill_suffix(session, suffix)
+            for item in self._prefill_suffix(session, suffix):
+                if item is None:
+                    yield None  # between prefill chunks: other sessions' turn
         prompt_tokens, reused = len(session.tape), session.turn_reused
         session.turn_reused = 0
         if engine.kv_len < len(session.tape):

@@ -50,3 +50,30 @@ def test_eight_sessions_decoding_at_once_match_their_solo_runs(served: Served) -
     # fair turns: nobody streamed its whole answer while the others waited
     first_done = min(len(interleaved) - interleaved[::-1].index(i) for i in range(SESSIONS))
     assert first_done > SESSIONS * TOKENS / 2
+
+
+def test_a_long_prefill_does_not_freeze_other_sessions_streaming(served: Served) -> None:
+    import time
+
+    client = served.client
+    with client.open_session(MODEL) as streaming, client.open_session(MODEL) as prefilling:
+        streaming.ensure_prefix(_prompt(1))
+        arrivals: list[float] = []
+        started = threading.Event()
+
+        def stream() -> None:
+            for _chunk in streaming.decode(max_tokens=60, ignore_eos=True):
+                arrivals.append(time.monotonic())
+                started.set()
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        started.wait(30)
+        long_prompt = "The archive holds letters, maps and ledgers from three centuries. " * 110
+        t0 = time.monotonic()
+        result = prefilling.ensure_prefix(long_prompt)  # > 1500 tokens: several batches
+        t1 = time.monotonic()
+        thread.join(120)
+        assert result.prefilled > 2 * 512  # three batches
+        during = [t for t in arrivals if t0 < t < t1]
+        assert len(during) >= 2, (len(during), t1 - t0)
