@@ -15,10 +15,12 @@ kept per (endpoint, instance id) and replaced when the lease names another leade
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +28,7 @@ from typing import Any
 import grpc
 
 from ._dataroot import resolve_data_root
-from ._errors import RemoteError, StaleFence, Unavailable, error_from_rpc
+from ._errors import NotReady, RemoteError, StaleFence, Unavailable, error_from_rpc
 from ._pb import modeld_pb2 as pb
 from ._pb import modeld_pb2_grpc
 from ._probe import probe
@@ -118,9 +120,15 @@ def _instance_of(handle: str) -> str:
 class _ClientBase:
     """Which daemon to dial and how to talk to it; no I/O but reading the lease."""
 
-    def __init__(self, data_root: str | os.PathLike[str] | None, timeout_s: float | None) -> None:
+    def __init__(
+        self,
+        data_root: str | os.PathLike[str] | None,
+        timeout_s: float | None,
+        wait_ready_s: float,
+    ) -> None:
         self._data_root = resolve_data_root(data_root)
         self._timeout_s = timeout_s
+        self._wait_ready_s = wait_ready_s
         self._lock = threading.Lock()
         self._target: tuple[str, str] | None = None  # (endpoint, instance id)
         #: per daemon instance: our Attach id and the open stream that keeps it alive
@@ -145,19 +153,61 @@ class _ClientBase:
     def _attach_request() -> pb.AttachRequest:
         return pb.AttachRequest(client_name=f"{os.path.basename(sys.argv[0])} pid {os.getpid()}")
 
-    @staticmethod
-    def _should_redial(error: RemoteError) -> bool:
-        """The leader may have changed: read the lease again and retry calls without a handle."""
-        return isinstance(error, (Unavailable, StaleFence))
+
+class _Retry:
+    """What to do after a failed call; no I/O but re-reading the lease.
+
+    * the leader may have changed (no answer, or another instance answered): read the lease
+      again and, if it names another daemon, retry once there (calls tied to a session's handle
+      are not moved: the session lives on its own instance);
+    * the daemon is starting (loading its --model, say): wait up to ``wait_ready_s``.
+    Anything else is raised as the typed error.
+    """
+
+    pause_s = 0.1
+
+    def __init__(self, client: _ClientBase, instance_hint: str) -> None:
+        self._client = client
+        self._instance_hint = instance_hint
+        self._redialled = False
+        self._ready_by = time.monotonic() + client._wait_ready_s
+
+    def after(self, exc: Exception, target: tuple[str, str]) -> tuple[str, str]:
+        """The target to retry on (after ``pause_s``); raises the typed error when done."""
+        error = exc if isinstance(exc, RemoteError) else error_from_rpc(exc)
+        cause = exc.__cause__ if isinstance(exc, RemoteError) else exc
+        if (
+            not self._instance_hint
+            and not self._redialled
+            and isinstance(error, (Unavailable, StaleFence))
+        ):
+            fresh = self._client._leader(refresh=True)
+            if fresh != target:
+                self._redialled = True
+                self.pause_s = 0.0
+                return fresh
+        if (
+            isinstance(error, NotReady)
+            and not self._instance_hint
+            and time.monotonic() < self._ready_by
+        ):
+            self.pause_s = 0.1
+            return self._client._leader(refresh=True)
+        raise error from cause
 
 
 class Client(_ClientBase):
     """A connection to the daemon of one data root (thread-safe)."""
 
     def __init__(
-        self, *, data_root: str | os.PathLike[str] | None = None, timeout_s: float | None = None
+        self,
+        *,
+        data_root: str | os.PathLike[str] | None = None,
+        timeout_s: float | None = None,
+        wait_ready_s: float = 30.0,
     ) -> None:
-        super().__init__(data_root, timeout_s)
+        """:param wait_ready_s: how long a call waits for a daemon that is still starting."""
+        super().__init__(data_root, timeout_s, wait_ready_s)
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
 
     def _stub(self, target: tuple[str, str]) -> Any:
@@ -191,25 +241,19 @@ class Client(_ClientBase):
         self, method: str, request: Any, instance_hint: str = "", attach: bool = False
     ) -> Any:
         target = self._leader()
-        for attempt in (0, 1):
-            instance = instance_hint or target[1]
+        retry = _Retry(self, instance_hint)
+        while True:
             try:
                 client_id = self._attach(target) if attach else ""
                 call = getattr(self._stub(target), method)
                 return call(
                     request,
-                    metadata=self._metadata(instance, client_id),
+                    metadata=self._metadata(instance_hint or target[1], client_id),
                     timeout=self._timeout_s,
                 )
-            except grpc.RpcError as exc:
-                error = error_from_rpc(exc)
-                if attempt == 0 and not instance_hint and self._should_redial(error):
-                    fresh = self._leader(refresh=True)
-                    if fresh != target:
-                        target = fresh
-                        continue
-                raise error from exc
-        raise AssertionError("unreachable")
+            except (grpc.RpcError, RemoteError) as exc:
+                target = retry.after(exc, target)
+                time.sleep(retry.pause_s)
 
     def status(self) -> pb.StatusResponse:
         reply: pb.StatusResponse = self._unary("Status", pb.StatusRequest())
@@ -376,9 +420,13 @@ class AsyncClient(_ClientBase):
     """The asyncio twin of :class:`Client`."""
 
     def __init__(
-        self, *, data_root: str | os.PathLike[str] | None = None, timeout_s: float | None = None
+        self,
+        *,
+        data_root: str | os.PathLike[str] | None = None,
+        timeout_s: float | None = None,
+        wait_ready_s: float = 30.0,
     ) -> None:
-        super().__init__(data_root, timeout_s)
+        super().__init__(data_root, timeout_s, wait_ready_s)
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
 
     async def _stub(self, target: tuple[str, str]) -> Any:
@@ -407,25 +455,19 @@ class AsyncClient(_ClientBase):
         self, method: str, request: Any, instance_hint: str = "", attach: bool = False
     ) -> Any:
         target = self._leader()
-        for attempt in (0, 1):
-            instance = instance_hint or target[1]
+        retry = _Retry(self, instance_hint)
+        while True:
             try:
                 client_id = await self._attach(target) if attach else ""
                 call = getattr(await self._stub(target), method)
                 return await call(
                     request,
-                    metadata=self._metadata(instance, client_id),
+                    metadata=self._metadata(instance_hint or target[1], client_id),
                     timeout=self._timeout_s,
                 )
-            except grpc.RpcError as exc:
-                error = error_from_rpc(exc)
-                if attempt == 0 and not instance_hint and self._should_redial(error):
-                    fresh = self._leader(refresh=True)
-                    if fresh != target:
-                        target = fresh
-                        continue
-                raise error from exc
-        raise AssertionError("unreachable")
+            except (grpc.RpcError, RemoteError) as exc:
+                target = retry.after(exc, target)
+                await asyncio.sleep(retry.pause_s)
 
     async def status(self) -> pb.StatusResponse:
         reply: pb.StatusResponse = await self._unary("Status", pb.StatusRequest())

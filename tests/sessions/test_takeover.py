@@ -50,3 +50,34 @@ def test_server_reflection_lists_the_services(served: Served) -> None:
         reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=5)))
     names = {s.name for s in reply.list_services_response.service}
     assert {"modeld.v1.Modeld", "grpc.health.v1.Health"} <= names
+
+
+def test_a_call_while_the_daemon_starts_waits_for_it(gemma_file: Path) -> None:
+    import shutil
+    import subprocess
+    import tempfile
+
+    from daemons import modeld_command
+
+    root = Path(tempfile.mkdtemp(prefix="mds-"))
+    (root / "models").mkdir()
+    (root / "models" / "gemma-3-270m-q4_k_m.gguf").symlink_to(gemma_file)
+    proc = subprocess.Popen(
+        modeld_command("serve", "--data-root", str(root), "--model", MODEL),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def starting() -> bool:
+            lease = modeldconn.probe(data_root=root).lease
+            return lease is not None and lease.state == "starting"
+
+        wait_for("the lease to say starting", starting, 30, step_s=0.005)
+        assert not modeldconn.available(data_root=root)
+        with modeldconn.Client(data_root=root) as client, client.open_session(MODEL) as session:
+            assert session.ensure_prefix("Hello").prefix_tokens > 0
+    finally:
+        proc.kill()
+        proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
