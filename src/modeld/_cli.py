@@ -99,6 +99,13 @@ def cli() -> None:
     help="Close a session idle this many seconds (0: never).",
 )
 @click.option(
+    "--unload-after",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="Free a model's weights when no live session used it this many seconds (0: never).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -120,6 +127,7 @@ def serve(
     snapshot_budget: str,
     idle_park: float,
     idle_close: float,
+    unload_after: float,
     log_level: str,
 ) -> None:
     """Serve the data root's models, leading by lease (or standing by)."""
@@ -161,6 +169,7 @@ def serve(
         snapshot_budget_bytes=snapshot_bytes or 0,
         idle_park_s=idle_park,
         idle_close_s=idle_close,
+        unload_after_s=unload_after,
     )
     from ._daemon import serve as run_daemon  # grpc's server side loads only when serving
 
@@ -300,7 +309,10 @@ def status(data_root: Path | None, as_json: bool) -> None:
         f"({reply.prefix_shared_tokens} tokens copied, not computed)"
     )
     for loaded in reply.models:
-        click.echo(f"model      {loaded.name} ({loaded.digest[:12]}), {loaded.sessions} sessions")
+        weights = "" if loaded.weights_loaded else ", weights unloaded while idle"
+        click.echo(
+            f"model      {loaded.name} ({loaded.digest[:12]}), {loaded.sessions} sessions{weights}"
+        )
 
 
 def main() -> None:

@@ -45,3 +45,6 @@ class ServeSettings:
     idle_park_s: float = 600.0
     #: close a session idle this long, seconds (0: never)
     idle_close_s: float = 86400.0
+    #: free a model's weights when no live session used it this long, seconds (0: never);
+    #: its parked sessions stay restorable
+    unload_after_s: float = 3600.0

@@ -63,7 +63,9 @@ def _candidate(identity: Identity, settings: ServeSettings, endpoint: str) -> Le
 
 async def _reap_idle(sessions: SessionManager, settings: ServeSettings) -> None:
     """Park, then close, sessions nobody has used for a while."""
-    limits = [t for t in (settings.idle_park_s, settings.idle_close_s) if t > 0]
+    limits = [
+        t for t in (settings.idle_park_s, settings.idle_close_s, settings.unload_after_s) if t > 0
+    ]
     if not limits:
         return
     interval = min(30.0, max(0.25, min(limits) / 4))
@@ -73,6 +75,8 @@ async def _reap_idle(sessions: SessionManager, settings: ServeSettings) -> None:
             await sessions.reap(
                 park_after_s=settings.idle_park_s, close_after_s=settings.idle_close_s
             )
+            if settings.unload_after_s:
+                await sessions.unload_idle_models(settings.unload_after_s)
         except RemoteError as exc:  # e.g. no room to park: try again next round
             log.warning("idle reaper: %s", exc)
 

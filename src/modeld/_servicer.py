@@ -72,6 +72,7 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
                 digest=m.spec.facts.digest,
                 path=str(m.spec.facts.path),
                 sessions=m.sessions,
+                weights_loaded=m.engine is not None,
             )
             for m in self._sessions.loaded_models()
         ]
@@ -102,6 +103,7 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             sessions_reaped=self._sessions.sessions_reaped,
             prefix_hits=self._sessions.prefix_hits,
             prefix_misses=self._sessions.prefix_misses,
+            model_loads=self._sessions.model_loads,
         )
 
     async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:

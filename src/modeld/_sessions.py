@@ -92,8 +92,10 @@ class ResolvedConfig:
 @dataclass
 class LoadedModel:
     spec: ModelSpec
-    engine: EngineModel
+    #: None once unloaded after a long idle; reloaded (on the worker) by its next use
+    engine: EngineModel | None
     sessions: int = 0
+    last_used: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -164,6 +166,7 @@ class SessionManager:
         self.sessions_reaped = 0
         self.prefix_hits = 0
         self.prefix_misses = 0
+        self.model_loads = 0
         self._clients: set[str] = set()
 
     # -- models -------------------------------------------------------------------------------
@@ -183,9 +186,13 @@ class SessionManager:
         return await asyncio.to_thread(self._catalog.resolve, name, type_, digest, path)
 
     def _in_use(self) -> int:
-        weights = sum(m.spec.facts.file_bytes for m in self._models.values())
+        weights = sum(m.spec.facts.file_bytes for m in self._models.values() if m.engine)
         live = sum(s.kv_bytes for s in self._sessions.values() if s.parked is None)
         return weights + live + self.lot.ram_bytes
+
+    def _weights_in(self, spec: ModelSpec) -> bool:
+        loaded = self._models.get(spec.key)
+        return loaded is not None and loaded.engine is not None
 
     def live_count(self) -> int:
         return sum(1 for s in self._sessions.values() if s.parked is None)
@@ -193,7 +200,7 @@ class SessionManager:
     def capacity(self, spec: ModelSpec) -> Capacity:
         facts = spec.facts
         free = self._budget.free_bytes(self._in_use())
-        pending_weights = 0 if spec.key in self._models else facts.file_bytes
+        pending_weights = 0 if self._weights_in(spec) else facts.file_bytes
         per_token = max(1, facts.kv_bytes_per_token)
         fit = max(0, free - pending_weights) // per_token
         model_max = facts.context_length or DEFAULT_N_CTX
@@ -212,16 +219,41 @@ class SessionManager:
         async with self._loading[spec.key]:
             loaded = self._models.get(spec.key)
             if loaded is None:
-                started = time.perf_counter()
-                engine = await self._worker.call(self._backend.load, spec)
-                loaded = self._models[spec.key] = LoadedModel(spec, engine)
-                log.info(
-                    "loaded %s (%s) in %.2f s",
-                    spec.facts.name,
-                    spec.facts.digest[:12],
-                    time.perf_counter() - started,
-                )
+                loaded = self._models[spec.key] = LoadedModel(spec, None)
+            if loaded.engine is None:
+                await self._worker.call(self._model, loaded)
             return loaded
+
+    def _model(self, loaded: LoadedModel) -> EngineModel:
+        """Worker thread: the model's engine, (re)loading the weights if they are not in."""
+        loaded.last_used = time.monotonic()
+        if loaded.engine is None:
+            started = time.perf_counter()
+            loaded.engine = self._backend.load(loaded.spec)
+            self.model_loads += 1
+            log.info(
+                "loaded %s (%s) in %.2f s",
+                loaded.spec.facts.name,
+                loaded.spec.facts.digest[:12],
+                time.perf_counter() - started,
+            )
+        return loaded.engine
+
+    async def unload_idle_models(self, idle_s: float) -> None:
+        """Free the weights of models no live session uses and nobody used for ``idle_s``;
+        their parked sessions stay restorable (the weights load again first)."""
+        now = time.monotonic()
+        for loaded in self._models.values():
+            live = any(s.model is loaded and s.engine is not None for s in self._sessions.values())
+            if loaded.engine is not None and not live and now - loaded.last_used > idle_s:
+                await self._worker.call(self._unload, loaded)
+
+    def _unload(self, loaded: LoadedModel) -> None:
+        live = any(s.model is loaded and s.engine is not None for s in self._sessions.values())
+        if loaded.engine is not None and not live:
+            loaded.engine.close()
+            loaded.engine = None
+            log.info("unloaded %s after idling", loaded.spec.facts.name)
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -280,7 +312,7 @@ class SessionManager:
             )
         n_ctx = requested_n_ctx or capacity.default_context
         per_token = spec.facts.kv_bytes_per_token
-        pending_weights = 0 if spec.key in self._models else spec.facts.file_bytes
+        pending_weights = 0 if self._weights_in(spec) else spec.facts.file_bytes
         required = n_ctx * per_token + pending_weights
         if n_ctx < 1 or required > capacity.free_bytes:
             raise InsufficientMemory(
@@ -296,6 +328,8 @@ class SessionManager:
             )
         loaded = await self._load(spec)
         engine = await self._worker.call(self._open_context, loaded, n_ctx)
+        engine_model = loaded.engine
+        assert engine_model is not None  # _open_context loaded it
         session_id = uuid.uuid4().hex
         session = Session(session_id, f"{self._instance_id}/{session_id}", loaded, engine, n_ctx)
         session.owner = owner if owner in self._clients else ""
@@ -306,22 +340,24 @@ class SessionManager:
             requested_n_ctx=requested_n_ctx,
             model_max_context=model_max,
             memory_fit_context=capacity.memory_fit_context,
-            n_threads=loaded.engine.n_threads,
-            n_batch=loaded.engine.n_batch,
+            n_threads=engine_model.n_threads,
+            n_batch=engine_model.n_batch,
         )
         return session, resolved
 
     def _open_context(self, loaded: LoadedModel, n_ctx: int) -> EngineSession:
         """Worker thread: a new engine context, parking an idle session first if needed."""
         self.lot.make_room(self._sessions.values(), keep=None)
-        return loaded.engine.open_session(n_ctx)
+        return self._model(loaded).open_session(n_ctx)
 
     def _live(self, session: Session) -> EngineSession:
         """Worker thread: the session's engine context, restored first if it was parked."""
         session.last_used = time.monotonic()
         if session.engine is None:
             self.lot.make_room(self._sessions.values(), keep=session)
-            self.lot.restore(session, lambda: session.model.engine.open_session(session.n_ctx))
+            self.lot.restore(
+                session, lambda: self._model(session.model).open_session(session.n_ctx)
+            )
         assert session.engine is not None
         return session.engine
 
@@ -402,7 +438,8 @@ class SessionManager:
             self._forget(session)
         await self._worker.call(lambda: None)  # the releases queued above have run
         for loaded in self._models.values():
-            await self._worker.call(loaded.engine.close)
+            if loaded.engine is not None:
+                await self._worker.call(loaded.engine.close)
         self._models.clear()
 
     # -- inputs -------------------------------------------------------------------------------
@@ -447,7 +484,7 @@ class SessionManager:
     def _prefill_in_turns(self, session: Session, full: list[int]) -> Generator[None, None, None]:
         """Compute ``full[kv_len:]`` a batch at a time, the tape always matching the KV."""
         engine = self._live(session)
-        step = session.model.engine.n_batch
+        step = self._model(session.model).n_batch
         while engine.kv_len < len(full):
             engine.prefill(full[engine.kv_len : engine.kv_len + step])
             session.tape = full[: engine.kv_len]
@@ -463,7 +500,7 @@ class SessionManager:
         self, session: Session, value: SessionInput
     ) -> Generator[PrefixResult | None, None, None]:
         engine = self._live(session)
-        tokens = self._to_tokens(session.model.engine, value, start=True)
+        tokens = self._to_tokens(self._model(session.model), value, start=True)
         if len(tokens) > session.n_ctx:
             raise ContextOverflow(
                 f"a prefix of {len(tokens)} tokens does not fit n_ctx {session.n_ctx}",
@@ -538,7 +575,7 @@ class SessionManager:
         self, session: Session, value: SessionInput
     ) -> Generator[SuffixResult | None, None, None]:
         engine = self._live(session)
-        tokens = self._to_tokens(session.model.engine, value, start=not session.tape)
+        tokens = self._to_tokens(self._model(session.model), value, start=not session.tape)
         pending = session.tape[engine.kv_len :]
         if len(session.tape) + len(tokens) > session.n_ctx:
             raise ContextOverflow(
@@ -575,7 +612,7 @@ class SessionManager:
     ) -> Generator[DecodeStep | None, None, None]:
         """Runs on the worker, one token per step; closing it mid-way keeps the tape valid."""
         received = time.perf_counter()
-        engine, model = self._live(session), session.model.engine
+        engine, model = self._live(session), self._model(session.model)
         if suffix is not None:
             for item in self._prefill_suffix(session, suffix):
                 if item is None:
@@ -691,10 +728,8 @@ class SessionManager:
     # -- tokenizer ------------------------------------------------------------------------------
 
     async def model_for(self, handle: str, spec: ModelSpec | None) -> EngineModel:
-        if handle:
-            return self.get(handle).model.engine
-        assert spec is not None
-        return (await self._load(spec)).engine
+        loaded = self.get(handle).model if handle else await self._load(spec)  # type: ignore[arg-type]
+        return await self._worker.call(self._model, loaded)
 
     async def tokenize(self, model: EngineModel, text: str, add_special: bool) -> list[int]:
         return await self._worker.call(model.tokenize, text, add_special)

@@ -85,3 +85,29 @@ def test_idle_sessions_are_parked_then_closed(gemma_file: Path) -> None:
             pass
     finally:
         stop_served(daemon)
+
+
+def test_weights_unload_after_a_long_idle_and_parked_sessions_survive(
+    gemma_file: Path, served: Served
+) -> None:
+    prompt, suffix = "Minutes of the village council, spring session. ", "Item one:"
+    with served.client.open_session(MODEL) as reference:
+        reference.ensure_prefix(prompt)
+        reference.prefill_suffix(suffix)
+        expected = reference.generate(max_tokens=12).token_ids
+    daemon = start_served(
+        gemma_file, "--idle-park", "0.5", "--unload-after", "1", "--idle-close", "0"
+    )
+    try:
+        session = daemon.client.open_session(MODEL)
+        session.ensure_prefix(prompt)
+        session.prefill_suffix(suffix)
+        wait_for(
+            "the weights to unload", lambda: not daemon.client.status().models[0].weights_loaded, 20
+        )
+        status = daemon.client.status()
+        assert status.sessions_parked == 1 and status.model_loads == 1
+        assert session.generate(max_tokens=12).token_ids == expected  # reloaded, restored
+        assert daemon.client.status().model_loads == 2
+    finally:
+        stop_served(daemon)

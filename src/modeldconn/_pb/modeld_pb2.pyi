@@ -32,7 +32,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("instance_id", "protocol", "min_protocol", "backend", "version", "state", "pid", "host", "endpoint", "uptime_s", "sessions_open", "models", "prefix_shares", "prefix_shared_tokens", "sessions_live", "sessions_parked", "parked_ram_bytes", "parked_disk_bytes", "parks", "restores", "max_live_sessions", "queue_depth", "clients_attached", "sessions_reaped", "prefix_hits", "prefix_misses")
+    __slots__ = ("instance_id", "protocol", "min_protocol", "backend", "version", "state", "pid", "host", "endpoint", "uptime_s", "sessions_open", "models", "prefix_shares", "prefix_shared_tokens", "sessions_live", "sessions_parked", "parked_ram_bytes", "parked_disk_bytes", "parks", "restores", "max_live_sessions", "queue_depth", "clients_attached", "sessions_reaped", "prefix_hits", "prefix_misses", "model_loads")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     MIN_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class StatusResponse(_message.Message):
     SESSIONS_REAPED_FIELD_NUMBER: _ClassVar[int]
     PREFIX_HITS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_MISSES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_LOADS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     protocol: int
     min_protocol: int
@@ -85,19 +86,22 @@ class StatusResponse(_message.Message):
     sessions_reaped: int
     prefix_hits: int
     prefix_misses: int
-    def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ..., prefix_shares: _Optional[int] = ..., prefix_shared_tokens: _Optional[int] = ..., sessions_live: _Optional[int] = ..., sessions_parked: _Optional[int] = ..., parked_ram_bytes: _Optional[int] = ..., parked_disk_bytes: _Optional[int] = ..., parks: _Optional[int] = ..., restores: _Optional[int] = ..., max_live_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., clients_attached: _Optional[int] = ..., sessions_reaped: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., prefix_misses: _Optional[int] = ...) -> None: ...
+    model_loads: int
+    def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ..., prefix_shares: _Optional[int] = ..., prefix_shared_tokens: _Optional[int] = ..., sessions_live: _Optional[int] = ..., sessions_parked: _Optional[int] = ..., parked_ram_bytes: _Optional[int] = ..., parked_disk_bytes: _Optional[int] = ..., parks: _Optional[int] = ..., restores: _Optional[int] = ..., max_live_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., clients_attached: _Optional[int] = ..., sessions_reaped: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., prefix_misses: _Optional[int] = ..., model_loads: _Optional[int] = ...) -> None: ...
 
 class LoadedModelStatus(_message.Message):
-    __slots__ = ("name", "digest", "path", "sessions")
+    __slots__ = ("name", "digest", "path", "sessions", "weights_loaded")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_LOADED_FIELD_NUMBER: _ClassVar[int]
     name: str
     digest: str
     path: str
     sessions: int
-    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., path: _Optional[str] = ..., sessions: _Optional[int] = ...) -> None: ...
+    weights_loaded: bool
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., path: _Optional[str] = ..., sessions: _Optional[int] = ..., weights_loaded: _Optional[bool] = ...) -> None: ...
 
 class ModelFacts(_message.Message):
     __slots__ = ("name", "path", "digest", "file_bytes", "architecture", "context_length", "layers", "attention_heads", "kv_heads", "head_dim", "sliding_window", "vocab_size", "chat_template", "chat_template_source", "bos_token_id", "eos_token_ids", "add_bos")
