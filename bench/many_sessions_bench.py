@@ -17,9 +17,7 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,40 +29,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import llama_cpp as ll
 from engine_loop import _init
+from harness import MODEL, start_daemon, stop_daemon
 
 import modeldconn
 
 RESULTS = Path(__file__).parent / "results"
-MODEL = "gemma3-270m"
-
-
-def start_daemon(root: Path, *args: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "modeld",
-            "serve",
-            "--data-root",
-            str(root),
-            "--model",
-            MODEL,
-            *args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not modeldconn.available(data_root=root):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit("the daemon did not start")
-        time.sleep(0.05)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
 
 
 def prompt(i: int) -> str:
@@ -213,7 +182,7 @@ def main() -> None:
                 "modeld_over_raw_single": round(ours / single, 3),
             }
         client.close()
-        stop(daemon)
+        stop_daemon(daemon)
         daemon = start_daemon(root, "--threads", str(args.threads), "--max-live-sessions", "4")
         client = modeldconn.Client(data_root=root)
         parked = conversations(client, args.turns, parking=True)
@@ -225,7 +194,7 @@ def main() -> None:
             "recompute_over_parking_total": round(recompute["total_s"] / parked["total_s"], 2),
         }
         client.close()
-        stop(daemon)
+        stop_daemon(daemon)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result["command"] = "python bench/many_sessions_bench.py " + " ".join(sys.argv[1:])

@@ -18,9 +18,7 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,11 +28,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engine_loop import NativeLoop
+from harness import MODEL, start_daemon, stop_daemon
 
 import modeldconn
 
 RESULTS = Path(__file__).parent / "results"
-MODEL = "gemma3-270m"
 N_CTX = 4096
 TEXT = (
     "The history of the city begins with a small settlement on the river. Farmers and traders "
@@ -45,31 +43,6 @@ TEXT = (
 def prompt_tokens(loop: NativeLoop, n: int, salt: str = "") -> list[int]:
     ids = loop.tokenize(salt + TEXT * (n // 30 + 2), add_special=True)
     return ids[:n]
-
-
-def start_daemon(root: Path, threads: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "modeld",
-            "serve",
-            "--data-root",
-            str(root),
-            "--model",
-            MODEL,
-            "--threads",
-            str(threads),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not modeldconn.available(data_root=root):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit("the daemon did not start")
-        time.sleep(0.05)
-    return proc
 
 
 def med(xs: list[float]) -> float:
@@ -195,7 +168,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mdbench-"))
-    daemon = start_daemon(root, args.threads)
+    daemon = start_daemon(root, "--threads", str(args.threads))
     try:
         client = modeldconn.Client(data_root=root)
         path = client.describe(MODEL).facts.path
@@ -216,8 +189,7 @@ def main() -> None:
                 "command": "python bench/sessions_bench.py " + " ".join(sys.argv[1:]),
             }
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
+        stop_daemon(daemon)
         shutil.rmtree(root, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "sessions.json").write_text(json.dumps(result, indent=2) + "\n")

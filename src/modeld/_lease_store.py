@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,29 +24,11 @@ from modeldconn._lease import (
     read_lease,
 )
 
-__all__ = ["LeaseStore", "RenewOutcome", "write_atomically"]
+from ._atomic import write_atomically
+
+__all__ = ["LeaseStore", "RenewOutcome"]
 
 LOCK_FILE_NAME = "modeld.lease.lock"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: temp file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class RenewOutcome(enum.Enum):
@@ -98,7 +79,7 @@ class LeaseStore:
                 return found
             now = time.time()
             mine = dataclasses.replace(record, acquired_at=now, renewed_at=now, ttl_s=self.ttl_s)
-            write_atomically(self.path, mine.to_json())
+            write_atomically(self.path, mine.to_json().encode())
             # Belt and braces: another writer that ignored the lock would show up here.
             back = read_lease(self.root).record
             if back is None or back.instance_id != mine.instance_id:
@@ -113,7 +94,7 @@ class LeaseStore:
                 if current is None or current.instance_id != record.instance_id:
                     return RenewOutcome.LOST, record
                 fresh = dataclasses.replace(record, renewed_at=time.time())
-                write_atomically(self.path, fresh.to_json())
+                write_atomically(self.path, fresh.to_json().encode())
                 return RenewOutcome.RENEWED, fresh
         except Timeout:
             return RenewOutcome.BUSY, record

@@ -27,7 +27,7 @@ from ._convert import (
 )
 from ._identity import Identity, modeld_version
 from ._phase import Gate
-from ._sessions import SessionManager
+from ._sessions import ResolvedConfig, SessionManager
 from .backends._facts import ModelSpec
 
 __all__ = ["ModeldServicer"]
@@ -119,8 +119,13 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         session, resolved = await self._sessions.open(
             spec, request.config.n_ctx, _client_of(context)
         )
+        return self._opened(session.handle, resolved, spec)
+
+    def _opened(
+        self, handle: str, resolved: ResolvedConfig, spec: ModelSpec
+    ) -> pb.OpenSessionResponse:
         return pb.OpenSessionResponse(
-            handle=session.handle,
+            handle=handle,
             config=resolved_to_pb(resolved),
             facts=facts_to_pb(spec.facts),
             capabilities=capabilities_to_pb(self._sessions.capabilities),
@@ -166,12 +171,7 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         session, resolved = await self._sessions.restore(
             spec, request.snapshot_id, request.config.n_ctx, _client_of(context)
         )
-        return pb.OpenSessionResponse(
-            handle=session.handle,
-            config=resolved_to_pb(resolved),
-            facts=facts_to_pb(spec.facts),
-            capabilities=capabilities_to_pb(self._sessions.capabilities),
-        )
+        return self._opened(session.handle, resolved, spec)
 
     async def Attach(
         self, request: pb.AttachRequest, context: Context

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from ._atomic import write_atomically
 from .backends._base import EngineState
 
 __all__ = ["StateFileError", "read_state_file", "write_state_file"]
@@ -42,19 +42,8 @@ def write_state_file(path: Path, state: EngineState, meta: dict[str, Any]) -> in
         "logits_bytes": len(logits),
         "sha256": hashlib.sha256(state.kv + logits).hexdigest(),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(_MAGIC)
-            handle.write(json.dumps(header, sort_keys=True).encode() + b"\n")
-            handle.write(state.kv)
-            handle.write(logits)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    head = json.dumps(header, sort_keys=True).encode() + b"\n"
+    write_atomically(path, _MAGIC, head, state.kv, logits)
     return path.stat().st_size
 
 
