@@ -106,6 +106,11 @@ def cli() -> None:
     help="Free a model's weights when no live session used it this many seconds (0: never).",
 )
 @click.option(
+    "--metrics-listen",
+    default=None,
+    help="Expose Prometheus metrics on loopback HOST:PORT (port 0: any; default: off).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -128,6 +133,7 @@ def serve(
     idle_park: float,
     idle_close: float,
     unload_after: float,
+    metrics_listen: str | None,
     log_level: str,
 ) -> None:
     """Serve the data root's models, leading by lease (or standing by)."""
@@ -170,6 +176,7 @@ def serve(
         idle_park_s=idle_park,
         idle_close_s=idle_close,
         unload_after_s=unload_after,
+        metrics_listen=metrics_listen,
     )
     from ._daemon import serve as run_daemon  # grpc's server side loads only when serving
 

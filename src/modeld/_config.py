@@ -48,3 +48,5 @@ class ServeSettings:
     #: free a model's weights when no live session used it this long, seconds (0: never);
     #: its parked sessions stay restorable
     unload_after_s: float = 3600.0
+    #: loopback HOST:PORT for the Prometheus endpoint; None: not exposed
+    metrics_listen: str | None = None

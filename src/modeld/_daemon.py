@@ -21,6 +21,7 @@ from ._errors import ExitCode, StartupError
 from ._identity import Identity, modeld_version
 from ._lease_store import LeaseStore
 from ._listener import parse_listen
+from ._metrics import Metrics
 from ._models import ModelCatalog
 from ._parking import ParkingLot
 from ._phase import Gate, Phase
@@ -140,6 +141,7 @@ async def serve(settings: ServeSettings) -> int:
     stop = asyncio.Event()
     _stop_on_signals(stop)
     endpoint = ""
+    metrics = Metrics()
     worker = EngineWorker()
     sessions = SessionManager(
         instance_id=identity.instance_id,
@@ -154,7 +156,9 @@ async def serve(settings: ServeSettings) -> int:
             disk_budget=settings.park_disk_bytes,
         ),
         snapshots=SnapshotStore(root / "snapshots", settings.snapshot_budget_bytes),
+        metrics=metrics,
     )
+    metrics.watch_sessions(sessions)
     servicer = ModeldServicer(
         identity=identity,
         backend=settings.backend,
@@ -163,11 +167,16 @@ async def serve(settings: ServeSettings) -> int:
         sessions=sessions,
     )
     election = Election(
-        LeaseStore(root, ttl_s=settings.lease_ttl_s), gate, poll_interval_s=settings.poll_interval_s
+        LeaseStore(root, ttl_s=settings.lease_ttl_s),
+        gate,
+        poll_interval_s=settings.poll_interval_s,
+        on_renew=metrics.renew_seconds.observe,
     )
 
     # 1. Bind first, so the lease can advertise the real endpoint.
-    bound = await bind_server(listener, gate, servicer)
+    if settings.metrics_listen:  # before binding: a bad address leaves nothing behind
+        log.info("metrics at %s", metrics.serve(settings.metrics_listen))
+    bound = await bind_server(listener, gate, servicer, metrics)
     endpoint = listener.endpoint(bound.port)
     try:
         await bound.server.start()
@@ -181,6 +190,7 @@ async def serve(settings: ServeSettings) -> int:
         if record is None:
             return ExitCode.OK  # stopped while standing by
         gate.phase = Phase.STARTING
+        metrics.leadership.labels("won").inc()
         log.info("leader: instance %s on %s", identity.instance_id, endpoint)
         # 3. Load the --model, if any (others load on their first OpenSession). Then serve.
         if settings.model:
@@ -201,7 +211,9 @@ async def serve(settings: ServeSettings) -> int:
         finally:
             reaper.cancel()
         if fenced_because is not None:
+            metrics.leadership.labels("lost").inc()
             return await _fence(gate, bound, fenced_because)
+        metrics.leadership.labels("released").inc()
         return await _drain(gate, bound, election, settings.drain_grace_s)
     finally:
         await bound.server.stop(0)

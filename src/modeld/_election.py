@@ -59,7 +59,14 @@ class Election:
         holder on this host dies.
     """
 
-    def __init__(self, store: LeaseStore, gate: Gate, *, poll_interval_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        store: LeaseStore,
+        gate: Gate,
+        *,
+        poll_interval_s: float = 0.2,
+        on_renew: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
         self._store = store
         self._gate = gate
         self._poll_interval_s = poll_interval_s
@@ -67,6 +74,7 @@ class Election:
         #: leadership ends this long before the lease can expire, leaving time to stop
         self._margin_s = store.ttl_s / 4
         self._write_lock = asyncio.Lock()
+        self._on_renew = on_renew
         self.record: LeaseRecord | None = None
 
     async def campaign(
@@ -128,6 +136,7 @@ class Election:
                 log.warning("lease renewal failed: %s", exc or type(exc).__name__)
                 return RenewOutcome.BUSY
             if outcome is RenewOutcome.RENEWED:
+                self._on_renew(time.monotonic() - started)
                 self.record = written
                 self._gate.valid_until = started + self._ttl_s - self._margin_s
             return outcome

@@ -7,7 +7,9 @@ and answered as ``internal``, so a bad request never looks like a crash and vice
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,6 +19,7 @@ from grpc_status import rpc_status
 from modeldconn._errors import InternalError, RemoteError
 from modeldconn._wire import INSTANCE_METADATA_KEY
 
+from ._metrics import Metrics
 from ._phase import Gate
 
 __all__ = ["GateInterceptor"]
@@ -42,8 +45,9 @@ async def _abort(context: grpc.aio.ServicerContext, error: RemoteError) -> None:
 
 
 class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, metrics: Metrics) -> None:
         self._gate = gate
+        self._metrics = metrics
         #: wrapped handlers, built once per method instead of on every call
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -83,32 +87,54 @@ class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return handler
 
     def _wrap_unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Any:
+        name = method.rpartition("/")[2]
+        seconds = self._metrics.rpc_seconds.labels(name)
+
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            code = "OK"
+            started = time.perf_counter()
             try:
                 self._admit(method, context)
                 return await behavior(request, context)
             except grpc.aio.AbortError:
+                code = "ABORTED_BY_HANDLER"
                 raise  # the behavior already chose its status
             except RemoteError as error:
+                code = error.grpc_code.name
                 await _abort(context, error)
             except Exception:
+                code = "INTERNAL"
                 log.exception("internal error in %s", method)
                 await _abort(context, InternalError(f"internal error in {method}"))
+            finally:
+                seconds.observe(time.perf_counter() - started)
+                self._metrics.rpcs.labels(name, code).inc()
 
         return unary
 
     def _wrap_stream(self, method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Any:
+        name = method.rpartition("/")[2]
+
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            code = "OK"
             try:
                 self._admit(method, context)
                 async for item in behavior(request, context):
                     yield item
             except grpc.aio.AbortError:
+                code = "ABORTED_BY_HANDLER"
                 raise  # the behavior already chose its status
             except RemoteError as error:
+                code = error.grpc_code.name
                 await _abort(context, error)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
             except Exception:
+                code = "INTERNAL"
                 log.exception("internal error in %s", method)
                 await _abort(context, InternalError(f"internal error in {method}"))
+            finally:
+                self._metrics.rpcs.labels(name, code).inc()
 
         return stream

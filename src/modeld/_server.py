@@ -15,6 +15,7 @@ from modeldconn._wire import channel_options
 from ._errors import StartupError
 from ._interceptor import GateInterceptor
 from ._listener import Listener
+from ._metrics import Metrics
 from ._phase import Gate
 from ._servicer import ModeldServicer
 
@@ -37,7 +38,9 @@ class BoundServer:
             await self.health.set(service, status)
 
 
-async def bind_server(listener: Listener, gate: Gate, servicer: ModeldServicer) -> BoundServer:
+async def bind_server(
+    listener: Listener, gate: Gate, servicer: ModeldServicer, metrics: Metrics
+) -> BoundServer:
     """Create the server and bind its listener (not started); health starts NOT_SERVING."""
     options = [
         *channel_options(),
@@ -45,7 +48,7 @@ async def bind_server(listener: Listener, gate: Gate, servicer: ModeldServicer) 
         # and the kernel would hand it the leader's clients.
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(interceptors=[GateInterceptor(gate)], options=options)
+    server = grpc.aio.server(interceptors=[GateInterceptor(gate, metrics)], options=options)
     modeld_pb2_grpc.add_ModeldServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

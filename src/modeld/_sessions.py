@@ -35,6 +35,7 @@ from modeldconn._errors import (
 )
 from modeldconn._types import Capabilities, Capacity, DecodeFinal, PrefixResult, SuffixResult
 
+from ._metrics import Metrics
 from ._models import ModelCatalog
 from ._parking import ParkedState, ParkingLot
 from ._session_types import (
@@ -149,6 +150,7 @@ class SessionManager:
         budget: MemoryBudget,
         lot: ParkingLot,
         snapshots: SnapshotStore,
+        metrics: Metrics,
     ) -> None:
         self._instance_id = instance_id
         self._catalog = catalog
@@ -157,6 +159,7 @@ class SessionManager:
         self._budget = budget
         self.lot = lot
         self.snapshots = snapshots
+        self._metrics = metrics
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._loading: dict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._sessions: dict[str, Session] = {}
@@ -494,7 +497,12 @@ class SessionManager:
 
     async def ensure_prefix(self, handle: str, value: SessionInput) -> PrefixResult:
         async with self._operation(handle) as session:
-            return await self._in_turns(self._ensure_prefix(session, value))
+            result = await self._in_turns(self._ensure_prefix(session, value))
+        tokens = self._metrics.tokens
+        tokens.labels("prefilled").inc(result.prefilled)
+        tokens.labels("reused").inc(result.reused - result.shared)
+        tokens.labels("shared").inc(result.shared)
+        return result
 
     def _ensure_prefix(
         self, session: Session, value: SessionInput
@@ -569,7 +577,9 @@ class SessionManager:
 
     async def prefill_suffix(self, handle: str, value: SessionInput) -> SuffixResult:
         async with self._operation(handle) as session:
-            return await self._in_turns(self._prefill_suffix(session, value))
+            result = await self._in_turns(self._prefill_suffix(session, value))
+        self._metrics.tokens.labels("prefilled").inc(result.prefilled)
+        return result
 
     def _prefill_suffix(
         self, session: Session, value: SessionInput
@@ -604,8 +614,19 @@ class SessionManager:
                 raise InvalidArgument("nothing to continue: EnsurePrefix or PrefillSuffix first")
             steps = self._decode_steps(session, request, suffix)
             async for step in self._worker.stream(steps):
-                if step is not None:
-                    yield step
+                if step is None:
+                    continue
+                if step.final is not None:
+                    self._observe(step.final)
+                yield step
+
+    def _observe(self, final: DecodeFinal) -> None:
+        self._metrics.tokens.labels("generated").inc(final.completion_tokens)
+        if final.completion_tokens:
+            self._metrics.ttft_seconds.observe(final.ttft_ms / 1000)
+        if final.completion_tokens > 1:
+            per_token = final.decode_ms / 1000 / (final.completion_tokens - 1)
+            self._metrics.token_seconds.observe(per_token)
 
     def _decode_steps(
         self, session: Session, request: DecodeRequest, suffix: SessionInput | None
