@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import logging
 import re
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from modeldconn._probe import probe
 from ._config import BACKENDS, ServeSettings
 from ._errors import ExitCode, StartupError
 from ._lease_view import lease_as_json, lease_as_text
+from ._logging import configure_logging
 
 __all__ = ["main"]
 
@@ -111,6 +111,13 @@ def cli() -> None:
     help="Expose Prometheus metrics on loopback HOST:PORT (port 0: any; default: off).",
 )
 @click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object a line, with request and session ids.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -134,6 +141,7 @@ def serve(
     idle_close: float,
     unload_after: float,
     metrics_listen: str | None,
+    log_format: str,
     log_level: str,
 ) -> None:
     """Serve the data root's models, leading by lease (or standing by)."""
@@ -154,11 +162,7 @@ def serve(
     limit = parse_bytes(memory_limit)
     if limit is None:
         _fail(f"--memory-limit {memory_limit!r}: expected bytes like 800MB or 4GiB", ExitCode.USAGE)
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s modeld[%(process)d] %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(log_level, json_lines=log_format == "json")
     settings = ServeSettings(
         data_root=resolve_data_root(data_root),
         backend=backend,

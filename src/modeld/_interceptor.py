@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from grpc_status import rpc_status
 from modeldconn._errors import InternalError, RemoteError
 from modeldconn._wire import INSTANCE_METADATA_KEY
 
+from ._logging import REQUEST_ID, SESSION_ID
 from ._metrics import Metrics
 from ._phase import Gate
 
@@ -37,6 +39,13 @@ def _claimed_instance(context: grpc.aio.ServicerContext) -> str | None:
         if key == INSTANCE_METADATA_KEY:
             return str(value)
     return None
+
+
+def _tag_call(request: Any) -> None:
+    """Give this call's log lines a request id, and the session id when it names a session.
+    (Each RPC runs in its own asyncio task, so the context variables stay with it.)"""
+    REQUEST_ID.set(uuid.uuid4().hex[:12])
+    SESSION_ID.set(str(getattr(request, "handle", "")).rpartition("/")[2])
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: RemoteError) -> None:
@@ -93,6 +102,7 @@ class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             code = "OK"
             started = time.perf_counter()
+            _tag_call(request)
             try:
                 self._admit(method, context)
                 return await behavior(request, context)
@@ -117,6 +127,7 @@ class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             code = "OK"
+            _tag_call(request)
             try:
                 self._admit(method, context)
                 async for item in behavior(request, context):

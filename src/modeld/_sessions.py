@@ -338,6 +338,7 @@ class SessionManager:
         session.owner = owner if owner in self._clients else ""
         self._sessions[session_id] = session
         loaded.sessions += 1
+        log.info("opened session %s on %s, n_ctx %d", session_id, spec.facts.name, n_ctx)
         resolved = ResolvedConfig(
             n_ctx=n_ctx,
             requested_n_ctx=requested_n_ctx,
@@ -418,6 +419,7 @@ class SessionManager:
             return True
         self._forget(session)
         await self._worker.call(lambda: None)  # its release (queued first) has run
+        log.info("closed session %s", session.id)
         return True
 
     def _forget(self, session: Session) -> None:

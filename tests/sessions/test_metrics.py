@@ -65,3 +65,21 @@ def test_metrics_refuse_a_non_loopback_address(tmp_path: Path) -> None:
     assert out.returncode == 3 and "only loopback" in out.stderr
     assert out.stderr.count("\n") == 1
     assert not list(tmp_path.glob("*.sock")) and not (tmp_path / "modeld.lease").exists()
+
+
+def test_json_logs_carry_request_and_session_ids(gemma_file: Path) -> None:
+    import json
+
+    daemon = start_served(gemma_file, "--log-format", "json")
+    try:
+        session = daemon.client.open_session(MODEL)
+        session_id = session.handle.rpartition("/")[2]
+        session.close()
+        lines = [json.loads(line) for line in daemon.log.read_text().splitlines()]
+        opened = next(e for e in lines if e["msg"].startswith("opened session"))
+        closed = next(e for e in lines if e["msg"].startswith("closed session"))
+        assert session_id in opened["msg"] and opened["request_id"]
+        assert closed["session_id"] == session_id and closed["request_id"] != opened["request_id"]
+        assert {"ts", "level", "logger", "pid"} <= set(closed)
+    finally:
+        stop_served(daemon)
