@@ -25,6 +25,7 @@ from ._metrics import Metrics
 from ._models import ModelCatalog
 from ._parking import ParkingLot
 from ._phase import Gate, Phase
+from ._sdnotify import notify
 from ._server import BoundServer, bind_server
 from ._servicer import ModeldServicer
 from ._sessions import MemoryBudget, SessionManager
@@ -62,6 +63,12 @@ def _candidate(identity: Identity, settings: ServeSettings, endpoint: str) -> Le
     )
 
 
+def _standing_by(holder: str) -> None:
+    # A standby is a healthy service for systemd: READY, with a status line saying why it waits.
+    notify("READY=1", f"STATUS=standing by; the lease is held by {holder}")
+    log.info("standing by: the lease is held by %s", holder)
+
+
 async def _reap_idle(sessions: SessionManager, settings: ServeSettings) -> None:
     """Park, then close, sessions nobody has used for a while."""
     limits = [
@@ -95,6 +102,7 @@ async def _until_stopped_or_fenced(stop: asyncio.Event, election: Election) -> s
 
 
 async def _fence(gate: Gate, bound: BoundServer, reason: str) -> int:
+    notify("STOPPING=1", f"STATUS=fenced: {reason}")
     gate.phase, gate.fence_reason = Phase.FENCED, reason
     await bound.set_serving(False)
     await bound.server.stop(0)
@@ -120,6 +128,7 @@ async def _preload(sessions: SessionManager, model: str, election: Election) -> 
 
 
 async def _drain(gate: Gate, bound: BoundServer, election: Election, grace_s: float) -> int:
+    notify("STOPPING=1", "STATUS=draining")
     gate.phase = Phase.DRAINING
     await bound.set_serving(False)
     await election.set_state("draining")
@@ -185,7 +194,7 @@ async def serve(settings: ServeSettings) -> int:
             _candidate(identity, settings, endpoint),
             stop,
             standby=settings.standby,
-            on_wait=lambda holder: log.info("standing by: the lease is held by %s", holder),
+            on_wait=lambda holder: _standing_by(holder),
         )
         if record is None:
             return ExitCode.OK  # stopped while standing by
@@ -203,6 +212,7 @@ async def serve(settings: ServeSettings) -> int:
         await election.set_state("serving")
         gate.phase = Phase.SERVING
         await bound.set_serving(True)
+        notify("READY=1", f"STATUS=serving {settings.backend} on {endpoint}")
         log.info("serving backend %s", settings.backend)
         # 4. Until a signal or a loss of leadership.
         reaper = asyncio.ensure_future(_reap_idle(sessions, settings))

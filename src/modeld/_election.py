@@ -36,6 +36,7 @@ from modeldconn._lease import Assessment, LeaseRecord
 from ._errors import ExitCode, StartupError
 from ._lease_store import Acquired, LeaseStore, RenewOutcome
 from ._phase import Gate
+from ._sdnotify import pet_watchdog
 
 __all__ = ["Election"]
 
@@ -103,6 +104,7 @@ class Election:
                     self._gate.valid_until = started + self._ttl_s - self._margin_s
                     return won.record
                 found = won
+            pet_watchdog()  # a standby polling the lease is alive too
             holder = describe_holder(found)
             if not found.status.takeable and not standby:
                 raise StartupError(
@@ -136,6 +138,8 @@ class Election:
                 log.warning("lease renewal failed: %s", exc or type(exc).__name__)
                 return RenewOutcome.BUSY
             if outcome is RenewOutcome.RENEWED:
+                # systemd's watchdog is fed by renewals: a daemon that cannot renew is not well
+                pet_watchdog()
                 self._on_renew(time.monotonic() - started)
                 self.record = written
                 self._gate.valid_until = started + self._ttl_s - self._margin_s

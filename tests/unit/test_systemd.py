@@ -29,3 +29,4 @@ def test_units_run_modeld_serve_with_restart_on_failure() -> None:
         text = unit.read_text()
         assert "modeld serve --backend llama --data-root" in text
         assert "Restart=on-failure" in text and "StateDirectory=modeld" in text
+        assert "Type=notify" in text and "WatchdogSec=" in text
