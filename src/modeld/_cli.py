@@ -106,6 +106,13 @@ def cli() -> None:
     help="Free a model's weights when no live session used it this many seconds (0: never).",
 )
 @click.option(
+    "--auth-token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="0600 file with the bearer token every call but health must carry; required for a "
+    "non-loopback --listen.",
+)
+@click.option(
     "--metrics-listen",
     default=None,
     help="Expose Prometheus metrics on loopback HOST:PORT (port 0: any; default: off).",
@@ -140,6 +147,7 @@ def serve(
     idle_park: float,
     idle_close: float,
     unload_after: float,
+    auth_token_file: Path | None,
     metrics_listen: str | None,
     log_format: str,
     log_level: str,
@@ -181,6 +189,7 @@ def serve(
         idle_close_s=idle_close,
         unload_after_s=unload_after,
         metrics_listen=metrics_listen,
+        auth_token_file=auth_token_file,
     )
     from ._daemon import serve as run_daemon  # grpc's server side loads only when serving
 

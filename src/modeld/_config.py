@@ -50,3 +50,5 @@ class ServeSettings:
     unload_after_s: float = 3600.0
     #: loopback HOST:PORT for the Prometheus endpoint; None: not exposed
     metrics_listen: str | None = None
+    #: a 0600 file holding the bearer token every call but health must carry
+    auth_token_file: Path | None = None

@@ -15,6 +15,7 @@ from modeldconn._errors import RemoteError
 from modeldconn._lease import LeaseRecord, LoadedModel
 from modeldconn._wire import PROTOCOL
 
+from ._auth import read_token_file
 from ._config import ServeSettings
 from ._election import Election
 from ._errors import ExitCode, StartupError
@@ -60,6 +61,7 @@ def _candidate(identity: Identity, settings: ServeSettings, endpoint: str) -> Le
         renewed_at=now,
         ttl_s=settings.lease_ttl_s,
         state="starting",
+        auth=settings.auth_token_file is not None,
     )
 
 
@@ -145,7 +147,8 @@ async def serve(settings: ServeSettings) -> int:
     """
     root = prepare_data_root(settings.data_root)
     identity = Identity.of_this_process()
-    listener = parse_listen(settings.listen, root, identity.short_id)
+    token = read_token_file(settings.auth_token_file) if settings.auth_token_file else None
+    listener = parse_listen(settings.listen, root, identity.short_id, authenticated=bool(token))
     gate = Gate(identity.instance_id)
     stop = asyncio.Event()
     _stop_on_signals(stop)
@@ -185,7 +188,7 @@ async def serve(settings: ServeSettings) -> int:
     # 1. Bind first, so the lease can advertise the real endpoint.
     if settings.metrics_listen:  # before binding: a bad address leaves nothing behind
         log.info("metrics at %s", metrics.serve(settings.metrics_listen))
-    bound = await bind_server(listener, gate, servicer, metrics)
+    bound = await bind_server(listener, gate, servicer, metrics, token)
     endpoint = listener.endpoint(bound.port)
     try:
         await bound.server.start()

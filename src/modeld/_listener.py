@@ -108,7 +108,9 @@ def _answers(path: Path) -> bool:
         return True
 
 
-def parse_listen(spec: str | None, root: Path, short_id: str) -> Listener:
+def parse_listen(
+    spec: str | None, root: Path, short_id: str, *, authenticated: bool = False
+) -> Listener:
     """``None`` → the per-instance socket; ``unix:PATH`` → that socket; ``HOST:PORT`` → TCP.
 
     :raises StartupError: for a malformed spec, or a TCP host that is not loopback (remote access
@@ -130,9 +132,8 @@ def parse_listen(spec: str | None, root: Path, short_id: str) -> Listener:
         address = ipaddress.ip_address(host)
     except ValueError:
         raise StartupError(f"--listen {spec!r}: HOST must be an IP address or localhost") from None
-    if not address.is_loopback:
+    if not address.is_loopback and not authenticated:
         raise StartupError(
-            f"--listen {spec!r}: only loopback TCP is allowed; remote access needs "
-            "authentication, which this build does not have yet"
+            f"--listen {spec!r} is reachable from other machines: it needs --auth-token-file"
         )
     return Listener(None, host=host, port=int(port_text))

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from modeldconn._pb import modeld_pb2, modeld_pb2_grpc
 from modeldconn._wire import channel_options
 
+from ._auth import AuthInterceptor
 from ._errors import StartupError
 from ._interceptor import GateInterceptor
 from ._listener import Listener
@@ -39,7 +40,11 @@ class BoundServer:
 
 
 async def bind_server(
-    listener: Listener, gate: Gate, servicer: ModeldServicer, metrics: Metrics
+    listener: Listener,
+    gate: Gate,
+    servicer: ModeldServicer,
+    metrics: Metrics,
+    auth_token: str | None = None,
 ) -> BoundServer:
     """Create the server and bind its listener (not started); health starts NOT_SERVING."""
     options = [
@@ -48,7 +53,15 @@ async def bind_server(
         # and the kernel would hand it the leader's clients.
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(interceptors=[GateInterceptor(gate, metrics)], options=options)
+    server = grpc.aio.server(
+        interceptors=[
+            *(
+                [AuthInterceptor(auth_token)] if auth_token else []
+            ),  # first: nothing runs unauthenticated
+            GateInterceptor(gate, metrics),
+        ],
+        options=options,
+    )
     modeld_pb2_grpc.add_ModeldServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -45,7 +45,13 @@ from ._types import (
     SuffixResult,
     input_to_pb,
 )
-from ._wire import CLIENT_METADATA_KEY, INSTANCE_METADATA_KEY, channel_options
+from ._wire import (
+    AUTH_METADATA_KEY,
+    CLIENT_METADATA_KEY,
+    INSTANCE_METADATA_KEY,
+    channel_options,
+    find_auth_token,
+)
 
 __all__ = [
     "AsyncClient",
@@ -125,8 +131,14 @@ class _ClientBase:
         data_root: str | os.PathLike[str] | None,
         timeout_s: float | None,
         wait_ready_s: float,
+        auth_token: str | None,
     ) -> None:
         self._data_root = resolve_data_root(data_root)
+        self._auth = (
+            ((AUTH_METADATA_KEY, f"Bearer {token}"),)
+            if (token := find_auth_token(self._data_root, auth_token))
+            else ()
+        )
         self._timeout_s = timeout_s
         self._wait_ready_s = wait_ready_s
         self._lock = threading.Lock()
@@ -143,11 +155,14 @@ class _ClientBase:
                 self._target = (result.lease.endpoint, result.lease.instance_id)
             return self._target
 
-    @staticmethod
-    def _metadata(instance: str, client_id: str = "") -> tuple[tuple[str, str], ...]:
+    def _metadata(self, instance: str, client_id: str = "") -> tuple[tuple[str, str], ...]:
         if client_id:
-            return ((INSTANCE_METADATA_KEY, instance), (CLIENT_METADATA_KEY, client_id))
-        return ((INSTANCE_METADATA_KEY, instance),)
+            return (
+                (INSTANCE_METADATA_KEY, instance),
+                (CLIENT_METADATA_KEY, client_id),
+                *self._auth,
+            )
+        return ((INSTANCE_METADATA_KEY, instance), *self._auth)
 
     @staticmethod
     def _attach_request() -> pb.AttachRequest:
@@ -205,9 +220,12 @@ class Client(_ClientBase):
         data_root: str | os.PathLike[str] | None = None,
         timeout_s: float | None = None,
         wait_ready_s: float = 30.0,
+        auth_token: str | None = None,
     ) -> None:
-        """:param wait_ready_s: how long a call waits for a daemon that is still starting."""
-        super().__init__(data_root, timeout_s, wait_ready_s)
+        """:param wait_ready_s: how long a call waits for a daemon that is still starting.
+        :param auth_token: for a daemon started with --auth-token-file (default:
+            ``$MODELD_AUTH_TOKEN``, else ``<data root>/auth.token`` when present)."""
+        super().__init__(data_root, timeout_s, wait_ready_s, auth_token)
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
 
     def _stub(self, target: tuple[str, str]) -> Any:
@@ -425,8 +443,9 @@ class AsyncClient(_ClientBase):
         data_root: str | os.PathLike[str] | None = None,
         timeout_s: float | None = None,
         wait_ready_s: float = 30.0,
+        auth_token: str | None = None,
     ) -> None:
-        super().__init__(data_root, timeout_s, wait_ready_s)
+        super().__init__(data_root, timeout_s, wait_ready_s, auth_token)
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
 
     async def _stub(self, target: tuple[str, str]) -> Any:

@@ -7,12 +7,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._lease import LeaseRecord
 from ._pb import modeld_pb2, modeld_pb2_grpc
-from ._wire import INSTANCE_METADATA_KEY, channel_options
+from ._wire import AUTH_METADATA_KEY, INSTANCE_METADATA_KEY, channel_options
 
 __all__ = ["check_endpoint"]
 
 
-def check_endpoint(lease: LeaseRecord, *, timeout_s: float) -> tuple[str, str] | None:
+def check_endpoint(
+    lease: LeaseRecord, *, timeout_s: float, auth_token: str = ""
+) -> tuple[str, str] | None:
     """None when the endpoint answers as ``lease.instance_id``; else ``(reason, detail)``."""
     with grpc.insecure_channel(lease.endpoint, options=channel_options()) as channel:
         try:
@@ -22,7 +24,10 @@ def check_endpoint(lease: LeaseRecord, *, timeout_s: float) -> tuple[str, str] |
             status = modeld_pb2_grpc.ModeldStub(channel).Status(
                 modeld_pb2.StatusRequest(),
                 timeout=timeout_s,
-                metadata=((INSTANCE_METADATA_KEY, lease.instance_id),),
+                metadata=(
+                    (INSTANCE_METADATA_KEY, lease.instance_id),
+                    *(((AUTH_METADATA_KEY, f"Bearer {auth_token}"),) if auth_token else ()),
+                ),
             )
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None

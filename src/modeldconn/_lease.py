@@ -76,6 +76,8 @@ class LeaseRecord:
     ttl_s: float
     state: str
     model: LoadedModel | None = None
+    #: calls other than health must carry ``authorization: Bearer <token>``
+    auth: bool = False
     schema: int = LEASE_SCHEMA
 
     def to_json(self) -> str:
@@ -196,6 +198,7 @@ def parse_lease(text: str) -> LeaseRecord:
         ttl_s=ttl_s,
         state=state,
         model=model,
+        auth=data.get("auth") is True,
     )
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ._dataroot import resolve_data_root
 from ._errors import DaemonNotRunning, DaemonUnreachable, LeaseStale, ProbeError
 from ._lease import Assessment, LeaseRecord, LeaseStatus, assess_lease, read_lease
+from ._wire import find_auth_token
 
 __all__ = ["DEFAULT_LEASE_TTL_S", "ProbeResult", "ProbeState", "available", "backend", "probe"]
 
@@ -98,7 +99,8 @@ def probe(
     if health and result.state is ProbeState.RUNNING and result.lease is not None:
         from ._health import check_endpoint  # grpc is imported only when asked to dial
 
-        problem = check_endpoint(result.lease, timeout_s=timeout_s)
+        token = find_auth_token(root, None) if result.lease.auth else ""
+        problem = check_endpoint(result.lease, timeout_s=timeout_s, auth_token=token)
         if problem is not None:
             reason, detail = problem
             return ProbeResult(ProbeState.UNREACHABLE, reason, detail, result.lease, None)
