@@ -28,7 +28,14 @@ from typing import Any
 import grpc
 
 from ._dataroot import resolve_data_root
-from ._errors import NotReady, RemoteError, StaleFence, Unavailable, error_from_rpc
+from ._errors import (
+    InvalidArgument,
+    NotReady,
+    RemoteError,
+    StaleFence,
+    Unavailable,
+    error_from_rpc,
+)
 from ._pb import modeld_pb2 as pb
 from ._pb import modeld_pb2_grpc
 from ._probe import probe
@@ -97,7 +104,10 @@ def _decode_config(
         ("seed", seed),
     ):
         if value is not None:
-            setattr(config, name, value)
+            try:
+                setattr(config, name, value)
+            except (TypeError, ValueError) as exc:  # e.g. a negative max_tokens
+                raise InvalidArgument(f"{name}={value!r}: {exc}", field=name) from None
     return config
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._errors import InvalidArgument
 from ._pb import modeld_pb2 as pb
 
 __all__ = [
@@ -72,8 +73,10 @@ def input_to_pb(value: InputLike) -> pb.Input:
     else:
         try:  # protobuf checks every id is an int32, in C
             return pb.Input(tokens=pb.TokenIds(ids=value))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+        except TypeError:
             raise TypeError("input must be text, token ids, or chat messages") from None
+        except ValueError as exc:
+            raise InvalidArgument(f"token ids: {exc}", field="tokens") from None
     messages = [pb.ChatMessage(role=m["role"], content=m["content"]) for m in chat.messages]
     return pb.Input(
         chat=pb.ChatMessages(messages=messages, add_generation_prompt=chat.add_generation_prompt)

@@ -44,7 +44,9 @@ class Served:
         return self.proc.poll() is None
 
 
-def start_served(gemma_file: Path, *args: str, root: Path | None = None) -> Served:
+def start_served(
+    gemma_file: Path, *args: str, root: Path | None = None, wrapper: tuple[str, ...] = ()
+) -> Served:
     """A daemon serving the model on a new data root, or again on ``root`` (a restart)."""
     if root is None:
         root = Path(tempfile.mkdtemp(prefix="mds-"))
@@ -53,7 +55,7 @@ def start_served(gemma_file: Path, *args: str, root: Path | None = None) -> Serv
     log = root.parent / f"{root.name}.log"
     with open(log, "a") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            modeld_command("serve", "--data-root", str(root), "--model", MODEL, *args),
+            [*wrapper, *modeld_command("serve", "--data-root", str(root), "--model", MODEL, *args)],
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,

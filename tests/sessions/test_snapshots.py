@@ -87,3 +87,23 @@ def test_foreign_and_corrupt_snapshots_are_refused(served: Served, tmp_path: Pat
     with client.restore(snap.snapshot_id, MODEL) as restored:
         assert restored.ensure_prefix(PROMPT).reused > 0
     assert client.status().sessions_open == 0
+
+
+def test_a_snapshot_that_cannot_be_written_fails_typed_and_leaves_nothing(
+    gemma_file: Path,
+) -> None:
+    # the daemon may write no file over 1.5 MB: a small snapshot fits, a large one cannot
+    daemon = start_served(gemma_file, wrapper=("prlimit", f"--fsize={1536 * 1024}"))
+    try:
+        with daemon.client.open_session(MODEL) as small:
+            small.ensure_prefix("Short.")
+            assert small.snapshot().bytes < 1536 * 1024
+        with daemon.client.open_session(MODEL) as large:
+            large.ensure_prefix(PROMPT * 6)
+            with pytest.raises(modeldconn.SnapshotFailed, match="File too large"):
+                large.snapshot()
+            assert large.generate(max_tokens=4).final.completion_tokens == 4  # still serves
+        names = sorted(p.name for p in (daemon.root / "snapshots").iterdir())
+        assert len(names) == 1 and names[0].endswith(".snap")  # no partial or temp file
+    finally:
+        stop_served(daemon)
