@@ -24,7 +24,11 @@ from modeldconn._errors import Overloaded, SessionFatal
 from ._state_file import StateFileError, read_state_file, write_state_file
 from .backends._base import EngineSession, EngineState
 
-__all__ = ["Parkable", "ParkedState", "ParkingLot"]
+__all__ = ["NoRoom", "Parkable", "ParkedState", "ParkingLot"]
+
+
+class NoRoom(Overloaded):
+    """Every live session is busy: nothing can be parked to make room right now."""
 
 
 @dataclass
@@ -65,7 +69,7 @@ class ParkingLot:
         while len(live) >= self.max_live:
             idle = [s for s in live if not s.busy]
             if not idle:
-                raise Overloaded(
+                raise NoRoom(
                     f"all {len(live)} live sessions are busy; retry shortly", retry_after_s=0.5
                 )
             victim = min(idle, key=lambda s: s.last_used)

@@ -19,7 +19,7 @@ import logging
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -37,7 +37,7 @@ from modeldconn._types import Capabilities, Capacity, DecodeFinal, PrefixResult,
 
 from ._metrics import Metrics
 from ._models import ModelCatalog
-from ._parking import ParkedState, ParkingLot
+from ._parking import NoRoom, ParkedState, ParkingLot
 from ._session_types import (
     ChatInput,
     DecodeRequest,
@@ -60,6 +60,8 @@ T = TypeVar("T")
 DEFAULT_N_CTX = 4096
 #: how long an operation waits for the session's previous one before session_busy
 BUSY_GRACE_S = 0.25
+#: how long a call waits for a live context when every live session is busy
+ROOM_WAIT_S = 120.0
 #: a prefix held by another session is copied (a few ms) rather than computed (~1.4 ms a token on
 #: 2 cores) once it beats the session's own resident prefix by this many tokens
 MIN_SHARED_TOKENS = 16
@@ -164,6 +166,8 @@ class SessionManager:
         self._loading: dict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._sessions: dict[str, Session] = {}
         self._closed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        #: notified whenever an operation ends, so calls waiting for a live context retry
+        self._room = asyncio.Condition()
         self.prefix_shares = 0
         self.prefix_shared_tokens = 0
         self.sessions_reaped = 0
@@ -330,7 +334,9 @@ class SessionManager:
                 memory_fit_context=capacity.memory_fit_context,
             )
         loaded = await self._load(spec)
-        engine = await self._worker.call(self._open_context, loaded, n_ctx)
+        engine = await self._waiting_for_room(
+            lambda: self._worker.call(self._open_context, loaded, n_ctx)
+        )
         engine_model = loaded.engine
         assert engine_model is not None  # _open_context loaded it
         session_id = uuid.uuid4().hex
@@ -406,6 +412,8 @@ class SessionManager:
             session.busy = False
             session.last_used = time.monotonic()
             session.idle.set()
+            async with self._room:
+                self._room.notify_all()
             if session.close_requested:
                 self._forget(session)
 
@@ -476,6 +484,20 @@ class SessionManager:
 
     # -- EnsurePrefix / PrefillSuffix -----------------------------------------------------------
 
+    async def _waiting_for_room(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt``; while every live session is busy (nothing can be parked), wait for
+        one to finish and try again, up to ROOM_WAIT_S, then answer overloaded."""
+        deadline = time.monotonic() + ROOM_WAIT_S
+        while True:
+            try:
+                return await attempt()
+            except NoRoom:
+                if time.monotonic() > deadline:
+                    raise
+            async with self._room:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), 0.5)
+
     async def _in_turns(self, steps: Generator[T | None, None, None]) -> T:
         """Run a worker generator that yields None between prefill chunks, then its result;
         other sessions' work goes in between the chunks."""
@@ -499,7 +521,9 @@ class SessionManager:
 
     async def ensure_prefix(self, handle: str, value: SessionInput) -> PrefixResult:
         async with self._operation(handle) as session:
-            result = await self._in_turns(self._ensure_prefix(session, value))
+            result = await self._waiting_for_room(
+                lambda: self._in_turns(self._ensure_prefix(session, value))
+            )
         tokens = self._metrics.tokens
         tokens.labels("prefilled").inc(result.prefilled)
         tokens.labels("reused").inc(result.reused - result.shared)
@@ -579,7 +603,9 @@ class SessionManager:
 
     async def prefill_suffix(self, handle: str, value: SessionInput) -> SuffixResult:
         async with self._operation(handle) as session:
-            result = await self._in_turns(self._prefill_suffix(session, value))
+            result = await self._waiting_for_room(
+                lambda: self._in_turns(self._prefill_suffix(session, value))
+            )
         self._metrics.tokens.labels("prefilled").inc(result.prefilled)
         return result
 
@@ -614,6 +640,9 @@ class SessionManager:
         async with self._operation(handle) as session:
             if not session.tape and suffix is None:
                 raise InvalidArgument("nothing to continue: EnsurePrefix or PrefillSuffix first")
+            # live before streaming (waiting for room if every live session is busy); busy from
+            # here on, it cannot be parked mid-Decode
+            await self._waiting_for_room(lambda: self._worker.call(self._live, session))
             steps = self._decode_steps(session, request, suffix)
             async for step in self._worker.stream(steps):
                 if step is None:

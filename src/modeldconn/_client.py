@@ -31,6 +31,7 @@ from ._dataroot import resolve_data_root
 from ._errors import (
     InvalidArgument,
     NotReady,
+    Overloaded,
     RemoteError,
     StaleFence,
     Unavailable,
@@ -185,7 +186,9 @@ class _Retry:
     * the leader may have changed (no answer, or another instance answered): read the lease
       again and, if it names another daemon, retry once there (calls tied to a session's handle
       are not moved: the session lives on its own instance);
-    * the daemon is starting (loading its --model, say): wait up to ``wait_ready_s``.
+    * the daemon is starting (loading its --model, say): wait up to ``wait_ready_s``;
+    * the daemon is overloaded for a moment: retry after its ``retry_after_s``, within the same
+      ``wait_ready_s``.
     Anything else is raised as the typed error.
     """
 
@@ -218,6 +221,13 @@ class _Retry:
         ):
             self.pause_s = 0.1
             return self._client._leader(refresh=True)
+        if isinstance(error, Overloaded) and time.monotonic() < self._ready_by:
+            # busy for a moment (a full queue, every live session busy): retry when it says
+            try:
+                self.pause_s = min(2.0, float(error.metadata.get("retry_after_s", "0.5")))
+            except ValueError:
+                self.pause_s = 0.5
+            return target
         raise error from cause
 
 

@@ -115,6 +115,8 @@ class RemoteError(ModeldError):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
+        if "reason" not in cls.__dict__:
+            return  # a narrower kind of an existing reason (the daemon's own); same wire form
         if cls.reason in _BY_REASON:
             raise TypeError(f"reason {cls.reason!r} registered twice")
         _BY_REASON[cls.reason] = cls

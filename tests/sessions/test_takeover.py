@@ -81,3 +81,34 @@ def test_a_call_while_the_daemon_starts_waits_for_it(gemma_file: Path) -> None:
         proc.kill()
         proc.wait(10)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_leader_killed_mid_decode_typed_error_then_the_new_leader(gemma_file: Path) -> None:
+    import time
+
+    first: Served = start_served(gemma_file)
+    standby = DaemonPool(first.root)
+    try:
+        standby.start("--model", MODEL, ttl_s=15)
+        wait_for("the standby", lambda: "standing by" in standby.started[0].log(), 20)
+        client = modeldconn.Client(data_root=first.root)
+        session = client.open_session(MODEL)
+        session.ensure_prefix("A very long story begins here:")
+        stream = session.decode(max_tokens=100000, ignore_eos=True)
+        next(stream)
+        killed_at = time.monotonic()
+        first.proc.send_signal(signal.SIGKILL)
+        with pytest.raises(modeldconn.Unavailable):
+            for _ in stream:
+                pass
+        first.proc.wait(10)
+        wait_for("the standby to serve", lambda: modeldconn.available(data_root=first.root), 10)
+        took = time.monotonic() - killed_at
+        with client.open_session(MODEL) as fresh:  # redialled through the new lease
+            fresh.ensure_prefix("A very long story begins here:")
+            assert fresh.generate(max_tokens=4).final.completion_tokens == 4
+        assert took < 2.0 + 5.0  # serving within 2 s of the kill, plus loading the model here
+        client.close()
+    finally:
+        standby.kill_all()
+        stop_served(first)
