@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -14,12 +16,22 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import modeldconn
 
 
-def test_client_redials_after_a_takeover(gemma_file: Path) -> None:
+@contextlib.contextmanager
+def leader_and_standby(gemma_file: Path) -> Iterator[Served]:
+    """A serving leader (yielded) and a standby waiting on the same data root."""
     first: Served = start_served(gemma_file)
     standby = DaemonPool(first.root)
     try:
         standby.start("--model", MODEL, ttl_s=15)
         wait_for("the standby", lambda: "standing by" in standby.started[0].log(), 20)
+        yield first
+    finally:
+        standby.kill_all()
+        stop_served(first)
+
+
+def test_client_redials_after_a_takeover(gemma_file: Path) -> None:
+    with leader_and_standby(gemma_file) as first:
         client = modeldconn.Client(data_root=first.root)
         old = client.open_session(MODEL)
         old.ensure_prefix("Hello there")
@@ -36,9 +48,6 @@ def test_client_redials_after_a_takeover(gemma_file: Path) -> None:
         with pytest.raises((modeldconn.Unavailable, modeldconn.StaleFence)):
             old.ensure_prefix("Hello there")
         client.close()
-    finally:
-        standby.kill_all()
-        stop_served(first)
 
 
 def test_server_reflection_lists_the_services(served: Served) -> None:
@@ -86,11 +95,7 @@ def test_a_call_while_the_daemon_starts_waits_for_it(gemma_file: Path) -> None:
 def test_leader_killed_mid_decode_typed_error_then_the_new_leader(gemma_file: Path) -> None:
     import time
 
-    first: Served = start_served(gemma_file)
-    standby = DaemonPool(first.root)
-    try:
-        standby.start("--model", MODEL, ttl_s=15)
-        wait_for("the standby", lambda: "standing by" in standby.started[0].log(), 20)
+    with leader_and_standby(gemma_file) as first:
         client = modeldconn.Client(data_root=first.root)
         session = client.open_session(MODEL)
         session.ensure_prefix("A very long story begins here:")
@@ -109,6 +114,3 @@ def test_leader_killed_mid_decode_typed_error_then_the_new_leader(gemma_file: Pa
             assert fresh.generate(max_tokens=4).final.completion_tokens == 4
         assert took < 2.0 + 5.0  # serving within 2 s of the kill, plus loading the model here
         client.close()
-    finally:
-        standby.kill_all()
-        stop_served(first)
