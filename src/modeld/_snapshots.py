@@ -18,7 +18,7 @@ from typing import Any
 
 from modeldconn._errors import SnapshotFailed, SnapshotMismatch, SnapshotNotFound
 
-from ._state_file import StateFileError, read_state_file, write_state_file
+from ._state_file import StateFileError, read_state_file, read_state_header, write_state_file
 from .backends._base import EngineState
 
 __all__ = ["Snapshot", "SnapshotStore"]
@@ -109,8 +109,11 @@ class SnapshotStore:
         )
 
     def recorded_model_path(self, snapshot_id: str) -> str:
+        """The model file the snapshot was taken on, read from its header ("" if unknown)."""
+        if not _ID.match(snapshot_id):
+            return ""
         try:
-            return str(read_state_file(self._path(snapshot_id))[1].get("model_path", ""))
+            return str(read_state_header(self._path(snapshot_id)).get("model_path", ""))
         except (OSError, StateFileError):
             return ""
 

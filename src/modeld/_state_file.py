@@ -19,7 +19,7 @@ from typing import Any
 from ._atomic import write_atomically
 from .backends._base import EngineState
 
-__all__ = ["StateFileError", "read_state_file", "write_state_file"]
+__all__ = ["StateFileError", "read_state_file", "read_state_header", "write_state_file"]
 
 _MAGIC = b"MODELD-STATE 1\n"
 
@@ -47,18 +47,33 @@ def write_state_file(path: Path, state: EngineState, meta: dict[str, Any]) -> in
     return path.stat().st_size
 
 
+def _parse_header(path: Path, line: bytes) -> dict[str, Any]:
+    try:
+        header = json.loads(line)
+        for key in ("kv_bytes", "logits_bytes", "kv_len"):
+            int(header[key])
+    except (ValueError, KeyError, TypeError):
+        raise StateFileError(f"{path.name} has a damaged header") from None
+    return dict(header)
+
+
+def read_state_header(path: Path) -> dict[str, Any]:
+    """The header alone, without reading (or checking) the payload."""
+    with open(path, "rb") as handle:
+        if handle.read(len(_MAGIC)) != _MAGIC:
+            raise StateFileError(f"{path.name} is not a modeld state file")
+        return _parse_header(path, handle.readline())
+
+
 def read_state_file(path: Path) -> tuple[EngineState, dict[str, Any]]:
     """:raises StateFileError: not a state file, or corrupt. :raises OSError: unreadable."""
     data = path.read_bytes()
     if not data.startswith(_MAGIC):
         raise StateFileError(f"{path.name} is not a modeld state file")
     end = data.find(b"\n", len(_MAGIC))
-    try:
-        header = json.loads(data[len(_MAGIC) : end])
-        kv_bytes, logits_bytes = int(header["kv_bytes"]), int(header["logits_bytes"])
-        kv_len = int(header["kv_len"])
-    except (ValueError, KeyError, TypeError):
-        raise StateFileError(f"{path.name} has a damaged header") from None
+    header = _parse_header(path, data[len(_MAGIC) : end])
+    kv_bytes, logits_bytes = int(header["kv_bytes"]), int(header["logits_bytes"])
+    kv_len = int(header["kv_len"])
     payload = data[end + 1 :]
     if len(payload) != kv_bytes + logits_bytes:
         raise StateFileError(f"{path.name} is truncated")
