@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -112,3 +114,58 @@ class DaemonPool:
                 daemon.signal(signal.SIGKILL)
             daemon.wait(10)
             daemon.log_path.unlink(missing_ok=True)
+
+
+class Served:
+    """A daemon serving models from a data root of its own, with a client on it."""
+
+    def __init__(self, root: Path, proc: subprocess.Popen[str], log: Path, backend: str) -> None:
+        self.root = root
+        self.proc = proc
+        self.log = log
+        self.backend = backend
+        self.client = modeldconn.Client(data_root=root)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def start_served(
+    models: Mapping[str, Path],
+    *args: str,
+    model: str,
+    backend: str = "llama",
+    root: Path | None = None,
+    wrapper: tuple[str, ...] = (),
+) -> Served:
+    """``modeld serve --model MODEL`` on a new data root whose models/ links ``models``
+    (file name -> file), or again on ``root`` (a restart)."""
+    if root is None:
+        root = Path(tempfile.mkdtemp(prefix="mds-"))
+        (root / "models").mkdir()
+        for name, file in models.items():
+            (root / "models" / name).symlink_to(file)
+    log = root.parent / f"{root.name}.log"
+    command = modeld_command(
+        "serve", "--data-root", str(root), "--backend", backend, "--model", model, *args
+    )
+    with open(log, "a") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [*wrapper, *command], stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+    wait_for(
+        "the daemon to serve",
+        lambda: proc.poll() is not None or modeldconn.available(data_root=root),
+        STARTUP_LIMIT_S + 30,
+    )
+    assert proc.poll() is None, log.read_text()
+    return Served(root, proc, log, backend)
+
+
+def stop_served(served: Served) -> None:
+    served.client.close()
+    if served.alive():
+        served.proc.send_signal(signal.SIGTERM)
+        served.proc.wait(30)
+    shutil.rmtree(served.root, ignore_errors=True)
+    served.log.unlink(missing_ok=True)

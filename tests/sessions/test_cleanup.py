@@ -11,8 +11,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from conftest import MODEL, Served, start_served, stop_served
-from daemons import wait_for
+from daemons import Served, stop_served, wait_for
+from served_models import GEMMA as MODEL
+from served_models import start_gemma
 
 import modeldconn
 
@@ -69,7 +70,7 @@ def test_closing_the_client_closes_its_sessions(served: Served) -> None:
 
 
 def test_idle_sessions_are_parked_then_closed(gemma_file: Path) -> None:
-    daemon = start_served(gemma_file, "--idle-park", "1", "--idle-close", "4")
+    daemon = start_gemma(gemma_file, "--idle-park", "1", "--idle-close", "4")
     try:
         session = daemon.client.open_session(MODEL)
         session.ensure_prefix("A quiet afternoon by the sea.")
@@ -95,7 +96,7 @@ def test_weights_unload_after_a_long_idle_and_parked_sessions_survive(
         reference.ensure_prefix(prompt)
         reference.prefill_suffix(suffix)
         expected = reference.generate(max_tokens=12).token_ids
-    daemon = start_served(
+    daemon = start_gemma(
         gemma_file, "--idle-park", "0.5", "--unload-after", "1", "--idle-close", "0"
     )
     try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from conftest import MODEL, Served
+from daemons import Served
+from served_models import GEMMA as MODEL
 
 SESSIONS = 8
 TOKENS = 16

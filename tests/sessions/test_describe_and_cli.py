@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Served, start_served, stop_served
-from daemons import lease_json, run_modeld
+from daemons import Served, lease_json, run_modeld, stop_served
+from served_models import start_gemma
 
 import modeldconn
 
@@ -98,7 +98,7 @@ def test_kv_bytes_per_token_matches_the_engine(client: modeldconn.Client) -> Non
 
 
 def test_insufficient_memory_is_refused_with_the_arithmetic(gemma_file: Path) -> None:
-    tight: Served = start_served(gemma_file, "--memory-limit", "400MB")
+    tight: Served = start_gemma(gemma_file, "--memory-limit", "400MB")
     try:
         with pytest.raises(modeldconn.InsufficientMemory) as caught:
             tight.client.open_session(MODEL, n_ctx=32768)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from conftest import MODEL, Served
+from daemons import Served
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from served_models import GEMMA as MODEL
 
 import modeldconn
 

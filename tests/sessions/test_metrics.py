@@ -7,8 +7,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import MODEL, start_served, stop_served
-from daemons import wait_for
+from daemons import stop_served, wait_for
+from served_models import GEMMA as MODEL
+from served_models import start_gemma
 
 import modeldconn
 
@@ -24,7 +25,7 @@ def _scrape(url: str) -> dict[str, float]:
 
 
 def test_metrics_count_real_work(gemma_file: Path) -> None:
-    daemon = start_served(gemma_file, "--metrics-listen", "127.0.0.1:0", "--lease-ttl", "1.5")
+    daemon = start_gemma(gemma_file, "--metrics-listen", "127.0.0.1:0", "--lease-ttl", "1.5")
     try:
         url = wait_for(
             "the metrics URL",
@@ -70,7 +71,7 @@ def test_metrics_refuse_a_non_loopback_address(tmp_path: Path) -> None:
 def test_json_logs_carry_request_and_session_ids(gemma_file: Path) -> None:
     import json
 
-    daemon = start_served(gemma_file, "--log-format", "json")
+    daemon = start_gemma(gemma_file, "--log-format", "json")
     try:
         session = daemon.client.open_session(MODEL)
         session_id = session.handle.rpartition("/")[2]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import Served, start_served, stop_served
+from daemons import Served, stop_served
+from served_models import start_gemma
 
 import modeldconn
 
@@ -44,7 +45,7 @@ def test_round_robin_over_more_sessions_than_live_contexts(
     gemma_file: Path, served: Served
 ) -> None:
     expected = _reference(served.client)
-    tight: Served = start_served(
+    tight: Served = start_gemma(
         gemma_file, "--max-live-sessions", str(LIVE), "--park-ram", "3MB"
     )  # a few in RAM, the rest on disk
     try:
@@ -84,7 +85,7 @@ def test_parked_between_prefill_and_decode_samples_from_the_saved_logits(
         alone.ensure_prefix(prompt)
         alone.prefill_suffix(suffix)
         expected = alone.generate(max_tokens=16).token_ids
-    one: Served = start_served(gemma_file, "--max-live-sessions", "1")
+    one: Served = start_gemma(gemma_file, "--max-live-sessions", "1")
     try:
         with one.client.open_session(MODEL) as a, one.client.open_session(MODEL) as b:
             a.ensure_prefix(prompt)

@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 import psutil
-from conftest import MODEL, Served, start_served, stop_served
+from daemons import Served, stop_served
+from served_models import GEMMA as MODEL
+from served_models import start_gemma
 
 import modeldconn
 
@@ -24,7 +26,7 @@ LIMIT_S = 600
 
 
 def test_soak(gemma_file: Path) -> None:
-    daemon: Served = start_served(gemma_file, "--max-live-sessions", "4")
+    daemon: Served = start_gemma(gemma_file, "--max-live-sessions", "4")
     process = psutil.Process(daemon.proc.pid)
     ttfts: list[float] = []
     failures: list[BaseException] = []

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import MODEL, Served, start_served, stop_served
-from daemons import DaemonPool, wait_for
+from daemons import DaemonPool, Served, stop_served, wait_for
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from served_models import GEMMA as MODEL
+from served_models import start_gemma
 
 import modeldconn
 
@@ -19,7 +20,7 @@ import modeldconn
 @contextlib.contextmanager
 def leader_and_standby(gemma_file: Path) -> Iterator[Served]:
     """A serving leader (yielded) and a standby waiting on the same data root."""
-    first: Served = start_served(gemma_file)
+    first: Served = start_gemma(gemma_file)
     standby = DaemonPool(first.root)
     try:
         standby.start("--model", MODEL, ttl_s=15)

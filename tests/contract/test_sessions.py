@@ -1,14 +1,17 @@
-"""Sessions on the real model through modeldconn, over the daemon's real Unix socket."""
+"""Sessions through modeldconn, over the daemon's real Unix socket, on each backend."""
 
 from __future__ import annotations
 
 import pytest
+from daemons import Served
+from served_models import TINY as MODEL
 
 import modeldconn
 from modeldconn import Client
 
-MODEL = "gemma3-270m"
 GREEDY = {"max_tokens": 24, "temperature": 0.0}
+#: llama-cpp-python's own Llama.generate, greedy, on the fixture (scripts/make_tiny_qwen2.py)
+EXPECTED_GREEDY = (379, 285, 419, 379, 396, 30, 508, 483, 30, 508, 483, 11)
 
 PROMPTS = [
     (
@@ -37,8 +40,8 @@ def test_warm_equals_cold(client: Client, prefix: str, suffix: str) -> None:
         assert warm_out.final.reused_tokens == len(prefix_ids)
         assert warm_out.final.prompt_tokens == len(prefix_ids) + len(suffix_ids)
 
-    # Cold: a fresh session fed P+S with the same calls. (llama.cpp's CPU kernels are not
-    # batch-size invariant, so P+S computed as one batch may differ in the last bits.)
+    # Cold: a fresh session fed P+S with the same calls. (CPU kernels are not batch-size
+    # invariant, so P+S computed as one batch may differ in the last bits.)
     with client.open_session(MODEL) as cold:
         first = cold.ensure_prefix(prefix_ids)
         assert (first.reused, first.prefilled) == (0, len(prefix_ids))
@@ -158,23 +161,57 @@ def test_chat_messages_use_the_models_template(client: Client) -> None:
         result = session.ensure_prefix(
             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
         )
-        rendered = session.detokenize(
-            session.tokenize(
-                "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n",
-                add_special=True,
-            )
-        )
-        assert session.info.facts.chat_template_source == "packaged:gemma3-270m"
+        assert session.info.facts.chat_template_source == "model"
+    rendered = (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     expected = client.tokenize(MODEL, rendered, add_special=True)
     assert result.prefix_tokens == len(expected)
+    assert client.tokenize(MODEL, "<|im_start|>") == [1]  # special tokens parse as one id
 
 
 def test_tokenize_detokenize_round_trip(client: Client) -> None:
     text = "Hello, world! Ünïcödé and emoji 🚀 survive."
     ids = client.tokenize(MODEL, text)
     assert ids and client.detokenize(MODEL, ids) == text
-    with_bos = client.tokenize(MODEL, text, add_special=True)
-    assert with_bos[0] == 2 and with_bos[1:] == ids
+    # this model adds no BOS (add_bos_token false): special tokens change nothing here
+    assert client.tokenize(MODEL, text, add_special=True) == ids
+
+
+def test_both_backends_agree_on_the_same_file(served: Served, backend: str) -> None:
+    """Token ids and greedy tokens are the engine's, not the backend's: the GGUF decides them."""
+    client = served.client
+    ids = client.tokenize(MODEL, "The quick brown fox jumps over the lazy dog.")
+    assert ids == [292, 463, 456, 462, 488, 398, 264, 470, 486, 16]
+    with client.open_session(MODEL) as session:
+        session.ensure_prefix(ids)
+        out = session.generate(max_tokens=12)
+    assert out.token_ids == EXPECTED_GREEDY, backend
+
+
+def test_capabilities_are_pinned(client: Client, backend: str) -> None:
+    with client.open_session(MODEL) as session:
+        caps = session.info.capabilities
+    # both drive the engine's KV directly: llama.cpp's per-sequence state, OpenVINO's state
+    # variables. Neither batches several sessions' decode steps, nor constrains by grammar.
+    assert caps == modeldconn.Capabilities(
+        token_level_truncation=True,
+        kv_copy_between_sessions=True,
+        native_state_snapshot=True,
+        batched_decode=False,
+        chat_template=True,
+        grammar=False,
+    )
+
+
+def test_streamed_text_is_exactly_the_final_text(client: Client) -> None:
+    with client.open_session(MODEL) as session:
+        session.ensure_prefix("User: tell me a story.\nAssistant:")
+        chunks = list(session.decode(max_tokens=40, ignore_eos=True))
+        streamed = "".join(c.text for c in chunks)
+        ids = [t for c in chunks for t in c.token_ids]
+        assert streamed == session.detokenize(ids)
 
 
 async def test_async_client_has_the_same_surface(served: object) -> None:

@@ -7,9 +7,9 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import Served
+from daemons import Served
+from served_models import TINY as MODEL
 
-MODEL = "gemma3-270m"
 SYSTEM = "You are a careful assistant. Answer briefly and precisely. " * 12
 QUESTION = "\nQ: What is the largest planet in the solar system?\nA:"
 
@@ -17,7 +17,7 @@ OTHER_PROCESS = textwrap.dedent(
     """
     import json, sys, modeldconn
     client = modeldconn.Client(data_root=sys.argv[1])
-    with client.open_session("gemma3-270m") as session:
+    with client.open_session(sys.argv[4]) as session:
         prefix = session.ensure_prefix(sys.argv[2])
         out = session.generate(suffix=sys.argv[3], max_tokens=16)
         print(json.dumps({"reused": prefix.reused, "shared": prefix.shared,
@@ -34,7 +34,7 @@ def test_second_process_reuses_a_prefix_another_session_holds(served: Served) ->
         assert held.shared == 0
         holder.generate(suffix="\nQ: Who wrote Hamlet?\nA:", max_tokens=8)  # the holder moves on
         run = subprocess.run(
-            [sys.executable, "-c", OTHER_PROCESS, str(served.root), SYSTEM, QUESTION],
+            [sys.executable, "-c", OTHER_PROCESS, str(served.root), SYSTEM, QUESTION, MODEL],
             capture_output=True,
             text=True,
             timeout=120,

@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from served_models import BACKENDS
+from served_models import TINY as MODEL
 
 import modeldconn
 from modeldconn import Client, ModelRef
 
-MODEL = "gemma3-270m"
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
 
 
@@ -54,10 +55,17 @@ def test_closed_session(client: Client) -> None:
         opened.ensure_prefix("hello")
 
 
-def test_wrong_backend_type(client: Client) -> None:
+def test_wrong_backend_type(client: Client, backend: str, served: object) -> None:
+    (other,) = set(BACKENDS) - {backend}
     with pytest.raises(modeldconn.BackendMismatch) as caught:
-        client.open_session(ModelRef(name=MODEL, type="openvino"))
-    assert caught.value.metadata == {"requested": "openvino", "served": "llama"}
+        client.open_session(ModelRef(name=MODEL, type=other))
+    assert caught.value.metadata == {"requested": other, "served": backend}
+    with pytest.raises(modeldconn.BackendMismatch):
+        client.describe(ModelRef(name=MODEL, type=other))
+    # a client learns which backend is up before it dials, from the lease alone
+    assert modeldconn.backend(data_root=served.root) == backend  # type: ignore[attr-defined]
+    with client.open_session(ModelRef(name=MODEL, type=backend)) as right:
+        assert right.info.facts.name == MODEL
 
 
 def test_wrong_digest(client: Client) -> None:
@@ -144,7 +152,8 @@ def test_n_ctx_over_the_trained_maximum(client: Client) -> None:
 
 
 def test_second_concurrent_op_is_session_busy(session: modeldconn.Session) -> None:
-    stream = session.decode(max_tokens=64, ignore_eos=True)
+    # long enough to outlast the daemon's short grace for a busy session, even on a tiny model
+    stream = session.decode(max_tokens=1500, ignore_eos=True)
     next(stream)  # the Decode is running now
     failures: list[BaseException] = []
 
@@ -159,7 +168,7 @@ def test_second_concurrent_op_is_session_busy(session: modeldconn.Session) -> No
     worker.join(30)
     rest = list(stream)
     assert len(failures) == 1 and isinstance(failures[0], modeldconn.SessionBusy)
-    assert rest[-1].final is not None and rest[-1].final.completion_tokens == 64
+    assert rest[-1].final is not None and rest[-1].final.completion_tokens == 1500
 
 
 def test_oversized_message_is_refused(session: modeldconn.Session) -> None:
