@@ -11,10 +11,26 @@ from pathlib import Path
 import modeldconn
 
 MODEL = "gemma3-270m"
+SCRIPTS = Path(__file__).parent.parent / "scripts"
 
 
-def start_daemon(root: Path, *args: str) -> subprocess.Popen[bytes]:
-    """`modeld serve --model gemma3-270m ARGS` on ``root``, returned once it serves."""
+def start_daemon(root: Path, *args: str, backend: str = "llama") -> subprocess.Popen[bytes]:
+    """`modeld serve --backend BACKEND --model gemma3-270m ARGS` on ``root``, once it serves.
+
+    The openvino backend serves the model's int8 IR: converted (once per machine) by the
+    project's script and linked into ``root``'s models directory.
+    """
+    if backend == "openvino":
+        subprocess.run(
+            [
+                sys.executable,
+                str(SCRIPTS / "prepare_openvino_ir.py"),
+                "--models",
+                str(root / "models"),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -23,6 +39,8 @@ def start_daemon(root: Path, *args: str) -> subprocess.Popen[bytes]:
             "serve",
             "--data-root",
             str(root),
+            "--backend",
+            backend,
             "--model",
             MODEL,
             *args,

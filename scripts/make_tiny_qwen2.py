@@ -98,14 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     vocab = tok.get_vocab()
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
     assert len(tokens) == VOCAB, len(tokens)
-    merges = [f"{a} {b}" for a, b in tok.model.get_merges()] if hasattr(
-        tok.model, "get_merges"
-    ) else _merges_from_json(tok)
+    merges = (
+        [f"{a} {b}" for a, b in tok.model.get_merges()]
+        if hasattr(tok.model, "get_merges")
+        else _merges_from_json(tok)
+    )
     byte_of = _byte_decoder()
     special_ids = {vocab[s] for s in SPECIALS}
     token_types = [
-        gguf.TokenType.CONTROL if i in special_ids else gguf.TokenType.NORMAL
-        for i in range(VOCAB)
+        gguf.TokenType.CONTROL if i in special_ids else gguf.TokenType.NORMAL for i in range(VOCAB)
     ]
 
     rng = np.random.default_rng(SEED)

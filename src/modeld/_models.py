@@ -182,7 +182,11 @@ class ModelCatalog:
             return target
 
     def _digest(self, file: Path) -> str:
-        stats = [(file / n).stat() for n in IR_FILES if (file / n).is_file()] if file.is_dir() else [file.stat()]
+        stats = (
+            [(file / n).stat() for n in IR_FILES if (file / n).is_file()]
+            if file.is_dir()
+            else [file.stat()]
+        )
         key = (
             str(file),
             sum(st.st_ino for st in stats),

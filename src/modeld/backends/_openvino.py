@@ -157,8 +157,9 @@ class OpenVinoSession:
         buffer = io.BytesIO()
         kv_type = self.model.kv_numpy_type
         arrays = {s.name: s.state.data.astype(kv_type) for s in self.request.query_state()}
-        np.savez(buffer, **arrays)  # type: ignore[arg-type]
-        logits = self._logits.astype(np.float32).tobytes() if self.logits_current() else None
+        np.savez(buffer, **arrays)
+        current = self._logits if self.logits_current() else None
+        logits = None if current is None else current.astype(np.float32).tobytes()
         return EngineState(buffer.getvalue(), self.kv_len, logits)
 
     def load_state(self, state: EngineState) -> None:
@@ -206,9 +207,7 @@ class OpenVinoModel:
         self.ir_dir = ir_dir
         self._vocab: list[bytes] | None = None
         self._pieces: dict[int, bytes] = {}
-        self._eog = sorted(
-            {*facts.eos_token_ids, int(tokenizer.get_eos_token_id())} - {-1}
-        )
+        self._eog = sorted({*facts.eos_token_ids, int(tokenizer.get_eos_token_id())} - {-1})
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         encoded = self.tokenizer.encode(text, add_special_tokens=add_special)
@@ -334,5 +333,12 @@ class OpenVinoBackend:
                 path=str(ir),
             ) from None
         return OpenVinoModel(
-            spec.facts, compiled, tokenizer, self.n_threads, self.n_batch, np.float16, ir, self._core
+            spec.facts,
+            compiled,
+            tokenizer,
+            self.n_threads,
+            self.n_batch,
+            np.float16,
+            ir,
+            self._core,
         )
