@@ -56,7 +56,11 @@ def gemma_ir() -> Path:
 
 
 def serve_tiny(backend: str, *args: str, root: Path | None = None) -> daemons.Served:
+    """The fixture on ``backend``; openvino computes in f32 here, so both engines give the same
+    greedy tokens and the contract tests compare them exactly."""
     require_backend(backend)
+    if backend == "openvino":
+        args = ("--precision", "f32", *args)
     return daemons.start_served(
         {f"{TINY}.gguf": TINY_FILE}, *args, model=TINY, backend=backend, root=root
     )

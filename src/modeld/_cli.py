@@ -68,6 +68,14 @@ def cli() -> None:
     "--threads", type=click.IntRange(min=0), default=0, help="Engine threads (0: all cores)."
 )
 @click.option(
+    "--precision",
+    type=click.Choice(["default", "f32", "bf16", "f16"]),
+    default="default",
+    show_default=True,
+    help="openvino: inference precision (default: the device's, bf16 on CPUs that have it; "
+    "f32 gives llama.cpp's greedy tokens on the same GGUF).",
+)
+@click.option(
     "--memory-limit",
     default="0",
     help="Cap on weights + KV, e.g. 800MB or 4GiB (0: free memory less 256 MiB).",
@@ -139,6 +147,7 @@ def serve(
     drain_grace: float,
     model: str | None,
     threads: int,
+    precision: str,
     memory_limit: str,
     max_live_sessions: int,
     park_ram: str,
@@ -180,6 +189,7 @@ def serve(
         drain_grace_s=drain_grace,
         model=model,
         threads=threads,
+        precision="" if precision == "default" else precision,
         memory_limit_bytes=limit or 0,
         max_live_sessions=max_live_sessions,
         park_ram_bytes=park_ram_bytes or 0,

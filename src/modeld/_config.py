@@ -31,6 +31,8 @@ class ServeSettings:
     model: str | None = None
     #: engine threads per session (default: all cores)
     threads: int = 0
+    #: openvino inference precision hint; empty: the device's default
+    precision: str = ""
     #: cap on what weights and KV may use, bytes (0: free memory less a reserve)
     memory_limit_bytes: int = 0
     #: sessions holding an engine context at once; more are parked (KV saved, context freed)

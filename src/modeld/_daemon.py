@@ -162,6 +162,7 @@ async def serve(settings: ServeSettings) -> int:
             settings.backend,
             n_threads=settings.threads or os.cpu_count() or 1,
             cache_dir=root / "cache",
+            precision=settings.precision,
         ),
         worker=worker,
         budget=MemoryBudget(limit_bytes=settings.memory_limit_bytes),

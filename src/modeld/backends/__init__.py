@@ -9,7 +9,7 @@ from ._base import Backend, Capabilities
 __all__ = ["Backend", "Capabilities", "make_backend"]
 
 
-def make_backend(name: str, *, n_threads: int, cache_dir: Path) -> Backend:
+def make_backend(name: str, *, n_threads: int, cache_dir: Path, precision: str = "") -> Backend:
     """The backend for ``modeld serve --backend NAME``; its engine library loads here.
 
     ``cache_dir`` keeps what a backend derives from a model once (the IR built from a GGUF).
@@ -21,5 +21,7 @@ def make_backend(name: str, *, n_threads: int, cache_dir: Path) -> Backend:
     if name == "openvino":
         from ._openvino import OpenVinoBackend
 
-        return OpenVinoBackend(n_threads=n_threads, cache_dir=cache_dir / "openvino")
+        return OpenVinoBackend(
+            n_threads=n_threads, cache_dir=cache_dir / "openvino", precision=precision
+        )
     raise ValueError(f"unknown backend {name!r}")

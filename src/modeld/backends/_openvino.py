@@ -1,9 +1,13 @@
-"""The OpenVINO backend: the stateful LLM IR driven directly through the OpenVINO runtime.
+"""The OpenVINO backend: the LLM IR in its paged-attention form, driven through the runtime.
 
 openvino-genai's pipelines own their KV cache and expose reuse only as a side effect of a prefix
-cache, so modeld drives the same stateful IR that ``LLMPipeline`` runs, one infer request per
-session: the request's state variables *are* the session's KV. Truncation slices them, sharing
-and snapshots copy them, and every reuse figure is the state's own length, read from the engine.
+cache, so modeld drives the model itself. On load the IR goes through OpenVINO's own
+PagedAttention transformation (what openvino-genai's continuous-batching pipeline runs): K and V
+live in blocks of a cache that modeld allocates, and each call names the blocks and the number of
+resident tokens of the sequence it extends. A session is a list of blocks and a length:
+truncation is a new length, sharing and snapshots copy blocks, every reuse figure is the length
+the engine was told to attend to. Paged attention also honours sliding windows natively (Gemma 3:
+15 of 18 layers attend to 512 tokens), where the stateful IR attends to everything and masks.
 A GGUF file is read by openvino-genai itself, which writes the IR it builds into a cache once.
 Tokenizer and detokenizer are the openvino-tokenizers IRs, through ``openvino_genai.Tokenizer``.
 """
@@ -11,6 +15,7 @@ Tokenizer and detokenizer are the openvino-tokenizers IRs, through ``openvino_ge
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
 import tempfile
@@ -23,6 +28,7 @@ import numpy as np
 import openvino as ov
 import openvino_genai as ov_genai
 from openvino import opset13 as ops
+from openvino._offline_transformations import paged_attention_transformation
 
 from modeldconn._errors import ContextOverflow, ModelLoadFailed, SessionFatal, UnsupportedFeature
 
@@ -30,10 +36,12 @@ from ._base import Capabilities, EngineState, SamplingParams
 from ._facts import ModelFacts, ModelSpec
 from ._numpy_sampler import NumpySampler
 
-__all__ = ["OpenVinoBackend", "ir_from_gguf"]
+__all__ = ["BLOCK_SIZE", "OpenVinoBackend", "ir_from_gguf"]
 
 IR_MODEL = "openvino_model.xml"
-_SEQ_AXIS = 2  # KV state layout of optimum and openvino-genai IRs: [batch, kv_heads, seq, head_dim]
+#: tokens per KV block: the CPU plugin's paged-attention block size
+BLOCK_SIZE = 32
+_FIRST_POOL_BLOCKS = 64
 _gguf_lock = threading.Lock()
 
 
@@ -64,49 +72,113 @@ def ir_from_gguf(gguf: Path, cache: Path) -> Path:
     return cache
 
 
-def _logits_of_last_token_only(model: ov.Model) -> None:
-    """Compute the LM head for the last position only, as openvino-genai does on load.
+def _paged_model(model: ov.Model, facts: ModelFacts) -> None:
+    """Turn the stateful IR into the paged one, with an LM head over selected rows only.
 
-    Prefill would otherwise project every prompt token onto the whole vocabulary (for Gemma,
-    262,144 floats a token) only to throw all but one row away.
+    The new ``logits_indices`` input names the token rows to project onto the vocabulary:
+    prefill would otherwise compute, for Gemma, 262,144 logits for every prompt token only to
+    keep the last row.
     """
+    paged_attention_transformation(model)
     node = model.output("logits").get_node().input_value(0).get_node()
     while node.get_type_name() != "MatMul":
         if node.get_input_size() == 0:
-            return
+            raise ModelLoadFailed("no LM head (MatMul) feeds the model's logits")
         node = node.input_value(0).get_node()
-    hidden = node.input_value(0)
-    last = ops.slice(
-        hidden,
-        np.array([-1], np.int64),
-        np.array([np.iinfo(np.int64).max], np.int64),
-        np.array([1], np.int64),
-        np.array([1], np.int64),
-    )
-    node.input(0).replace_source_output(last.output(0))
+    rows = ops.parameter([-1], ov.Type.i64, name="logits_indices")
+    rows.output(0).get_tensor().set_names({"logits_indices"})
+    selected = ops.gather(node.input_value(0), rows, np.array(0, np.int64))
+    node.input(0).replace_source_output(selected.output(0))
+    model.add_parameters([rows])
+    for parameter in model.get_parameters():
+        name = parameter.get_friendly_name()
+        if name.startswith(("key_cache.", "value_cache.")):
+            width = facts.head_dim if name.startswith("key") else facts.value_dim
+            # f16 unless the plugin computes in bf16, where it keeps the cache in bf16
+            parameter.set_element_type(ov.Type.f16)
+            parameter.set_partial_shape(ov.PartialShape([-1, facts.kv_heads, BLOCK_SIZE, width]))
     model.validate_nodes_and_infer_types()
+
+
+class _BlockPool:
+    """The KV cache of every session of one model: per layer, K and V blocks in arrays that the
+    infer request reads and writes in place. Grows by doubling; freed blocks are reused."""
+
+    def __init__(self, compiled: Any, request: Any) -> None:
+        self._request = request
+        self._layouts: dict[str, tuple[Any, tuple[int, ...]]] = {}
+        for port in compiled.inputs:
+            name = port.get_any_name()
+            if name.startswith(("key_cache.", "value_cache.")):
+                tail = tuple(int(d.get_length()) for d in list(port.get_partial_shape())[1:])
+                self._layouts[name] = (port.get_element_type(), tail)
+        self.arrays: dict[str, np.ndarray] = {}
+        self.capacity = 0
+        self._free: list[int] = []
+        self._grow(_FIRST_POOL_BLOCKS)
+
+    @property
+    def element_type(self) -> str:
+        return str(next(iter(self._layouts.values()))[0].get_type_name())
+
+    def _grow(self, capacity: int) -> None:
+        for name, (element_type, tail) in self._layouts.items():
+            # 16-bit caches are held as raw uint16 (numpy has no bf16) and typed for OpenVINO
+            dtype = np.float32 if element_type == ov.Type.f32 else np.uint16
+            array = np.zeros((capacity, *tail), dtype)
+            if name in self.arrays:
+                array[: self.capacity] = self.arrays[name]
+            self.arrays[name] = array
+            self._request.set_tensor(name, ov.Tensor(array, list(array.shape), element_type))
+        self._free.extend(range(capacity - 1, self.capacity - 1, -1))
+        self.capacity = capacity
+
+    def take(self, count: int) -> list[int]:
+        if count > len(self._free):
+            self._grow(max(2 * self.capacity, self.capacity + count - len(self._free)))
+        taken = self._free[-count:] if count else []
+        del self._free[len(self._free) - count :]
+        return taken
+
+    def give_back(self, blocks: Sequence[int]) -> None:
+        self._free.extend(blocks)
+
+    def read(self, blocks: Sequence[int]) -> dict[str, np.ndarray]:
+        index = np.asarray(blocks, np.int64)
+        return {name: array[index] for name, array in self.arrays.items()}
+
+    def write(self, blocks: Sequence[int], saved: Any) -> None:
+        index = np.asarray(blocks, np.int64)
+        for name, array in self.arrays.items():
+            data = saved[name]
+            if data.shape != (len(blocks), *array.shape[1:]) or data.dtype != array.dtype:
+                raise ValueError(f"{name} is {data.dtype}{data.shape}, not this model's layout")
+            array[index] = data
 
 
 class OpenVinoSession:
     def __init__(self, model: OpenVinoModel, n_ctx: int) -> None:
         self.model = model
         self.n_ctx = n_ctx
-        self.request = model.compiled.create_infer_request()
         self.kv_len = 0
+        self.blocks: list[int] = []
         self._logits: np.ndarray | None = None  # of the last resident token, when current
-        self._beam = np.zeros(1, np.int32)
+
+    def _hold_blocks_for(self, tokens: int) -> None:
+        missing = math.ceil(tokens / BLOCK_SIZE) - len(self.blocks)
+        if missing > 0:
+            self.blocks.extend(self.model.pool.take(missing))
 
     def truncate(self, keep: int) -> None:
-        if keep >= self.kv_len:
-            return
-        if keep == 0:
-            self.request.reset_state()
-        else:
-            for state in self.request.query_state():
-                kept = np.ascontiguousarray(state.state.data[:, :, :keep, :])
-                state.state = ov.Tensor(kept)
-        self.kv_len = keep
-        self._logits = None
+        if keep < self.kv_len:
+            self.kv_len = keep
+            self._logits = None
+        self._release_blocks_past(self.kv_len)
+
+    def _release_blocks_past(self, tokens: int) -> None:
+        kept = math.ceil(tokens / BLOCK_SIZE)
+        self.model.pool.give_back(self.blocks[kept:])
+        del self.blocks[kept:]
 
     def prefill(self, tokens: Sequence[int]) -> None:
         if not tokens:
@@ -119,25 +191,16 @@ class OpenVinoSession:
                 additional=len(tokens),
                 n_ctx=self.n_ctx,
             )
-        count = len(tokens)
         start = self.kv_len
+        self._hold_blocks_for(start + len(tokens))
         try:
-            self.request.infer(
-                {
-                    "input_ids": np.asarray(tokens, np.int64).reshape(1, count),
-                    "attention_mask": np.ones((1, start + count), np.int64),
-                    "position_ids": np.arange(start, start + count, dtype=np.int64).reshape(1, -1),
-                    "beam_idx": self._beam,
-                }
-            )
+            self._logits = self.model.forward(tokens, start, self.blocks)
         except RuntimeError as exc:
-            # the request's state is unknown after a failed inference: start it again empty
-            self.request.reset_state()
-            self.kv_len = 0
+            # what the call wrote past `start` is never attended to: the length bounds reads
             self._logits = None
+            self._release_blocks_past(start)
             raise SessionFatal(f"OpenVINO inference failed: {exc}") from None
-        self.kv_len = start + count
-        self._logits = self.request.get_tensor("logits").data[0, -1].copy()
+        self.kv_len = start + len(tokens)
 
     def logits_current(self) -> bool:
         return self._logits is not None and self.kv_len > 0
@@ -153,36 +216,29 @@ class OpenVinoSession:
         )
 
     def save_state(self) -> EngineState:
-        """Every KV state variable, in the precision the engine keeps it, plus the logits."""
+        """The session's KV blocks of every layer, as the engine holds them, plus the logits."""
         buffer = io.BytesIO()
-        kv_type = self.model.kv_numpy_type
-        arrays = {s.name: s.state.data.astype(kv_type) for s in self.request.query_state()}
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **self.model.pool.read(self.blocks))  # type: ignore[arg-type]
         current = self._logits if self.logits_current() else None
         logits = None if current is None else current.astype(np.float32).tobytes()
         return EngineState(buffer.getvalue(), self.kv_len, logits)
 
     def load_state(self, state: EngineState) -> None:
-        self.request.reset_state()
-        self.kv_len = 0
-        self._logits = None
+        self.truncate(0)
         if state.kv_len:
+            self._hold_blocks_for(state.kv_len)
             try:
                 with np.load(io.BytesIO(state.kv), allow_pickle=False) as saved:
-                    for variable in self.request.query_state():
-                        kv = np.ascontiguousarray(saved[variable.name], dtype=np.float32)
-                        if kv.shape[_SEQ_AXIS] != state.kv_len:
-                            raise ValueError(f"{variable.name} holds {kv.shape[_SEQ_AXIS]} tokens")
-                        variable.state = ov.Tensor(kv)
+                    self.model.pool.write(self.blocks, saved)
             except (KeyError, ValueError, OSError) as exc:
-                self.request.reset_state()
+                self.truncate(0)
                 raise SessionFatal(f"the saved state does not fit this model: {exc}") from None
         self.kv_len = state.kv_len
         if state.logits is not None:
             self._logits = np.frombuffer(state.logits, dtype=np.float32).copy()
 
     def close(self) -> None:
-        self.request.reset_state()
+        self.truncate(0)
 
 
 class OpenVinoModel:
@@ -193,21 +249,38 @@ class OpenVinoModel:
         tokenizer: Any,
         n_threads: int,
         n_batch: int,
-        kv_numpy_type: type[np.floating[Any]],
         ir_dir: Path,
         core: ov.Core,
     ) -> None:
         self._core = core
         self.facts = facts
         self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.pool = _BlockPool(compiled, self.request)
         self.tokenizer = tokenizer
         self.n_threads = n_threads
         self.n_batch = n_batch
-        self.kv_numpy_type = kv_numpy_type
         self.ir_dir = ir_dir
         self._vocab: list[bytes] | None = None
         self._pieces: dict[int, bytes] = {}
         self._eog = sorted({*facts.eos_token_ids, int(tokenizer.get_eos_token_id())} - {-1})
+
+    def forward(self, tokens: Sequence[int], past: int, blocks: Sequence[int]) -> np.ndarray:
+        """Compute ``tokens`` after ``past`` resident ones in ``blocks``; the last row's logits."""
+        count = len(tokens)
+        self.request.infer(
+            {
+                "input_ids": np.asarray(tokens, np.int64),
+                "position_ids": np.arange(past, past + count, dtype=np.int64),
+                "max_context_len": np.array(past + count, np.int32),
+                "past_lens": np.array([past], np.int32),
+                "subsequence_begins": np.array([0, count], np.int32),
+                "block_indices_begins": np.array([0, len(blocks)], np.int32),
+                "block_indices": np.asarray(blocks, np.int32),
+                "logits_indices": np.array([count - 1], np.int64),
+            }
+        )
+        return np.array(self.request.get_tensor("logits").data, dtype=np.float32).reshape(-1)
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         encoded = self.tokenizer.encode(text, add_special_tokens=add_special)
@@ -258,6 +331,7 @@ class OpenVinoModel:
         return OpenVinoSession(self, n_ctx)
 
     def close(self) -> None:
+        self.request = None
         self.compiled = None
 
 
@@ -299,33 +373,36 @@ class OpenVinoBackend:
         grammar=False,
     )
 
-    def __init__(self, n_threads: int, cache_dir: Path, n_batch: int = 512) -> None:
+    def __init__(
+        self, n_threads: int, cache_dir: Path, precision: str = "", n_batch: int = 512
+    ) -> None:
         self.n_threads = n_threads
         self.n_batch = n_batch
         self.cache_dir = cache_dir
+        #: INFERENCE_PRECISION_HINT; empty: the device's default (bf16 where the CPU has it)
+        self.precision = precision
         self._core = ov.Core()
         self.fingerprint: dict[str, object] = {
             "backend": "openvino",
             "engine": f"openvino {ov.get_version()}",
-            "kv_type": "f16",
+            "precision": precision or "default",
+            "kv_layout": f"paged/{BLOCK_SIZE}",
         }
 
     def load(self, spec: ModelSpec) -> OpenVinoModel:
         path = spec.facts.path
         ir = path if path.is_dir() else ir_from_gguf(path, self.cache_dir / spec.facts.digest)
+        config: dict[str, Any] = {
+            "INFERENCE_NUM_THREADS": self.n_threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "KV_CACHE_PRECISION": "f16",
+        }
+        if self.precision:
+            config["INFERENCE_PRECISION_HINT"] = self.precision
         try:
             model = self._core.read_model(str(ir / IR_MODEL))
-            _logits_of_last_token_only(model)
-            compiled = self._core.compile_model(
-                model,
-                "CPU",
-                {
-                    "INFERENCE_NUM_THREADS": self.n_threads,
-                    "PERFORMANCE_HINT": "LATENCY",
-                    "KV_CACHE_PRECISION": "f16",
-                    "INFERENCE_PRECISION_HINT": "f32",
-                },
-            )
+            _paged_model(model, spec.facts)
+            compiled = self._core.compile_model(model, "CPU", config)
             tokenizer = ov_genai.Tokenizer(str(ir))
         except RuntimeError as exc:
             raise ModelLoadFailed(
@@ -338,7 +415,6 @@ class OpenVinoBackend:
             tokenizer,
             self.n_threads,
             self.n_batch,
-            np.float16,
-            ir,
-            self._core,
+            ir_dir=ir,
+            core=self._core,
         )
