@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemons import lease_json
 from served_models import BACKENDS
 from served_models import TINY as MODEL
 
@@ -63,7 +64,9 @@ def test_wrong_backend_type(client: Client, backend: str, served: object) -> Non
     with pytest.raises(modeldconn.BackendMismatch):
         client.describe(ModelRef(name=MODEL, type=other))
     # a client learns which backend is up before it dials, from the lease alone
-    assert modeldconn.backend(data_root=served.root) == backend  # type: ignore[attr-defined]
+    root = served.root  # type: ignore[attr-defined]
+    assert modeldconn.backend(data_root=root) == backend
+    assert lease_json(root)["backend"] == backend  # `modeld lease show`, offline
     with client.open_session(ModelRef(name=MODEL, type=backend)) as right:
         assert right.info.facts.name == MODEL
 
