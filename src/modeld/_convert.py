@@ -60,6 +60,7 @@ def decode_request_from_pb(config: pb.DecodeConfig) -> DecodeRequest:
         repeat_last_n=opt("repeat_last_n"),  # type: ignore[arg-type]
         seed=opt("seed"),  # type: ignore[arg-type]
         stop=tuple(config.stop),
+        stop_token_ids=tuple(config.stop_token_ids),
         ignore_eos=config.ignore_eos,
     )
 
@@ -114,6 +115,7 @@ def step_to_pb(step: DecodeStep) -> pb.DecodeChunk:
             pb.DecodeFinal(
                 stop_reason=final.stop_reason,
                 stop_string=final.stop_string,
+                stop_token=final.stop_token,
                 usage=pb.DecodeUsage(
                     prompt_tokens=final.prompt_tokens,
                     reused_tokens=final.reused_tokens,

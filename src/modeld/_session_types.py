@@ -20,6 +20,7 @@ __all__ = [
 ]
 
 MAX_STOP_STRINGS = 16
+MAX_STOP_TOKENS = 64
 MAX_STOP_CHARS = 256
 DEFAULT_MAX_TOKENS = 256
 
@@ -48,6 +49,7 @@ class DecodeRequest:
     max_tokens: int
     sampling: SamplingParams
     stop: tuple[str, ...]
+    stop_token_ids: frozenset[int] = frozenset()
 
     @classmethod
     def checked(
@@ -63,6 +65,7 @@ class DecodeRequest:
         seed: int | None,
         stop: tuple[str, ...],
         ignore_eos: bool,
+        stop_token_ids: tuple[int, ...] = (),
     ) -> DecodeRequest:
         """Apply defaults and refuse out-of-range values with invalid_argument."""
 
@@ -97,6 +100,8 @@ class DecodeRequest:
                 f"at most {MAX_STOP_STRINGS} non-empty strings of "
                 f"at most {MAX_STOP_CHARS} characters",
             )
+        if len(stop_token_ids) > MAX_STOP_TOKENS or any(t < 0 for t in stop_token_ids):
+            raise bad("stop_token_ids", stop_token_ids, f"at most {MAX_STOP_TOKENS} ids >= 0")
         sampling = SamplingParams(
             temperature=temp,
             top_k=k,
@@ -107,7 +112,12 @@ class DecodeRequest:
             seed=seed,
             ignore_eos=ignore_eos,
         )
-        return cls(max_tokens=limit, sampling=sampling, stop=stop)
+        return cls(
+            max_tokens=limit,
+            sampling=sampling,
+            stop=stop,
+            stop_token_ids=frozenset(stop_token_ids),
+        )
 
 
 @dataclass(frozen=True)

@@ -665,6 +665,12 @@ class SessionManager:
         """Runs on the worker, one token per step; closing it mid-way keeps the tape valid."""
         received = time.perf_counter()
         engine, model = self._live(session), self._model(session.model)
+        vocab = model.facts.vocab_size
+        if (bad := next((t for t in request.stop_token_ids if t >= vocab), None)) is not None:
+            raise InvalidArgument(
+                f"stop token id {bad} is outside the vocabulary (0..{vocab - 1})",
+                field="stop_token_ids",
+            )
         if suffix is not None:
             for item in self._prefill_suffix(session, suffix):
                 if item is None:
@@ -680,7 +686,7 @@ class SessionManager:
         prefill_ms = (time.perf_counter() - received) * 1000
         sampler = engine.sampler(request.sampling, session.tape)
         scanner = StopScanner(request.stop)
-        stop_reason, stop_string = "max_tokens", ""
+        stop_reason, stop_string, stop_token = "max_tokens", "", None
         generated, ttft_ms, first_at = 0, 0.0, received
         try:
             while generated < request.max_tokens:
@@ -699,6 +705,10 @@ class SessionManager:
                     stop_reason = "eos"
                     yield DecodeStep("", (token,))
                     break
+                if token in request.stop_token_ids:
+                    stop_reason, stop_token = "stop_token", token
+                    yield DecodeStep("", (token,))
+                    break
                 text, matched = scanner.feed(model.piece(token))
                 if matched is not None:
                     stop_reason, stop_string = "stop", matched
@@ -710,6 +720,7 @@ class SessionManager:
             final = DecodeFinal(
                 stop_reason=stop_reason,
                 stop_string=stop_string,
+                stop_token=stop_token,
                 prompt_tokens=prompt_tokens,
                 reused_tokens=reused,
                 completion_tokens=generated,

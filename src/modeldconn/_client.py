@@ -92,8 +92,14 @@ def _decode_config(
     seed: int | None,
     stop: Sequence[str],
     ignore_eos: bool,
+    stop_token_ids: Sequence[int] = (),
 ) -> pb.DecodeConfig:
-    config = pb.DecodeConfig(stop=list(stop), ignore_eos=ignore_eos)
+    try:
+        config = pb.DecodeConfig(
+            stop=list(stop), ignore_eos=ignore_eos, stop_token_ids=list(stop_token_ids)
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"stop_token_ids={stop_token_ids!r}: {exc}") from None
     for name, value in (
         ("max_tokens", max_tokens),
         ("temperature", temperature),
@@ -384,6 +390,7 @@ class Session:
         stop: Sequence[str] = (),
         ignore_eos: bool = False,
         suffix: InputLike | None = None,
+        stop_token_ids: Sequence[int] = (),
     ) -> Iterator[DecodeChunk]:
         """Stream generated chunks; the last one carries ``final``. Leaving early cancels.
 
@@ -400,6 +407,7 @@ class Session:
             seed,
             stop,
             ignore_eos,
+            stop_token_ids,
         )
         target = self._client._leader()
         stub = self._client._stub(target)
@@ -580,6 +588,7 @@ class AsyncSession:
         stop: Sequence[str] = (),
         ignore_eos: bool = False,
         suffix: InputLike | None = None,
+        stop_token_ids: Sequence[int] = (),
     ) -> AsyncIterator[DecodeChunk]:
         config = _decode_config(
             max_tokens,
@@ -592,6 +601,7 @@ class AsyncSession:
             seed,
             stop,
             ignore_eos,
+            stop_token_ids,
         )
         stub = await self._client._stub(self._client._leader())
         call = stub.Decode(

@@ -218,7 +218,7 @@ class SuffixResult:
 
 @dataclass(frozen=True)
 class DecodeFinal:
-    stop_reason: str  #: eos | max_tokens | stop | cancelled | context_full
+    stop_reason: str  #: eos | max_tokens | stop | stop_token | cancelled | context_full
     stop_string: str
     prompt_tokens: int
     reused_tokens: int
@@ -229,6 +229,7 @@ class DecodeFinal:
     tokens_per_s: float
     resident: int
     available: int
+    stop_token: int | None = None  #: the stop token id sampled, when stop_reason is stop_token
 
     @classmethod
     def from_pb(cls, m: pb.DecodeFinal) -> DecodeFinal:
@@ -244,6 +245,7 @@ class DecodeFinal:
             tokens_per_s=m.timings.tokens_per_s,
             resident=m.resident,
             available=m.available,
+            stop_token=m.stop_token if m.HasField("stop_token") else None,
         )
 
 

@@ -228,3 +228,28 @@ async def test_async_client_has_the_same_surface(served: object) -> None:
         twin.prefill_suffix(PROMPTS[1][1])
         expected = twin.generate(**GREEDY).token_ids
     assert tuple(t for c in chunks for t in c.token_ids) == expected
+
+
+def test_stop_token_ids_end_generation_with_the_id_but_not_its_text(client: Client) -> None:
+    with client.open_session(MODEL) as session:
+        session.ensure_prefix("The quick brown fox jumps over the lazy dog.")
+        free = session.generate(max_tokens=12)
+        target = free.token_ids[4]
+        first = free.token_ids.index(target)
+        session.ensure_prefix("The quick brown fox jumps over the lazy dog.")
+        stopped = session.generate(max_tokens=12, stop_token_ids=[target, 511])
+        text_before = session.detokenize(free.token_ids[:first]) if first else ""
+    assert stopped.final.stop_reason == "stop_token" and stopped.final.stop_token == target
+    assert stopped.token_ids == free.token_ids[: first + 1]  # the id is streamed, as EOS is
+    assert stopped.text == text_before  # its text is not
+    assert free.final.stop_token is None
+
+
+def test_stop_token_ids_out_of_range_are_refused(client: Client) -> None:
+    with client.open_session(MODEL) as session:
+        session.ensure_prefix("Hello")
+        with pytest.raises(modeldconn.InvalidArgument, match="outside the vocabulary"):
+            session.generate(max_tokens=4, stop_token_ids=[512])
+        with pytest.raises(modeldconn.InvalidArgument, match="stop_token_ids"):
+            session.generate(max_tokens=4, stop_token_ids=[-1])
+        assert session.generate(max_tokens=4).final.completion_tokens == 4  # still serves

@@ -346,7 +346,7 @@ class PrefillSuffixResponse(_message.Message):
     def __init__(self, suffix_tokens: _Optional[int] = ..., prefilled: _Optional[int] = ..., resident: _Optional[int] = ..., available: _Optional[int] = ...) -> None: ...
 
 class DecodeConfig(_message.Message):
-    __slots__ = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed", "stop", "ignore_eos")
+    __slots__ = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed", "stop", "ignore_eos", "stop_token_ids")
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -357,6 +357,7 @@ class DecodeConfig(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
+    STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     max_tokens: int
     temperature: float
     top_k: int
@@ -367,7 +368,8 @@ class DecodeConfig(_message.Message):
     seed: int
     stop: _containers.RepeatedScalarFieldContainer[str]
     ignore_eos: bool
-    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., repeat_penalty: _Optional[float] = ..., repeat_last_n: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
+    stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., repeat_penalty: _Optional[float] = ..., repeat_last_n: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ..., stop_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
     __slots__ = ("handle", "config", "suffix")
@@ -402,20 +404,22 @@ class DecodeUsage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., reused_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class DecodeFinal(_message.Message):
-    __slots__ = ("stop_reason", "usage", "timings", "resident", "available", "stop_string")
+    __slots__ = ("stop_reason", "usage", "timings", "resident", "available", "stop_string", "stop_token")
     STOP_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     STOP_STRING_FIELD_NUMBER: _ClassVar[int]
+    STOP_TOKEN_FIELD_NUMBER: _ClassVar[int]
     stop_reason: str
     usage: DecodeUsage
     timings: DecodeTimings
     resident: int
     available: int
     stop_string: str
-    def __init__(self, stop_reason: _Optional[str] = ..., usage: _Optional[_Union[DecodeUsage, _Mapping]] = ..., timings: _Optional[_Union[DecodeTimings, _Mapping]] = ..., resident: _Optional[int] = ..., available: _Optional[int] = ..., stop_string: _Optional[str] = ...) -> None: ...
+    stop_token: int
+    def __init__(self, stop_reason: _Optional[str] = ..., usage: _Optional[_Union[DecodeUsage, _Mapping]] = ..., timings: _Optional[_Union[DecodeTimings, _Mapping]] = ..., resident: _Optional[int] = ..., available: _Optional[int] = ..., stop_string: _Optional[str] = ..., stop_token: _Optional[int] = ...) -> None: ...
 
 class DecodeChunk(_message.Message):
     __slots__ = ("text", "token_ids", "final")
