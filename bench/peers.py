@@ -86,19 +86,33 @@ class System:
 
 
 class Modeld(System):
-    """The daemon, through modeldconn: one session per conversation."""
+    """The daemon, through modeldconn: one session per conversation.
 
-    name = "modeld"
+    ``ir``: serve this OpenVINO IR directory on the openvino backend instead of the GGUF on
+    llama (the same model converted; a GGUF openvino-genai reads itself needs none).
+    """
 
-    def __init__(self, model: Path, threads: int, n_ctx: int, slots: int) -> None:
+    def __init__(
+        self,
+        model: Path,
+        threads: int,
+        n_ctx: int,
+        slots: int,
+        backend: str = "llama",
+        ir: Path | None = None,
+    ) -> None:
+        self.name = "modeld" if backend == "llama" else f"modeld-{backend}"
         self.root = Path(tempfile.mkdtemp(prefix="mdpeer-"))
         (self.root / "models").mkdir()
-        (self.root / "models" / model.name).symlink_to(model.absolute())
-        self.model = model.stem  # resolved as models/<stem>.gguf
+        if ir is not None:
+            (self.root / "models" / model.stem).symlink_to(ir, target_is_directory=True)
+        else:
+            (self.root / "models" / model.name).symlink_to(model.absolute())
+        self.model = model.stem  # resolved as models/<stem>.gguf, or the IR directory
         self.n_ctx = n_ctx
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modeld", "serve", "--data-root", str(self.root),
-             "--model", self.model, "--threads", str(threads),
+             "--backend", backend, "--model", self.model, "--threads", str(threads),
              "--max-live-sessions", str(slots)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip

