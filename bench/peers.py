@@ -227,7 +227,8 @@ class LlamaServer(System):
         self.proc = subprocess.Popen(
             [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
              "-t", str(threads), "-tb", str(threads), "-c", str(n_ctx * slots),
-             "-np", str(slots), "-b", "512", "-ub", "512", "--no-webui"],
+             "-np", str(slots), "-b", "512", "-ub", "512", "--no-webui",
+             "--swa-full"],  # full-size sliding-window KV, as modeld keeps: any prefix reusable
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         _wait("llama-server", self._healthy, self.proc)

