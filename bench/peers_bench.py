@@ -190,6 +190,7 @@ class Bench:
         opening, _ = self.text_of(300 if self.sizes.prefix > 500 else 48, f"Chat {rep}.\n")
         histories = {system.name: opening for system in self.systems}
         totals: dict[str, float] = defaultdict(float)
+        failed: set[str] = set()
         for t, question in enumerate(QUESTIONS[: self.sizes.chat_turns]):
             for system in self.systems:
                 histories[system.name] += f"\nUser: {question}\nAssistant:"
@@ -199,10 +200,13 @@ class Bench:
                 request = (f"w4-{rep}", text, ids, self.sizes.out)
                 turn = self.rec.turn(name, system, rep, f"{rep}-{t}", request)
                 totals[system.name] += time.perf_counter() - t0
-                if turn is not None:
+                if turn is None:
+                    failed.add(system.name)
+                else:
                     histories[system.name] += turn.text
         for system in self.systems:
-            self.rec.add(name, "conversation_s", system.name, rep, totals[system.name])
+            if system.name not in failed:  # a conversation with a failed turn has no time
+                self.rec.add(name, "conversation_s", system.name, rep, totals[system.name])
 
     def w5_concurrent(self, rep: int) -> None:
         shared, _ = self.text_of(self.sizes.shared, "Shared briefing for every agent.\n")
@@ -247,15 +251,19 @@ class Bench:
                 for c in range(self.sizes.conversations)
             ]
             t0 = time.perf_counter()
+            complete = True
             for t in range(self.sizes.rr_turns):
                 for c in range(self.sizes.conversations):
                     histories[c] += f"\nUser: {QUESTIONS[(c + t) % len(QUESTIONS)]}\nAssistant:"
                     ids = self.tokenize(histories[c])
                     request = (f"w6-{rep}-{c}", histories[c], ids, self.sizes.out_rr)
                     turn = self.rec.turn(name, system, rep, f"{rep}-{t}-{c}", request)
-                    if turn is not None:
+                    if turn is None:
+                        complete = False
+                    else:
                         histories[c] += turn.text
-            self.rec.add(name, "total_s", system.name, rep, time.perf_counter() - t0)
+            if complete:
+                self.rec.add(name, "total_s", system.name, rep, time.perf_counter() - t0)
 
 
 def summarise(rec: Recorder, systems: list[System]) -> dict[str, Any]:
