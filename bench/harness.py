@@ -11,6 +11,13 @@ from pathlib import Path
 import modeldconn
 
 MODEL = "gemma3-270m"
+RESULTS = Path(__file__).parent / "results"
+N_CTX = 4096
+#: filler prose for prompts of a given length (the benchmarks cut it to token counts)
+TEXT = (
+    "The history of the city begins with a small settlement on the river. Farmers and traders "
+    "built houses of wood and clay, and over the centuries the town grew into a busy port. "
+)
 SCRIPTS = Path(__file__).parent.parent / "scripts"
 
 

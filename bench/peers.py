@@ -206,6 +206,18 @@ def _sse(port: int, path: str, body: dict[str, Any]) -> tuple[list[dict[str, Any
     return events, first, time.perf_counter() - t0
 
 
+def _answers(port: int, path: str) -> bool:
+    """True once GET ``path`` on the loopback port returns 200."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", path)
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
 def _has_content(event: dict[str, Any]) -> bool:
     if event.get("tokens") or event.get("content"):
         return True
@@ -234,14 +246,7 @@ class LlamaServer(System):
         _wait("llama-server", self._healthy, self.proc)
 
     def _healthy(self) -> bool:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-            conn.request("GET", "/health")
-            ok = conn.getresponse().status == 200
-            conn.close()
-            return ok
-        except OSError:
-            return False
+        return _answers(self.port, "/health")
 
     def turn(self, conv: str, text: str, ids: list[int], n: int) -> Turn:
         body = {
@@ -281,14 +286,7 @@ class LlamaCppPythonServer(System):
         _wait("llama_cpp.server", self._up, self.proc)
 
     def _up(self) -> bool:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-            conn.request("GET", "/v1/models")
-            ok = conn.getresponse().status == 200
-            conn.close()
-            return ok
-        except OSError:
-            return False
+        return _answers(self.port, "/v1/models")
 
     def turn(self, conv: str, text: str, ids: list[int], n: int) -> Turn:
         body = {

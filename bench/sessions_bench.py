@@ -28,16 +28,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engine_loop import NativeLoop
-from harness import MODEL, start_daemon, stop_daemon
+from harness import MODEL, N_CTX, RESULTS, TEXT, start_daemon, stop_daemon
 
 import modeldconn
-
-RESULTS = Path(__file__).parent / "results"
-N_CTX = 4096
-TEXT = (
-    "The history of the city begins with a small settlement on the river. Farmers and traders "
-    "built houses of wood and clay, and over the centuries the town grew into a busy port. "
-)
 
 
 def prompt_tokens(loop: NativeLoop, n: int, salt: str = "") -> list[int]:

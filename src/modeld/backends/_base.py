@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from modeldconn._errors import ContextOverflow
 from modeldconn._types import Capabilities
 
 from ._facts import ModelFacts, ModelSpec
@@ -23,6 +24,7 @@ __all__ = [
     "EngineState",
     "Sampler",
     "SamplingParams",
+    "check_room",
 ]
 
 
@@ -55,6 +57,18 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
+
+
+def check_room(resident: int, adding: int, n_ctx: int) -> None:
+    """:raises ContextOverflow: ``adding`` tokens after ``resident`` ones exceed ``n_ctx``."""
+    if resident + adding > n_ctx:
+        raise ContextOverflow(
+            f"{adding} more tokens do not fit: {resident} resident, n_ctx {n_ctx}",
+            stage="prefill",
+            resident=resident,
+            additional=adding,
+            n_ctx=n_ctx,
+        )
 
 
 class Sampler(Protocol):

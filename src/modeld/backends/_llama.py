@@ -16,13 +16,12 @@ import llama_cpp as ll
 import numpy as np
 
 from modeldconn._errors import (
-    ContextOverflow,
     ModelLoadFailed,
     SessionFatal,
     UnsupportedFeature,
 )
 
-from ._base import Capabilities, EngineState, SamplingParams
+from ._base import Capabilities, EngineState, SamplingParams, check_room
 from ._facts import ModelFacts, ModelSpec
 
 __all__ = ["LlamaBackend"]
@@ -136,14 +135,7 @@ class LlamaSession:
             self.restored_logits = None
 
     def prefill(self, tokens: Sequence[int]) -> None:
-        if self.kv_len + len(tokens) > self.n_ctx:
-            raise ContextOverflow(
-                f"{len(tokens)} more tokens do not fit: {self.kv_len} resident, n_ctx {self.n_ctx}",
-                stage="prefill",
-                resident=self.kv_len,
-                additional=len(tokens),
-                n_ctx=self.n_ctx,
-            )
+        check_room(self.kv_len, len(tokens), self.n_ctx)
         start = self.kv_len
         batch = self._batch
         self.restored_logits = None

@@ -32,9 +32,9 @@ import openvino_genai as ov_genai
 from openvino import opset13 as ops
 from openvino._offline_transformations import paged_attention_transformation
 
-from modeldconn._errors import ContextOverflow, ModelLoadFailed, SessionFatal, UnsupportedFeature
+from modeldconn._errors import ModelLoadFailed, SessionFatal, UnsupportedFeature
 
-from ._base import Capabilities, EngineState, SamplingParams
+from ._base import Capabilities, EngineState, SamplingParams, check_room
 from ._facts import ModelFacts, ModelSpec
 from ._numpy_sampler import NumpySampler
 
@@ -193,14 +193,7 @@ class OpenVinoSession:
     def prefill(self, tokens: Sequence[int]) -> None:
         if not tokens:
             return
-        if self.kv_len + len(tokens) > self.n_ctx:
-            raise ContextOverflow(
-                f"{len(tokens)} more tokens do not fit: {self.kv_len} resident, n_ctx {self.n_ctx}",
-                stage="prefill",
-                resident=self.kv_len,
-                additional=len(tokens),
-                n_ctx=self.n_ctx,
-            )
+        check_room(self.kv_len, len(tokens), self.n_ctx)
         start = self.kv_len
         self._hold_blocks_for(start + len(tokens))
         try:
