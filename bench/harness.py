@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import modeldconn
 
@@ -19,6 +21,16 @@ TEXT = (
     "built houses of wood and clay, and over the centuries the town grew into a busy port. "
 )
 SCRIPTS = Path(__file__).parent.parent / "scripts"
+
+
+def save_result(name: str, result: dict[str, Any], width: int = 32) -> None:
+    """Write ``bench/results/NAME.json`` and print the figures as a table."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    for key, value in result.items():
+        print(
+            f"{key:{width}} {value:.3f}" if isinstance(value, float) else f"{key:{width}} {value}"
+        )
 
 
 def start_daemon(root: Path, *args: str, backend: str = "llama") -> subprocess.Popen[bytes]:

@@ -8,7 +8,6 @@ Prints a table and writes bench/results/lease.json. Run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -21,9 +20,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import modeldconn
+sys.path.insert(0, str(Path(__file__).parent))
 
-RESULTS = Path(__file__).parent / "results"
+from harness import save_result
+
+import modeldconn
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -123,10 +124,7 @@ def main() -> None:
         "takeover_rounds": len(takeovers),
         "command": "python bench/lease_bench.py " + " ".join(sys.argv[1:]),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lease.json").write_text(json.dumps(result, indent=2) + "\n")
-    for key, value in result.items():
-        print(f"{key:24} {value:.3f}" if isinstance(value, float) else f"{key:24} {value}")
+    save_result("lease", result, width=24)
 
 
 if __name__ == "__main__":

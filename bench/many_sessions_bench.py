@@ -29,11 +29,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import llama_cpp as ll
 from engine_loop import _init
-from harness import MODEL, start_daemon, stop_daemon
+from harness import MODEL, RESULTS, start_daemon, stop_daemon
 
 import modeldconn
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def prompt(i: int) -> str:

@@ -16,7 +16,6 @@ Writes bench/results/openvino.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -31,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import MODEL, N_CTX, RESULTS, TEXT, start_daemon, stop_daemon
+from harness import MODEL, N_CTX, TEXT, save_result, start_daemon, stop_daemon
 
 import modeldconn
 
@@ -232,10 +231,7 @@ def main() -> None:
             stop_daemon(proc)
         for root in roots.values():
             shutil.rmtree(root, ignore_errors=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "openvino.json").write_text(json.dumps(result, indent=2) + "\n")
-    for key, value in result.items():
-        print(f"{key:42} {value:.3f}" if isinstance(value, float) else f"{key:42} {value}")
+    save_result("openvino", result, width=42)
 
 
 if __name__ == "__main__":

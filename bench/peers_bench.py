@@ -41,6 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from harness import RESULTS
 from peers import (
     InProcess,
     LlamaCppPythonServer,
@@ -51,7 +52,6 @@ from peers import (
 )
 from peers_report import write_reports
 
-RESULTS = Path(__file__).parent / "results"
 ALL_SYSTEMS = (
     "modeld",
     "native",

@@ -14,7 +14,6 @@ Writes bench/results/sessions.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -28,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engine_loop import NativeLoop
-from harness import MODEL, N_CTX, RESULTS, TEXT, start_daemon, stop_daemon
+from harness import MODEL, N_CTX, TEXT, save_result, start_daemon, stop_daemon
 
 import modeldconn
 
@@ -184,10 +183,7 @@ def main() -> None:
     finally:
         stop_daemon(daemon)
         shutil.rmtree(root, ignore_errors=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sessions.json").write_text(json.dumps(result, indent=2) + "\n")
-    for key, value in result.items():
-        print(f"{key:32} {value:.3f}" if isinstance(value, float) else f"{key:32} {value}")
+    save_result("sessions", result)
 
 
 if __name__ == "__main__":

@@ -193,8 +193,8 @@ def test_both_backends_agree_on_the_same_file(served: Served, backend: str) -> N
 def test_capabilities_are_pinned(client: Client, backend: str) -> None:
     with client.open_session(MODEL) as session:
         caps = session.info.capabilities
-    # both drive the engine's KV directly: llama.cpp's per-sequence state, OpenVINO's state
-    # variables. Neither batches several sessions' decode steps, nor constrains by grammar.
+    # both drive the engine's KV directly: llama.cpp's per-sequence state, OpenVINO's paged
+    # KV blocks. Neither batches several sessions' decode steps, nor constrains by grammar.
     assert caps == modeldconn.Capabilities(
         token_level_truncation=True,
         kv_copy_between_sessions=True,

@@ -154,15 +154,3 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     nobody = run_modeld("generate", MODEL, "hi", "--data-root", str(tmp_path))
     assert nobody.returncode == 3 and "no daemon" in nobody.stderr
     assert nobody.stderr.count("\n") == 1
-
-
-def test_capabilities_are_pinned(client: modeldconn.Client) -> None:
-    with client.open_session(MODEL) as session:
-        assert session.info.capabilities == modeldconn.Capabilities(
-            token_level_truncation=True,
-            kv_copy_between_sessions=True,
-            native_state_snapshot=True,
-            batched_decode=False,
-            chat_template=True,
-            grammar=False,
-        )
