@@ -12,6 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import llama_cpp as ll
+import llama_cpp.llama_cpp as ll_module
+
+from modeld.backends._llama import cpu_has_amx, weight_params
+
+__all__ = ["NativeLoop", "cpu_has_amx", "load_weights", "load_weights_as_modeld"]
 
 _quiet: Any = None
 
@@ -24,10 +29,21 @@ def _init() -> None:
         ll.llama_backend_init()
 
 
+def load_weights(path: str) -> Any:
+    """The GGUF's weights, placed as the daemon places them (see ``weight_params``)."""
+    _init()
+    return ll.llama_model_load_from_file(path.encode(), weight_params())
+
+
+def load_weights_as_modeld() -> None:
+    """Make llama-cpp-python's ``Llama`` (and its server) place weights as the daemon does: its
+    constructor has no switch for llama.cpp's extra buffer types, so its defaults become ours."""
+    ll_module.llama_model_default_params = weight_params
+
+
 class NativeLoop:
     def __init__(self, path: str, *, n_ctx: int, n_threads: int, n_batch: int = 512) -> None:
-        _init()
-        self.model = ll.llama_model_load_from_file(path.encode(), ll.llama_model_default_params())
+        self.model = load_weights(path)
         self.vocab = ll.llama_model_get_vocab(self.model)
         params = ll.llama_context_default_params()
         params.n_ctx = n_ctx

@@ -54,8 +54,10 @@ def native_turns(model: str, threads: int, n_ctx: int) -> Iterator[None]:
 
 
 def llama_turns(model: str, threads: int, n_ctx: int) -> Iterator[None]:
+    from engine_loop import load_weights_as_modeld
     from llama_cpp import Llama
 
+    load_weights_as_modeld()
     llm = Llama(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
     yield
     while True:

@@ -1,19 +1,21 @@
 """Many sessions on one model: modeld side by side with the raw engine, in one run.
 
     .venv/bin/python bench/many_sessions_bench.py [--tokens 64] [--turns 10]
+    .venv/bin/python bench/many_sessions_bench.py --backend openvino [--tokens 64]
 
 aggregate  decode tok/s with N = 1, 2, 4, 8 sessions decoding at once through modeldconn, next to
-           the raw engine decoding N sequences in one batch (one llama_decode per step)
-parking    12 conversations over 4 live contexts (--max-live-sessions 4), round-robin, --turns
-           turns each: modeld parking idle sessions vs full recompute (a fresh session fed the
-           whole history every turn); total time and median TTFT per turn
-Writes bench/results/many_sessions.json and prints a table. Run it on a quiet machine.
+           the raw engine decoding N sequences in one batch: llama.cpp (one llama_decode per
+           step for all), or on openvino, openvino-genai's ContinuousBatchingPipeline on the same
+           IR (its decode time: N sequences of --tokens tokens less the same with 1 token)
+parking    (llama) 12 conversations over 4 live contexts (--max-live-sessions 4), round-robin,
+           --turns turns each: modeld parking idle sessions vs full recompute (a fresh session
+           fed the whole history every turn); total time and median TTFT per turn
+Writes bench/results/many_sessions[_openvino].json and prints a table. Run it on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -28,8 +30,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import llama_cpp as ll
-from engine_loop import _init
-from harness import MODEL, RESULTS, start_daemon, stop_daemon
+from engine_loop import load_weights
+from harness import MODEL, save_result, start_daemon, stop_daemon
 
 import modeldconn
 
@@ -68,8 +70,7 @@ class RawBatch:
     """The engine alone: N sequences in one context, one llama_decode per step for all."""
 
     def __init__(self, path: str, threads: int) -> None:
-        _init()
-        self.model = ll.llama_model_load_from_file(path.encode(), ll.llama_model_default_params())
+        self.model = load_weights(path)
         self.vocab = ll.llama_model_get_vocab(self.model)
         self.threads = threads
 
@@ -110,6 +111,35 @@ class RawBatch:
         ll.llama_batch_free(batch)
         ll.llama_free(ctx)
         return n * tokens / elapsed
+
+
+class RawOpenVinoBatch:
+    """openvino-genai's continuous batching on the same IR: N prompts in one generate call."""
+
+    def __init__(self, ir: str, threads: int) -> None:
+        import openvino_genai as ov_genai
+
+        self.genai = ov_genai
+        scheduler = ov_genai.SchedulerConfig()
+        scheduler.cache_size = 1  # GB of KV: ample for 8 short sequences
+        # the daemon's defaults: the device's inference precision, 16-bit KV
+        props = {"KV_CACHE_PRECISION": "f16", "INFERENCE_NUM_THREADS": threads}
+        self.pipe = ov_genai.ContinuousBatchingPipeline(ir, scheduler, "CPU", props)
+
+    def _run(self, n: int, tokens: int) -> float:
+        config = self.genai.GenerationConfig(max_new_tokens=tokens, do_sample=False)
+        config.ignore_eos = True
+        config.apply_chat_template = False
+        t0 = time.perf_counter()
+        results = self.pipe.generate([prompt(i) for i in range(n)], [config] * n)
+        elapsed = time.perf_counter() - t0
+        assert all(len(r.m_generation_ids[0]) == tokens for r in results)
+        return elapsed
+
+    def aggregate(self, n: int, tokens: int) -> float:
+        self._run(n, tokens)  # warm-up: the first call of a shape compiles kernels
+        decode_s = self._run(n, tokens) - self._run(n, 1)
+        return n * (tokens - 1) / decode_s
 
 
 def conversations(client: modeldconn.Client, turns: int, parking: bool) -> dict[str, float]:
@@ -158,6 +188,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--backend", choices=["llama", "openvino"], default="llama")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mdbench-"))
     result: dict[str, Any] = {
@@ -165,9 +196,14 @@ def main() -> None:
         "threads": args.threads,
     }
     try:
-        daemon = start_daemon(root, "--threads", str(args.threads))
+        daemon = start_daemon(root, "--threads", str(args.threads), backend=args.backend)
         client = modeldconn.Client(data_root=root)
-        raw = RawBatch(client.describe(MODEL).facts.path, args.threads)
+        path = client.describe(MODEL).facts.path
+        raw: RawBatch | RawOpenVinoBatch = (
+            RawOpenVinoBatch(path, args.threads)
+            if args.backend == "openvino"
+            else RawBatch(path, args.threads)
+        )
         single = raw.aggregate(1, args.tokens)
         for n in (1, 2, 4, 8):
             ours = modeld_aggregate(client, n, args.tokens)
@@ -179,8 +215,15 @@ def main() -> None:
                 "raw_over_raw_single": round(theirs / single, 3),
                 "modeld_over_raw_single": round(ours / single, 3),
             }
+        status = client.status()
+        result["modeld_decode_rows_per_call"] = round(
+            status.decode_rows / max(1, status.decode_calls), 2
+        )
         client.close()
         stop_daemon(daemon)
+        if args.backend == "openvino":
+            finish(result, "many_sessions_openvino")
+            return
         daemon = start_daemon(root, "--threads", str(args.threads), "--max-live-sessions", "4")
         client = modeldconn.Client(data_root=root)
         parked = conversations(client, args.turns, parking=True)
@@ -195,10 +238,12 @@ def main() -> None:
         stop_daemon(daemon)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    finish(result, "many_sessions")
+
+
+def finish(result: dict[str, Any], name: str) -> None:
     result["command"] = "python bench/many_sessions_bench.py " + " ".join(sys.argv[1:])
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "many_sessions.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save_result(name, result)
 
 
 if __name__ == "__main__":

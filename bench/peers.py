@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine_loop import cpu_has_amx
+
 import modeldconn
 
 BENCH = Path(__file__).parent
@@ -240,7 +242,8 @@ class LlamaServer(System):
             [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
              "-t", str(threads), "-tb", str(threads), "-c", str(n_ctx * slots),
              "-np", str(slots), "-b", "512", "-ub", "512", "--no-webui",
-             "--swa-full"],  # full-size sliding-window KV, as modeld keeps: any prefix reusable
+             "--swa-full",  # full-size sliding-window KV, as modeld keeps: any prefix reusable
+             *(["--no-repack"] if cpu_has_amx() else [])],  # weights placed as modeld does
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         _wait("llama-server", self._healthy, self.proc)
@@ -267,6 +270,14 @@ class LlamaServer(System):
         return Turn(tokens, text_out, first, float(rate), timings.get("cache_n"))
 
 
+#: ``python -m llama_cpp.server``, its weights placed as modeld places them
+_SERVER_AS_MODELD = (
+    f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+    "import engine_loop, runpy; engine_loop.load_weights_as_modeld(); "
+    "runpy.run_module('llama_cpp.server', run_name='__main__')"
+)
+
+
 class LlamaCppPythonServer(System):
     """llama-cpp-python's OpenAI-compatible server, prompt cache (RAM) on. It takes text only."""
 
@@ -276,7 +287,7 @@ class LlamaCppPythonServer(System):
         self.port = free_port()
         self.eos_ids = eos_ids
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+            [sys.executable, "-c", _SERVER_AS_MODELD, "--model", str(model),
              "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(n_ctx),
              "--n_threads", str(threads), "--n_threads_batch", str(threads),
              "--n_batch", "512", "--cache", "true"],

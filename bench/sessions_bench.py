@@ -164,8 +164,10 @@ def main() -> None:
     try:
         client = modeldconn.Client(data_root=root)
         path = client.describe(MODEL).facts.path
+        from engine_loop import load_weights_as_modeld
         from llama_cpp import Llama
 
+        load_weights_as_modeld()
         loop = NativeLoop(path, n_ctx=N_CTX, n_threads=args.threads)
         llama = Llama(
             path, n_ctx=N_CTX, n_threads=args.threads, n_threads_batch=args.threads, verbose=False

@@ -44,6 +44,13 @@ def cli() -> None:
 @click.option("--backend", default="llama", show_default=True, help="llama or openvino.")
 @_data_root_option
 @click.option("--listen", default=None, help="unix:PATH or HOST:PORT (loopback; port 0 = any).")
+@click.option(
+    "--socket-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Directory for the Unix sockets (default: the data root); systemd units pass their "
+    "RuntimeDirectory. The lease still lives in the data root and names the socket.",
+)
 @click.option("--lease-ttl", type=float, default=15.0, show_default=True, help="Lease TTL, s.")
 @click.option(
     "--standby/--no-standby",
@@ -63,6 +70,14 @@ def cli() -> None:
     default=None,
     help="Load this model (a name under <data root>/models, gemma3-270m, or a path) before "
     "serving; without it models load on their first OpenSession.",
+)
+@click.option(
+    "--allow-model-root",
+    "allow_model_roots",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A directory (besides <data root>/models) that clients' model paths may point into; "
+    "repeatable. Paths are checked with every symlink resolved.",
 )
 @click.option(
     "--threads", type=click.IntRange(min=0), default=0, help="Engine threads (0: all cores)."
@@ -121,6 +136,16 @@ def cli() -> None:
     "non-loopback --listen.",
 )
 @click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="PEM certificate chain: the TCP --listen speaks TLS (clients verify it against "
+    "<data root>/tls-ca.pem, $MODELD_TLS_CA or the system's CAs).",
+)
+@click.option(
+    "--tls-key", type=click.Path(path_type=Path), default=None, help="PEM private key (0600)."
+)
+@click.option(
     "--metrics-listen",
     default=None,
     help="Expose Prometheus metrics on loopback HOST:PORT (port 0: any; default: off).",
@@ -142,10 +167,12 @@ def serve(
     backend: str,
     data_root: Path | None,
     listen: str | None,
+    socket_dir: Path | None,
     lease_ttl: float,
     standby: bool,
     drain_grace: float,
     model: str | None,
+    allow_model_roots: tuple[Path, ...],
     threads: int,
     precision: str,
     memory_limit: str,
@@ -157,6 +184,8 @@ def serve(
     idle_close: float,
     unload_after: float,
     auth_token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     metrics_listen: str | None,
     log_format: str,
     log_level: str,
@@ -184,10 +213,12 @@ def serve(
         data_root=resolve_data_root(data_root),
         backend=backend,
         listen=listen,
+        socket_dir=socket_dir,
         lease_ttl_s=lease_ttl,
         standby=standby,
         drain_grace_s=drain_grace,
         model=model,
+        allowed_model_roots=allow_model_roots,
         threads=threads,
         precision="" if precision == "default" else precision,
         memory_limit_bytes=limit or 0,
@@ -200,6 +231,8 @@ def serve(
         unload_after_s=unload_after,
         metrics_listen=metrics_listen,
         auth_token_file=auth_token_file,
+        tls_cert_file=tls_cert,
+        tls_key_file=tls_key,
     )
     from ._daemon import serve as run_daemon  # grpc's server side loads only when serving
 
@@ -337,6 +370,11 @@ def status(data_root: Path | None, as_json: bool) -> None:
     click.echo(
         f"sharing    {reply.prefix_shares} sessions started from another's KV "
         f"({reply.prefix_shared_tokens} tokens copied, not computed)"
+    )
+    rows = reply.decode_rows / reply.decode_calls if reply.decode_calls else 0.0
+    click.echo(
+        f"decode     {reply.decode_rows} tokens in {reply.decode_calls} engine calls "
+        f"({rows:.2f} sessions a call)"
     )
     for loaded in reply.models:
         weights = "" if loaded.weights_loaded else ", weights unloaded while idle"

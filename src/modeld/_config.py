@@ -20,6 +20,8 @@ class ServeSettings:
     backend: str
     #: None → the per-instance Unix socket in the data root; else unix:PATH or HOST:PORT
     listen: str | None = None
+    #: where the per-instance socket and modeld.sock live (None: the data root); e.g. /run/modeld
+    socket_dir: Path | None = None
     lease_ttl_s: float = 15.0
     #: wait for the lease when another instance holds it (False: exit non-zero at once)
     standby: bool = True
@@ -52,5 +54,10 @@ class ServeSettings:
     unload_after_s: float = 3600.0
     #: loopback HOST:PORT for the Prometheus endpoint; None: not exposed
     metrics_listen: str | None = None
+    #: directories outside <data root>/models a ModelRef path may point into (links resolved)
+    allowed_model_roots: tuple[Path, ...] = ()
     #: a 0600 file holding the bearer token every call but health must carry
     auth_token_file: Path | None = None
+    #: PEM certificate chain and private key (0600): the TCP listener speaks TLS
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None

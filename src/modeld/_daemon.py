@@ -23,7 +23,7 @@ from ._identity import Identity, modeld_version
 from ._lease_store import LeaseStore
 from ._listener import parse_listen
 from ._metrics import Metrics
-from ._models import ModelCatalog
+from ._models import ModelCatalog, names_a_path
 from ._parking import ParkingLot
 from ._phase import Gate, Phase
 from ._sdnotify import notify
@@ -32,6 +32,7 @@ from ._servicer import ModeldServicer
 from ._sessions import MemoryBudget, SessionManager
 from ._snapshots import SnapshotStore
 from ._storage import prepare_data_root
+from ._tls import read_tls_identity
 from ._worker import EngineWorker
 from .backends import make_backend
 
@@ -62,6 +63,7 @@ def _candidate(identity: Identity, settings: ServeSettings, endpoint: str) -> Le
         ttl_s=settings.lease_ttl_s,
         state="starting",
         auth=settings.auth_token_file is not None,
+        tls=settings.tls_cert_file is not None,
     )
 
 
@@ -112,10 +114,28 @@ async def _fence(gate: Gate, bound: BoundServer, reason: str) -> int:
     return ExitCode.FENCED
 
 
+def _socket_dir(requested: Path | None) -> Path | None:
+    """``--socket-dir``, created 0700 when missing (systemd creates its RuntimeDirectory)."""
+    if requested is None:
+        return None
+    try:
+        requested.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"--socket-dir {requested}: {exc.strerror or exc}") from None
+    return requested.absolute()
+
+
+def _model_roots(settings: ServeSettings) -> tuple[Path, ...]:
+    """The operator's roots, plus the file ``--model`` names by path: the operator chose it."""
+    model = settings.model
+    chosen = [Path(model).expanduser()] if model and names_a_path(model) else []
+    return (*settings.allowed_model_roots, *chosen)
+
+
 async def _preload(sessions: SessionManager, model: str, election: Election) -> None:
     """Load ``--model`` before serving and name it in the lease."""
     as_path = Path(model).expanduser()
-    by_path = os.sep in model or as_path.suffix == ".gguf"
+    by_path = names_a_path(model)
     try:
         spec = await sessions.resolve(
             "" if by_path else model, "", "", str(as_path) if by_path else ""
@@ -148,7 +168,17 @@ async def serve(settings: ServeSettings) -> int:
     root = prepare_data_root(settings.data_root)
     identity = Identity.of_this_process()
     token = read_token_file(settings.auth_token_file) if settings.auth_token_file else None
-    listener = parse_listen(settings.listen, root, identity.short_id, authenticated=bool(token))
+    tls = read_tls_identity(settings.tls_cert_file, settings.tls_key_file)
+    listener = parse_listen(
+        settings.listen,
+        root,
+        identity.short_id,
+        authenticated=bool(token),
+        tls=tls is not None,
+        socket_dir=_socket_dir(settings.socket_dir),
+    )
+    if listener.remote and tls is None:
+        log.warning("the bearer token crosses the network in the clear: add --tls-cert/--tls-key")
     gate = Gate(identity.instance_id)
     stop = asyncio.Event()
     _stop_on_signals(stop)
@@ -157,7 +187,7 @@ async def serve(settings: ServeSettings) -> int:
     worker = EngineWorker()
     sessions = SessionManager(
         instance_id=identity.instance_id,
-        catalog=ModelCatalog(root, settings.backend),
+        catalog=ModelCatalog(root, settings.backend, _model_roots(settings)),
         backend=make_backend(
             settings.backend,
             n_threads=settings.threads or os.cpu_count() or 1,
@@ -193,7 +223,7 @@ async def serve(settings: ServeSettings) -> int:
     # 1. Bind first, so the lease can advertise the real endpoint.
     if settings.metrics_listen:  # before binding: a bad address leaves nothing behind
         log.info("metrics at %s", metrics.serve(settings.metrics_listen))
-    bound = await bind_server(listener, gate, servicer, metrics, token)
+    bound = await bind_server(listener, gate, servicer, metrics, token, tls)
     endpoint = listener.endpoint(bound.port)
     try:
         await bound.server.start()

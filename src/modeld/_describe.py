@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ._models import ModelCatalog
+from ._models import ModelCatalog, names_a_path
 from ._sessions import MemoryBudget
 
 __all__ = ["describe_locally"]
@@ -14,8 +14,9 @@ __all__ = ["describe_locally"]
 
 def describe_locally(root: Path, model: str, *, as_json: bool) -> str:
     """:raises RemoteError: the same typed errors Describe answers with."""
-    by_path = "/" in model or model.endswith(".gguf")
-    catalog = ModelCatalog(root, backend="")
+    by_path = names_a_path(model)
+    # Offline, as the person who typed the path: their own file is theirs to read.
+    catalog = ModelCatalog(root, backend="", allowed_roots=[Path(model)] if by_path else [])
     spec = catalog.resolve("" if by_path else model, "", "", model if by_path else "")
     facts = spec.facts
     free = MemoryBudget().free_bytes(0)

@@ -1,6 +1,7 @@
 """Where the daemon listens, and the socket files that go with it.
 
-By default each daemon binds its *own* Unix socket, ``<root>/modeld-<short id>.sock`` (0600), so
+By default each daemon binds its *own* Unix socket, ``<root>/modeld-<short id>.sock`` (0600; or in
+``--socket-dir``, e.g. systemd's RuntimeDirectory), so
 a standby never unlinks or steals the leader's socket. The leader points the stable name
 ``<root>/modeld.sock`` at its own socket (an atomic symlink swap) for people and tools; clients
 always dial the endpoint the lease advertises. ``--listen unix:PATH`` or ``--listen HOST:PORT``
@@ -33,6 +34,11 @@ class Listener:
     host: str = ""  #: set for TCP
     port: int = 0
     per_instance: bool = False  #: the default socket: the leader publishes modeld.sock for it
+
+    @property
+    def remote(self) -> bool:
+        """Reachable from other machines: TCP on a non-loopback address."""
+        return self.socket_path is None and not ipaddress.ip_address(self.host).is_loopback
 
     @property
     def grpc_address(self) -> str:
@@ -109,15 +115,24 @@ def _answers(path: Path) -> bool:
 
 
 def parse_listen(
-    spec: str | None, root: Path, short_id: str, *, authenticated: bool = False
+    spec: str | None,
+    root: Path,
+    short_id: str,
+    *,
+    authenticated: bool = False,
+    tls: bool = False,
+    socket_dir: Path | None = None,
 ) -> Listener:
-    """``None`` → the per-instance socket; ``unix:PATH`` → that socket; ``HOST:PORT`` → TCP.
+    """``None`` → the per-instance socket (in ``socket_dir``, else the data root, with the stable
+    ``modeld.sock`` beside it); ``unix:PATH`` → that socket; ``HOST:PORT`` → TCP.
 
-    :raises StartupError: for a malformed spec, or a TCP host that is not loopback (remote access
-        needs authentication, which this build does not offer yet).
+    :raises StartupError: for a malformed spec, a TCP host that is not loopback without
+        authentication, or TLS asked for on a Unix socket (its file mode already guards it).
     """
+    if tls and (spec is None or spec == "" or spec.startswith("unix:")):
+        raise StartupError("--tls-cert needs a TCP --listen HOST:PORT; a Unix socket is 0600")
     if spec is None or spec == "":
-        return Listener(root / f"modeld-{short_id}.sock", per_instance=True)
+        return Listener((socket_dir or root) / f"modeld-{short_id}.sock", per_instance=True)
     if spec.startswith("unix:"):
         raw = spec.removeprefix("unix:")
         raw = raw.removeprefix("//") if raw.startswith("///") else raw

@@ -93,6 +93,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.decode_rows = Histogram(
+            "modeld_decode_batch_rows",
+            "Sessions' tokens computed per decode engine call (1: not batched)",
+            buckets=(1, 2, 4, 8, 16, 32),
+            registry=r,
+        )
         self.renew_seconds = Histogram(
             "modeld_lease_renew_seconds", "Lease renewal time", buckets=_LATENCY_BUCKETS, registry=r
         )

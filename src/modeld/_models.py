@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +24,12 @@ from modeldconn._errors import (
     ModelNotFound,
 )
 
+from ._model_roots import ModelRoots
 from .backends._facts import ModelFacts, ModelSpec, facts_from_gguf
 from .backends._gguf import GgufError
 from .backends._ir_facts import IR_FILES, IrError, facts_from_ir, is_ir_dir
 
-__all__ = ["PACKAGED_MODELS", "ModelCatalog", "ModelSpec", "PackagedModel"]
+__all__ = ["PACKAGED_MODELS", "ModelCatalog", "ModelSpec", "PackagedModel", "names_a_path"]
 
 #: Gemma 3 turns; llama.cpp recognises this template by its <start_of_turn> markers and renders it
 #: natively (the system message is folded into the first user turn).
@@ -60,6 +62,11 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 }
 
 
+def names_a_path(model: str) -> bool:
+    """A command line's MODEL: a path when it has a separator or ends in .gguf, else a name."""
+    return os.sep in model or model.endswith(".gguf")
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -84,15 +91,16 @@ def _normalise_digest(digest: str) -> str:
 class ModelCatalog:
     """The models one daemon may serve. Thread-safe; digests are cached per file version."""
 
-    def __init__(self, data_root: Path, backend: str) -> None:
+    def __init__(self, data_root: Path, backend: str, allowed_roots: Iterable[Path] = ()) -> None:
         self.models_dir = data_root / "models"
+        self.roots = ModelRoots(self.models_dir, allowed_roots)
         self.backend = backend
         self._lock = threading.Lock()
         self._digests: dict[tuple[str, int, int, int], str] = {}
 
     def resolve(self, name: str, type_: str, digest: str, path: str) -> ModelSpec:
-        """:raises RemoteError: backend_mismatch, model_not_found, model_load_failed,
-        digest_mismatch, invalid_argument."""
+        """:raises RemoteError: backend_mismatch, model_path_forbidden, model_not_found,
+        model_load_failed, digest_mismatch, invalid_argument."""
         if type_ and self.backend and type_ != self.backend:
             raise BackendMismatch(
                 f"model type {type_!r} is not served here; this daemon serves {self.backend!r}",
@@ -126,10 +134,10 @@ class ModelCatalog:
         template = packaged.chat_template if packaged else ""
         source = f"packaged:{name}" if packaged else ""
         if path:
-            file = Path(path).expanduser()
+            file = self.roots.admit(Path(path))
             if not (file.is_file() or self._serves_ir(file)):
                 raise ModelNotFound(f"no model file at {file}", path=str(file))
-            return file.absolute(), template, source
+            return file, template, source
         if not name:
             raise InvalidArgument("a ModelRef needs a name or a path")
         if "/" in name or name.startswith("."):

@@ -19,6 +19,7 @@ from ._listener import Listener
 from ._metrics import Metrics
 from ._phase import Gate
 from ._servicer import ModeldServicer
+from ._tls import TlsIdentity
 
 __all__ = ["BoundServer", "bind_server"]
 
@@ -45,6 +46,7 @@ async def bind_server(
     servicer: ModeldServicer,
     metrics: Metrics,
     auth_token: str | None = None,
+    tls: TlsIdentity | None = None,
 ) -> BoundServer:
     """Create the server and bind its listener (not started); health starts NOT_SERVING."""
     options = [
@@ -75,7 +77,11 @@ async def bind_server(
     )
     listener.prepare()
     try:
-        port = server.add_insecure_port(listener.grpc_address)
+        if tls is None:
+            port = server.add_insecure_port(listener.grpc_address)
+        else:
+            credentials = grpc.ssl_server_credentials([(tls.private_key, tls.certificate_chain)])
+            port = server.add_secure_port(listener.grpc_address, credentials)
     except RuntimeError as exc:
         raise StartupError(f"cannot listen on {listener.grpc_address}: {exc}") from None
     if port == 0 and listener.socket_path is None:

@@ -90,6 +90,8 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             sessions_open=self._sessions.session_count(),
             models=models,
             prefix_shares=self._sessions.prefix_shares,
+            decode_calls=self._sessions.decode_calls,
+            decode_rows=self._sessions.decode_rows,
             prefix_shared_tokens=self._sessions.prefix_shared_tokens,
             sessions_live=self._sessions.live_count(),
             sessions_parked=self._sessions.session_count() - self._sessions.live_count(),

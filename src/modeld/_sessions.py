@@ -35,6 +35,7 @@ from modeldconn._errors import (
 )
 from modeldconn._types import Capabilities, Capacity, DecodeFinal, PrefixResult, SuffixResult
 
+from ._decode_batch import feeds_for
 from ._metrics import Metrics
 from ._models import ModelCatalog
 from ._parking import NoRoom, ParkedState, ParkingLot
@@ -60,6 +61,8 @@ T = TypeVar("T")
 DEFAULT_N_CTX = 4096
 #: how long an operation waits for the session's previous one before session_busy
 BUSY_GRACE_S = 0.25
+#: most sessions' tokens one batched decode call computes
+MAX_DECODE_ROWS = 32
 #: how long a call waits for a live context when every live session is busy
 ROOM_WAIT_S = 120.0
 #: a prefix held by another session is copied (a few ms) rather than computed (~1.4 ms a token on
@@ -114,6 +117,8 @@ class Session:
     #: tokens the last EnsurePrefix kept; reported by the next Decode, then reset
     turn_reused: int = 0
     busy: bool = False
+    #: a Decode is stepping it on the worker: its sampled token may be computed in a batch
+    decoding: bool = False
     #: set whenever no operation runs, so a waiting one can start
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     parked: ParkedState | None = None
@@ -169,6 +174,8 @@ class SessionManager:
         #: notified whenever an operation ends, so calls waiting for a live context retry
         self._room = asyncio.Condition()
         self.prefix_shares = 0
+        self.decode_calls = 0
+        self.decode_rows = 0
         self.prefix_shared_tokens = 0
         self.sessions_reaped = 0
         self.prefix_hits = 0
@@ -694,24 +701,29 @@ class SessionManager:
                     stop_reason = "context_full"
                     break
                 if engine.kv_len < len(session.tape):
-                    engine.prefill(session.tape[engine.kv_len :])  # the token sampled last step
+                    # the token sampled last step, unless another session's batch computed it
+                    self._compute_sampled(session, model)
                 token = sampler.sample()
                 session.tape.append(token)
                 generated += 1
                 if generated == 1:
                     first_at = time.perf_counter()
                     ttft_ms = (first_at - received) * 1000
+                # offered to other sessions' batches only if this decode will go on to need it
+                session.decoding = (
+                    generated < request.max_tokens and len(session.tape) < session.n_ctx
+                )
                 if not request.sampling.ignore_eos and model.is_end_of_generation(token):
-                    stop_reason = "eos"
+                    stop_reason, session.decoding = "eos", False
                     yield DecodeStep("", (token,))
                     break
                 if token in request.stop_token_ids:
-                    stop_reason, stop_token = "stop_token", token
+                    stop_reason, stop_token, session.decoding = "stop_token", token, False
                     yield DecodeStep("", (token,))
                     break
                 text, matched = scanner.feed(model.piece(token))
                 if matched is not None:
-                    stop_reason, stop_string = "stop", matched
+                    stop_reason, stop_string, session.decoding = "stop", matched, False
                     yield DecodeStep(text, (token,))
                     break
                 yield DecodeStep(text, (token,))
@@ -735,7 +747,22 @@ class SessionManager:
             )
             yield DecodeStep(tail, (), final)
         finally:
+            session.decoding = False
             sampler.close()
+
+    def _compute_sampled(self, session: Session, model: EngineModel) -> None:
+        """Worker: compute ``session``'s last sampled token; where the backend batches, in one
+        engine call with every other decoding session's (see ``_decode_batch``)."""
+        peers = self._sessions.values() if self._backend.capabilities.batched_decode else ()
+        feeds = feeds_for(session, (p for p in peers if p.model is session.model), MAX_DECODE_ROWS)
+        if len(feeds) == 1:
+            engine, token = feeds[0]
+            engine.prefill([token])
+        else:
+            model.decode_batch(feeds)
+        self.decode_calls += 1
+        self.decode_rows += len(feeds)
+        self._metrics.decode_rows.observe(len(feeds))
 
     # -- Snapshot / Restore -------------------------------------------------------------------
 

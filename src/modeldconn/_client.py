@@ -40,6 +40,7 @@ from ._errors import (
 from ._pb import modeld_pb2 as pb
 from ._pb import modeld_pb2_grpc
 from ._probe import probe
+from ._tls import find_tls_ca, open_channel
 from ._types import (
     DecodeChunk,
     DecodeFinal,
@@ -57,7 +58,6 @@ from ._wire import (
     AUTH_METADATA_KEY,
     CLIENT_METADATA_KEY,
     INSTANCE_METADATA_KEY,
-    channel_options,
     find_auth_token,
 )
 
@@ -149,8 +149,12 @@ class _ClientBase:
         timeout_s: float | None,
         wait_ready_s: float,
         auth_token: str | None,
+        tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
         self._data_root = resolve_data_root(data_root)
+        self._tls_ca = tls_ca
+        #: endpoints whose lease says TLS
+        self._tls_endpoints: set[str] = set()
         self._auth = (
             ((AUTH_METADATA_KEY, f"Bearer {token}"),)
             if (token := find_auth_token(self._data_root, auth_token))
@@ -170,7 +174,17 @@ class _ClientBase:
                 result = probe(data_root=self._data_root).raise_for_state()
                 assert result.lease is not None
                 self._target = (result.lease.endpoint, result.lease.instance_id)
+                if result.lease.tls:
+                    self._tls_endpoints.add(result.lease.endpoint)
             return self._target
+
+    def _open_channel(self, endpoint: str, *, aio: bool = False) -> Any:
+        tls = endpoint in self._tls_endpoints
+        try:
+            ca = find_tls_ca(self._data_root, self._tls_ca) if tls else None
+        except OSError as exc:
+            raise Unavailable(f"cannot read the TLS CA for {endpoint}: {exc}") from None
+        return open_channel(endpoint, tls, ca, aio=aio)
 
     def _metadata(self, instance: str, client_id: str = "") -> tuple[tuple[str, str], ...]:
         if client_id:
@@ -247,11 +261,14 @@ class Client(_ClientBase):
         timeout_s: float | None = None,
         wait_ready_s: float = 30.0,
         auth_token: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
         """:param wait_ready_s: how long a call waits for a daemon that is still starting.
         :param auth_token: for a daemon started with --auth-token-file (default:
-            ``$MODELD_AUTH_TOKEN``, else ``<data root>/auth.token`` when present)."""
-        super().__init__(data_root, timeout_s, wait_ready_s, auth_token)
+            ``$MODELD_AUTH_TOKEN``, else ``<data root>/auth.token`` when present).
+        :param tls_ca: PEM file of the CA that signed a TLS daemon's certificate (default:
+            ``$MODELD_TLS_CA``, else ``<data root>/tls-ca.pem``, else the system's roots)."""
+        super().__init__(data_root, timeout_s, wait_ready_s, auth_token, tls_ca)
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
 
     def _stub(self, target: tuple[str, str]) -> Any:
@@ -260,9 +277,7 @@ class Client(_ClientBase):
             if channel is None:
                 for old in self._channels.values():
                     old.close()  # a new leader: the old instance will not answer again
-                self._channels = {
-                    target: grpc.insecure_channel(target[0], options=channel_options())
-                }
+                self._channels = {target: self._open_channel(target[0])}
                 channel = self._channels[target]
         return modeld_pb2_grpc.ModeldStub(channel)
 
@@ -472,8 +487,9 @@ class AsyncClient(_ClientBase):
         timeout_s: float | None = None,
         wait_ready_s: float = 30.0,
         auth_token: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(data_root, timeout_s, wait_ready_s, auth_token)
+        super().__init__(data_root, timeout_s, wait_ready_s, auth_token, tls_ca)
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
 
     async def _stub(self, target: tuple[str, str]) -> Any:
@@ -482,9 +498,7 @@ class AsyncClient(_ClientBase):
             old, self._channels = self._channels, {}
             for stale in old.values():
                 await stale.close()
-            channel = self._channels[target] = grpc.aio.insecure_channel(
-                target[0], options=channel_options()
-            )
+            channel = self._channels[target] = self._open_channel(target[0], aio=True)
         return modeld_pb2_grpc.ModeldStub(channel)
 
     async def _attach(self, target: tuple[str, str]) -> str:

@@ -20,6 +20,7 @@ On the wire an error is a ``google.rpc.Status`` whose single detail is an
           ├── DigestMismatch        digest_mismatch      FAILED_PRECONDITION
           ├── ModelNotFound         model_not_found      NOT_FOUND
           ├── ModelLoadFailed       model_load_failed    FAILED_PRECONDITION
+          ├── ModelPathForbidden    model_path_forbidden PERMISSION_DENIED
           ├── InvalidArgument       invalid_argument     INVALID_ARGUMENT
           ├── Overloaded            overloaded           RESOURCE_EXHAUSTED
           ├── UnsupportedFeature    unsupported_feature  UNIMPLEMENTED
@@ -56,6 +57,7 @@ __all__ = [
     "LeaseStale",
     "ModelLoadFailed",
     "ModelNotFound",
+    "ModelPathForbidden",
     "ModeldError",
     "NotReady",
     "Overloaded",
@@ -211,6 +213,13 @@ class ModelLoadFailed(RemoteError):
 
     reason = "model_load_failed"
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ModelPathForbidden(RemoteError):
+    """The path resolves (symlinks followed) outside the models directory and allowed roots."""
+
+    reason = "model_path_forbidden"
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class InvalidArgument(RemoteError):

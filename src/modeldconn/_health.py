@@ -7,16 +7,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._lease import LeaseRecord
 from ._pb import modeld_pb2, modeld_pb2_grpc
-from ._wire import AUTH_METADATA_KEY, INSTANCE_METADATA_KEY, channel_options
+from ._tls import open_channel
+from ._wire import AUTH_METADATA_KEY, INSTANCE_METADATA_KEY
 
 __all__ = ["check_endpoint"]
 
 
 def check_endpoint(
-    lease: LeaseRecord, *, timeout_s: float, auth_token: str = ""
+    lease: LeaseRecord, *, timeout_s: float, auth_token: str = "", tls_ca: bytes | None = None
 ) -> tuple[str, str] | None:
     """None when the endpoint answers as ``lease.instance_id``; else ``(reason, detail)``."""
-    with grpc.insecure_channel(lease.endpoint, options=channel_options()) as channel:
+    with open_channel(lease.endpoint, lease.tls, tls_ca) as channel:
         try:
             health = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout_s

@@ -78,6 +78,8 @@ class LeaseRecord:
     model: LoadedModel | None = None
     #: calls other than health must carry ``authorization: Bearer <token>``
     auth: bool = False
+    #: the endpoint speaks TLS (the daemon's --tls-cert); dial it with a verified channel
+    tls: bool = False
     schema: int = LEASE_SCHEMA
 
     def to_json(self) -> str:
@@ -199,6 +201,7 @@ def parse_lease(text: str) -> LeaseRecord:
         state=state,
         model=model,
         auth=data.get("auth") is True,
+        tls=data.get("tls") is True,
     )
 
 

@@ -47,7 +47,7 @@ _STALE_REASONS = {
 class ProbeResult:
     state: ProbeState
     #: why stale (expired | corrupt | holder-dead) or unreachable (no-answer | other-instance |
-    #: not-serving); empty otherwise
+    #: not-serving | no-ca); empty otherwise
     reason: str
     detail: str
     lease: LeaseRecord | None
@@ -98,9 +98,14 @@ def probe(
     )
     if health and result.state is ProbeState.RUNNING and result.lease is not None:
         from ._health import check_endpoint  # grpc is imported only when asked to dial
+        from ._tls import find_tls_ca
 
         token = find_auth_token(root, None) if result.lease.auth else ""
-        problem = check_endpoint(result.lease, timeout_s=timeout_s, auth_token=token)
+        try:
+            ca = find_tls_ca(root, None) if result.lease.tls else None
+        except OSError as exc:
+            return ProbeResult(ProbeState.UNREACHABLE, "no-ca", str(exc), result.lease, None)
+        problem = check_endpoint(result.lease, timeout_s=timeout_s, auth_token=token, tls_ca=ca)
         if problem is not None:
             reason, detail = problem
             return ProbeResult(ProbeState.UNREACHABLE, reason, detail, result.lease, None)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from daemons import lease_json
+from daemons import Served, lease_json
 from served_models import BACKENDS
 from served_models import TINY as MODEL
 
@@ -79,16 +78,17 @@ def test_wrong_digest(client: Client) -> None:
         assert ok.info.facts.digest == right
 
 
-def test_missing_and_non_gguf_files(client: Client, tmp_path: Path) -> None:
+def test_missing_and_non_gguf_files(client: Client, served: Served) -> None:
+    models = served.root / "models"  # paths must lie in the model roots (test_model_paths.py)
     with pytest.raises(modeldconn.ModelNotFound):
-        client.open_session(ModelRef(path=str(tmp_path / "nope.gguf")))
+        client.open_session(ModelRef(path=str(models / "nope.gguf")))
     with pytest.raises(modeldconn.ModelNotFound, match="no model named"):
         client.open_session("no-such-model")
-    junk = tmp_path / "junk.gguf"
+    junk = models / "junk.gguf"
     junk.write_bytes(b"not a model at all" * 100)
     with pytest.raises(modeldconn.ModelLoadFailed, match="not a GGUF"):
         client.open_session(ModelRef(path=str(junk)))
-    truncated = tmp_path / "truncated.gguf"
+    truncated = models / "truncated.gguf"
     truncated.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x01" * 12)
     with pytest.raises(modeldconn.ModelLoadFailed):
         client.describe(ModelRef(path=str(truncated)))

@@ -194,12 +194,13 @@ def test_capabilities_are_pinned(client: Client, backend: str) -> None:
     with client.open_session(MODEL) as session:
         caps = session.info.capabilities
     # both drive the engine's KV directly: llama.cpp's per-sequence state, OpenVINO's paged
-    # KV blocks. Neither batches several sessions' decode steps, nor constrains by grammar.
+    # KV blocks. Only OpenVINO batches several sessions' decode steps (all sessions share its
+    # block pool; llama.cpp sessions own separate contexts). Neither constrains by grammar.
     assert caps == modeldconn.Capabilities(
         token_level_truncation=True,
         kv_copy_between_sessions=True,
         native_state_snapshot=True,
-        batched_decode=False,
+        batched_decode=backend == "openvino",
         chat_template=True,
         grammar=False,
     )

@@ -18,9 +18,10 @@ MODEL = "gemma3-270m"
 def _llama_reading(path: Path) -> dict[str, object]:
     """What llama.cpp itself says about the file, having loaded it."""
     ll = pytest.importorskip("llama_cpp")
+    from modeld.backends._llama import weight_params
+
     ll.llama_backend_init()
-    params = ll.llama_model_default_params()
-    model = ll.llama_model_load_from_file(str(path).encode(), params)
+    model = ll.llama_model_load_from_file(str(path).encode(), weight_params())
     vocab = ll.llama_model_get_vocab(model)
     buf = ctypes.create_string_buffer(256)
 
@@ -75,9 +76,10 @@ def test_describe_facts_equal_the_ggufs_own(client: modeldconn.Client) -> None:
 def test_kv_bytes_per_token_matches_the_engine(client: modeldconn.Client) -> None:
     """The state llama.cpp saves for a sequence grows by Describe's bytes per token."""
     ll = pytest.importorskip("llama_cpp")
+    from modeld.backends._llama import weight_params
+
     path = client.describe(MODEL).facts.path
-    params = ll.llama_model_default_params()
-    model = ll.llama_model_load_from_file(path.encode(), params)
+    model = ll.llama_model_load_from_file(path.encode(), weight_params())
     cparams = ll.llama_context_default_params()
     cparams.n_ctx, cparams.swa_full = 512, True
     ctx = ll.llama_init_from_model(model, cparams)

@@ -34,6 +34,7 @@ def test_every_reason_round_trips_through_a_status() -> None:
         "digest_mismatch",
         "model_not_found",
         "model_load_failed",
+        "model_path_forbidden",
         "invalid_argument",
         "overloaded",
         "unsupported_feature",

@@ -30,3 +30,10 @@ def test_units_run_modeld_serve_with_restart_on_failure() -> None:
         assert "modeld serve --backend llama --data-root" in text
         assert "Restart=on-failure" in text and "StateDirectory=modeld" in text
         assert "Type=notify" in text and "WatchdogSec=" in text
+
+
+def test_units_put_the_socket_in_their_runtime_directory() -> None:
+    for unit in (UNITS / "modeld.service", UNITS / "user" / "modeld.service"):
+        text = unit.read_text()
+        assert "RuntimeDirectory=modeld" in text and "RuntimeDirectoryMode=0700" in text
+        assert "--socket-dir %t/modeld" in text

@@ -123,6 +123,11 @@ class EngineModel(Protocol):
 
     def open_session(self, n_ctx: int) -> EngineSession: ...
 
+    def decode_batch(self, feeds: Sequence[tuple[EngineSession, int]]) -> None:
+        """Compute one token after each session's resident KV, all in one engine call; every
+        session's logits are current afterwards. Called only where the backend's capabilities
+        say ``batched_decode``. On failure no session's resident length changes."""
+
     def close(self) -> None: ...
 
 

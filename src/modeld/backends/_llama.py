@@ -24,12 +24,31 @@ from modeldconn._errors import (
 from ._base import Capabilities, EngineState, SamplingParams, check_room
 from ._facts import ModelFacts, ModelSpec
 
-__all__ = ["LlamaBackend"]
+__all__ = ["LlamaBackend", "cpu_has_amx", "weight_params"]
 
 _init_lock = threading.Lock()
 _initialised = False
 #: llama.cpp keeps a raw pointer to the log callback: it must outlive every call.
 _silent_log: Any = None
+
+
+def cpu_has_amx() -> bool:
+    """Intel AMX on this CPU (Linux): llama.cpp then places quantized weights in its AMX
+    buffers, whose matmul segfaults on Gemma 3 here (llama.cpp issue #20824, open)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            return any(line.startswith("flags") and " amx_tile" in line for line in cpuinfo)
+    except OSError:
+        return False
+
+
+def weight_params() -> Any:
+    """The model parameters modeld (and its benchmarks' llama.cpp baselines) load with: CPU
+    only; repacked weight buffers ("extra buffer types": AMX, CPU_REPACK) except on AMX CPUs."""
+    params = ll.llama_model_default_params()
+    params.n_gpu_layers = 0
+    params.use_extra_bufts = not cpu_has_amx()
+    return params
 
 
 def _init_llama_once() -> None:
@@ -272,6 +291,12 @@ class LlamaModel:
     def open_session(self, n_ctx: int) -> LlamaSession:
         return LlamaSession(self, n_ctx)
 
+    def decode_batch(self, feeds: Sequence[tuple[Any, int]]) -> None:
+        """Each session owns its context, so there is no one call for all: one at a time (the
+        capability says batched_decode is absent, and the daemon does not call this)."""
+        for session, token in feeds:
+            session.prefill([token])
+
     def close(self) -> None:
         if self.model:
             ll.llama_model_free(self.model)
@@ -297,13 +322,14 @@ class LlamaBackend:
             "engine": f"llama-cpp-python {ll.__version__}",
             "kv_type": "f16",
             "swa_full": True,
+            # repacked and plain weights give slightly different logits: a restored session
+            # continues exactly only on the same kind
+            "repacked_weights": not cpu_has_amx(),
         }
 
     def load(self, spec: ModelSpec) -> LlamaModel:
         _init_llama_once()
-        params = ll.llama_model_default_params()
-        params.n_gpu_layers = 0
-        model = ll.llama_model_load_from_file(str(spec.facts.path).encode(), params)
+        model = ll.llama_model_load_from_file(str(spec.facts.path).encode(), weight_params())
         if not model:
             raise ModelLoadFailed(f"llama.cpp could not load {spec.facts.path}")
         return LlamaModel(spec.facts, model, self.n_threads, self.n_batch)

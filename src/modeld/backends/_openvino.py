@@ -174,7 +174,7 @@ class OpenVinoSession:
         self.blocks: list[int] = []
         self._logits: np.ndarray | None = None  # of the last resident token, when current
 
-    def _hold_blocks_for(self, tokens: int) -> None:
+    def hold_blocks_for(self, tokens: int) -> None:
         missing = math.ceil(tokens / BLOCK_SIZE) - len(self.blocks)
         if missing > 0:
             self.blocks.extend(self.model.pool.take(missing))
@@ -195,15 +195,23 @@ class OpenVinoSession:
             return
         check_room(self.kv_len, len(tokens), self.n_ctx)
         start = self.kv_len
-        self._hold_blocks_for(start + len(tokens))
+        self.hold_blocks_for(start + len(tokens))
         try:
-            self._logits = self.model.forward(tokens, start, self.blocks)
+            (logits,) = self.model.forward([(tokens, start, self.blocks)])
         except RuntimeError as exc:
-            # what the call wrote past `start` is never attended to: the length bounds reads
-            self._logits = None
-            self._release_blocks_past(start)
+            self.undo_past(start)
             raise SessionFatal(f"OpenVINO inference failed: {exc}") from None
-        self.kv_len = start + len(tokens)
+        self.accept(logits, start + len(tokens))
+
+    def undo_past(self, start: int) -> None:
+        """After a failed inference: what it wrote past ``start`` is never attended to (the
+        length bounds reads); the blocks held for it go back."""
+        self._logits = None
+        self._release_blocks_past(start)
+
+    def accept(self, logits: np.ndarray, kv_len: int) -> None:
+        self._logits = logits
+        self.kv_len = kv_len
 
     def logits_current(self) -> bool:
         return self._logits is not None and self.kv_len > 0
@@ -229,7 +237,7 @@ class OpenVinoSession:
     def load_state(self, state: EngineState) -> None:
         self.truncate(0)
         if state.kv_len:
-            self._hold_blocks_for(state.kv_len)
+            self.hold_blocks_for(state.kv_len)
             try:
                 with np.load(io.BytesIO(state.kv), allow_pickle=False) as saved:
                     self.model.pool.write(self.blocks, saved)
@@ -268,22 +276,47 @@ class OpenVinoModel:
         self._pieces: dict[int, bytes] = {}
         self._eog = sorted({*facts.eos_token_ids, int(tokenizer.get_eos_token_id())} - {-1})
 
-    def forward(self, tokens: Sequence[int], past: int, blocks: Sequence[int]) -> np.ndarray:
-        """Compute ``tokens`` after ``past`` resident ones in ``blocks``; the last row's logits."""
-        count = len(tokens)
+    def forward(self, runs: Sequence[tuple[Sequence[int], int, Sequence[int]]]) -> np.ndarray:
+        """One inference over several sequences, each ``(tokens, past, blocks)``: compute
+        ``tokens`` after ``past`` resident ones in ``blocks``. Returns each run's last-row
+        logits, one row per run."""
+        counts = [len(tokens) for tokens, _, _ in runs]
+        ends = np.cumsum(counts)
         self.request.infer(
             {
-                "input_ids": np.asarray(tokens, np.int64),
-                "position_ids": np.arange(past, past + count, dtype=np.int64),
-                "max_context_len": np.array(past + count, np.int32),
-                "past_lens": np.array([past], np.int32),
-                "subsequence_begins": np.array([0, count], np.int32),
-                "block_indices_begins": np.array([0, len(blocks)], np.int32),
-                "block_indices": np.asarray(blocks, np.int32),
-                "logits_indices": np.array([count - 1], np.int64),
+                "input_ids": np.concatenate([np.asarray(t, np.int64) for t, _, _ in runs]),
+                "position_ids": np.concatenate(
+                    [np.arange(past, past + len(t), dtype=np.int64) for t, past, _ in runs]
+                ),
+                "max_context_len": np.array(max(p + len(t) for t, p, _ in runs), np.int32),
+                "past_lens": np.array([past for _, past, _ in runs], np.int32),
+                "subsequence_begins": np.concatenate([[0], ends]).astype(np.int32),
+                "block_indices_begins": np.concatenate(
+                    [[0], np.cumsum([len(blocks) for _, _, blocks in runs])]
+                ).astype(np.int32),
+                "block_indices": np.concatenate(
+                    [np.asarray(blocks, np.int32) for _, _, blocks in runs]
+                ),
+                "logits_indices": (ends - 1).astype(np.int64),
             }
         )
-        return np.array(self.request.get_tensor("logits").data, dtype=np.float32).reshape(-1)
+        logits = self.request.get_tensor("logits").data
+        return np.array(logits, dtype=np.float32).reshape(len(runs), -1)
+
+    def decode_batch(self, feeds: Sequence[tuple[Any, int]]) -> None:
+        """One token for each session in one inference: each a subsequence of the paged batch."""
+        runs: list[tuple[OpenVinoSession, int]] = list(feeds)
+        for session, _ in runs:
+            check_room(session.kv_len, 1, session.n_ctx)
+            session.hold_blocks_for(session.kv_len + 1)
+        try:
+            rows = self.forward([([token], s.kv_len, s.blocks) for s, token in runs])
+        except RuntimeError as exc:
+            for session, _ in runs:
+                session.undo_past(session.kv_len)
+            raise SessionFatal(f"OpenVINO inference failed: {exc}") from None
+        for (session, _), row in zip(runs, rows, strict=True):
+            session.accept(row, session.kv_len + 1)
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         encoded = self.tokenizer.encode(text, add_special_tokens=add_special)
@@ -369,9 +402,9 @@ class OpenVinoBackend:
     name = "openvino"
     capabilities = Capabilities(
         token_level_truncation=True,  # the state variables are sliced at any token
-        kv_copy_between_sessions=True,  # state tensors copied from one request to another
-        native_state_snapshot=True,  # the state tensors themselves, saved and set back
-        batched_decode=False,
+        kv_copy_between_sessions=True,  # KV blocks copied within the pool
+        native_state_snapshot=True,  # the session's KV blocks, saved and written back
+        batched_decode=True,  # one inference, one paged subsequence per decoding session
         chat_template=True,
         grammar=False,
     )

@@ -32,7 +32,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("instance_id", "protocol", "min_protocol", "backend", "version", "state", "pid", "host", "endpoint", "uptime_s", "sessions_open", "models", "prefix_shares", "prefix_shared_tokens", "sessions_live", "sessions_parked", "parked_ram_bytes", "parked_disk_bytes", "parks", "restores", "max_live_sessions", "queue_depth", "clients_attached", "sessions_reaped", "prefix_hits", "prefix_misses", "model_loads")
+    __slots__ = ("instance_id", "protocol", "min_protocol", "backend", "version", "state", "pid", "host", "endpoint", "uptime_s", "sessions_open", "models", "prefix_shares", "prefix_shared_tokens", "sessions_live", "sessions_parked", "parked_ram_bytes", "parked_disk_bytes", "parks", "restores", "max_live_sessions", "queue_depth", "clients_attached", "sessions_reaped", "prefix_hits", "prefix_misses", "model_loads", "decode_calls", "decode_rows")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     MIN_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,8 @@ class StatusResponse(_message.Message):
     PREFIX_HITS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_MISSES_FIELD_NUMBER: _ClassVar[int]
     MODEL_LOADS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_CALLS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_ROWS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     protocol: int
     min_protocol: int
@@ -87,7 +89,9 @@ class StatusResponse(_message.Message):
     prefix_hits: int
     prefix_misses: int
     model_loads: int
-    def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ..., prefix_shares: _Optional[int] = ..., prefix_shared_tokens: _Optional[int] = ..., sessions_live: _Optional[int] = ..., sessions_parked: _Optional[int] = ..., parked_ram_bytes: _Optional[int] = ..., parked_disk_bytes: _Optional[int] = ..., parks: _Optional[int] = ..., restores: _Optional[int] = ..., max_live_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., clients_attached: _Optional[int] = ..., sessions_reaped: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., prefix_misses: _Optional[int] = ..., model_loads: _Optional[int] = ...) -> None: ...
+    decode_calls: int
+    decode_rows: int
+    def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ..., prefix_shares: _Optional[int] = ..., prefix_shared_tokens: _Optional[int] = ..., sessions_live: _Optional[int] = ..., sessions_parked: _Optional[int] = ..., parked_ram_bytes: _Optional[int] = ..., parked_disk_bytes: _Optional[int] = ..., parks: _Optional[int] = ..., restores: _Optional[int] = ..., max_live_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., clients_attached: _Optional[int] = ..., sessions_reaped: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., prefix_misses: _Optional[int] = ..., model_loads: _Optional[int] = ..., decode_calls: _Optional[int] = ..., decode_rows: _Optional[int] = ...) -> None: ...
 
 class LoadedModelStatus(_message.Message):
     __slots__ = ("name", "digest", "path", "sessions", "weights_loaded")
