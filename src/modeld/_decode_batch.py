@@ -41,12 +41,15 @@ def _pending(session: Decoding) -> EngineSession | None:
 def feeds_for(
     turn: Decoding, others: Iterable[Decoding], max_rows: int
 ) -> list[tuple[EngineSession, int]]:
-    """``turn``'s pending token first, then up to ``max_rows - 1`` other sessions' pending ones."""
+    """``turn``'s pending token first, then up to ``max_rows - 1`` pending ones of other
+    sessions in its batch group."""
     assert turn.engine is not None
+    group = turn.engine.batch_group
     feeds = [(turn.engine, turn.tape[-1])]
     for other in others:
         if len(feeds) >= max_rows:
             break
-        if other is not turn and (engine := _pending(other)) is not None:
+        engine = _pending(other) if other is not turn else None
+        if engine is not None and engine.batch_group is group:
             feeds.append((engine, other.tape[-1]))
     return feeds

@@ -73,6 +73,7 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
                 path=str(m.spec.facts.path),
                 sessions=m.sessions,
                 weights_loaded=m.engine is not None,
+                decode_batch_rows=m.engine.max_decode_rows if m.engine is not None else 0,
             )
             for m in self._sessions.loaded_models()
         ]

@@ -61,8 +61,6 @@ T = TypeVar("T")
 DEFAULT_N_CTX = 4096
 #: how long an operation waits for the session's previous one before session_busy
 BUSY_GRACE_S = 0.25
-#: most sessions' tokens one batched decode call computes
-MAX_DECODE_ROWS = 32
 #: how long a call waits for a live context when every live session is busy
 ROOM_WAIT_S = 120.0
 #: a prefix held by another session is copied (a few ms) rather than computed (~1.4 ms a token on
@@ -753,8 +751,9 @@ class SessionManager:
     def _compute_sampled(self, session: Session, model: EngineModel) -> None:
         """Worker: compute ``session``'s last sampled token; where the backend batches, in one
         engine call with every other decoding session's (see ``_decode_batch``)."""
-        peers = self._sessions.values() if self._backend.capabilities.batched_decode else ()
-        feeds = feeds_for(session, (p for p in peers if p.model is session.model), MAX_DECODE_ROWS)
+        rows = model.max_decode_rows if self._backend.capabilities.batched_decode else 1
+        peers = self._sessions.values() if rows > 1 else ()
+        feeds = feeds_for(session, peers, rows)
         if len(feeds) == 1:
             engine, token = feeds[0]
             engine.prefill([token])

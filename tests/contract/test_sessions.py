@@ -190,17 +190,17 @@ def test_both_backends_agree_on_the_same_file(served: Served, backend: str) -> N
     assert out.token_ids == EXPECTED_GREEDY, backend
 
 
-def test_capabilities_are_pinned(client: Client, backend: str) -> None:
+def test_capabilities_are_pinned(client: Client) -> None:
     with client.open_session(MODEL) as session:
         caps = session.info.capabilities
     # both drive the engine's KV directly: llama.cpp's per-sequence state, OpenVINO's paged
-    # KV blocks. Only OpenVINO batches several sessions' decode steps (all sessions share its
-    # block pool; llama.cpp sessions own separate contexts). Neither constrains by grammar.
+    # KV blocks; both batch several sessions' decode steps (how many rows at once: Status,
+    # tested in test_batched_decode.py). Neither constrains by grammar.
     assert caps == modeldconn.Capabilities(
         token_level_truncation=True,
         kv_copy_between_sessions=True,
         native_state_snapshot=True,
-        batched_decode=backend == "openvino",
+        batched_decode=True,
         chat_template=True,
         grammar=False,
     )

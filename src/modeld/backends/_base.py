@@ -84,6 +84,8 @@ class EngineSession(Protocol):
     n_ctx: int
     #: tokens whose KV is resident, in tape order
     kv_len: int
+    #: sessions with the same group can have their decode steps computed in one engine call
+    batch_group: object
 
     def truncate(self, keep: int) -> None:
         """Drop KV past the first ``keep`` tokens."""
@@ -108,6 +110,8 @@ class EngineModel(Protocol):
     facts: ModelFacts
     n_threads: int
     n_batch: int
+    #: most sessions' tokens one decode_batch call computes (1: it is never called)
+    max_decode_rows: int
 
     def tokenize(self, text: str, add_special: bool) -> list[int]: ...
 
@@ -125,8 +129,8 @@ class EngineModel(Protocol):
 
     def decode_batch(self, feeds: Sequence[tuple[EngineSession, int]]) -> None:
         """Compute one token after each session's resident KV, all in one engine call; every
-        session's logits are current afterwards. Called only where the backend's capabilities
-        say ``batched_decode``. On failure no session's resident length changes."""
+        session's logits are current afterwards. The sessions share one ``batch_group``, at most
+        ``max_decode_rows`` of them. On failure no session's resident length changes."""
 
     def close(self) -> None: ...
 

@@ -1,8 +1,10 @@
 """The llama.cpp backend, on llama-cpp-python's low-level (ctypes) API.
 
-Each session owns a llama_context over the shared model weights: its KV cache, logits and batch
-are private, so one session's work never disturbs another's. Sampling runs in llama.cpp's native
-sampler chain; Python only sees the chosen token id.
+Each session is a sequence of a llama_context shared with a few other sessions of the same
+model and context size (a *lane*, see ``_llama_lane``): its KV stream is its own, so one
+session's work never changes another's numbers, and their decode steps can share one
+llama_decode. Sampling runs in llama.cpp's native sampler chain; Python only sees the chosen
+token id.
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ from modeldconn._errors import (
 
 from ._base import Capabilities, EngineState, SamplingParams, check_room
 from ._facts import ModelFacts, ModelSpec
+from ._llama_lane import Lane, exact_decode_rows
 
 __all__ = ["LlamaBackend", "cpu_has_amx", "weight_params"]
 
+#: sessions of one model and context size share a llama.cpp context, this many at most (fewer
+#: where batching them would not be exact): four rows decode at 2.6x one row's rate here
+SEQUENCES_PER_CONTEXT = 4
 _init_lock = threading.Lock()
 _initialised = False
 #: llama.cpp keeps a raw pointer to the log callback: it must outlive every call.
@@ -64,7 +70,6 @@ def _init_llama_once() -> None:
 
 class _LlamaSampler:
     def __init__(self, session: LlamaSession, params: SamplingParams, history: Sequence[int]):
-        self._ctx = session.ctx
         self._session = session
         model = session.model
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
@@ -100,17 +105,21 @@ class _LlamaSampler:
                 ll.llama_sampler_accept(chain, token)
 
     def sample(self) -> int:
-        restored = self._session.restored_logits
-        if restored is None:
-            return int(ll.llama_sampler_sample(self._chain, self._ctx, -1))
-        # The context has no logits of its own yet: run the same chain over the saved ones,
-        # as llama_sampler_sample does over the context's.
-        self._session.restored_logits = None
-        vocab = self._session.model.facts.vocab_size
+        session = self._session
+        row = session.logits_row()
+        if row is not None:
+            return int(ll.llama_sampler_sample(self._chain, session.lane.ctx, row))
+        # The logits are a copy (restored from a saved state, or kept when the shared context
+        # decoded for a neighbour): run the same chain over them, as llama_sampler_sample does
+        # over the context's.
+        saved = session.saved_logits
+        if saved is None:
+            raise SessionFatal("no logits for the last resident token")
+        vocab = session.model.facts.vocab_size
         candidates = (ll.llama_token_data * vocab)()
         view = np.ctypeslib.as_array(candidates)
         view["id"] = np.arange(vocab, dtype=np.int32)
-        view["logit"] = np.frombuffer(restored, dtype=np.float32, count=vocab)
+        view["logit"] = saved[:vocab]
         view["p"] = 0.0
         array = ll.llama_token_data_array(data=candidates, size=vocab, selected=-1, sorted=False)
         ll.llama_sampler_apply(self._chain, ctypes.byref(array))
@@ -125,87 +134,88 @@ class _LlamaSampler:
 
 
 class LlamaSession:
-    def __init__(self, model: LlamaModel, n_ctx: int) -> None:
+    """One sequence of a shared context (a lane): its KV stream, its logits, its length."""
+
+    def __init__(self, model: LlamaModel, lane: Lane, n_ctx: int) -> None:
         self.model = model
+        self.lane = lane
+        self.batch_group: object = lane
+        self.seq = lane.take()
         self.n_ctx = n_ctx
-        params = ll.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = params.n_ubatch = min(model.n_batch, n_ctx)
-        params.n_seq_max = 1
-        params.n_threads = params.n_threads_batch = model.n_threads
-        # Full-size sliding-window KV, so the tape can be truncated at any token.
-        params.swa_full = True
-        params.no_perf = True
-        self.ctx = ll.llama_init_from_model(model.model, params)
-        if not self.ctx:
-            raise SessionFatal(f"llama.cpp could not create a context of {n_ctx} tokens")
-        self._memory = ll.llama_get_memory(self.ctx)
-        self._batch_size = int(params.n_batch)
-        self._batch = ll.llama_batch_init(self._batch_size, 0, 1)
         self.kv_len = 0
-        self._logits_for = -1  # kv_len at which the context's logits were produced
-        #: logits carried over by load_state; the context itself has none until it computes
-        self.restored_logits: bytes | None = None
+        self._logits_for = -1  # kv_len at which this session's logits were produced
+        #: a copy of the current logits when the context no longer holds them
+        self.saved_logits: np.ndarray | None = None
+
+    def keep_logits(self, row: np.ndarray) -> None:
+        self.saved_logits = row
+
+    def logits_row(self) -> int | None:
+        """The context's output row holding this session's current logits, if it still does."""
+        return self.lane.logits_row(self) if self.logits_current() else None
+
+    def _drop_logits(self) -> None:
+        self.lane.forget(self)
+        self.saved_logits = None
+        self._logits_for = -1
 
     def truncate(self, keep: int) -> None:
         if keep < self.kv_len:
-            ll.llama_memory_seq_rm(self._memory, 0, keep, -1)
+            ll.llama_memory_seq_rm(self.lane.memory, self.seq, keep, -1)
             self.kv_len = keep
-            self.restored_logits = None
+            self._drop_logits()
 
     def prefill(self, tokens: Sequence[int]) -> None:
         check_room(self.kv_len, len(tokens), self.n_ctx)
         start = self.kv_len
-        batch = self._batch
-        self.restored_logits = None
-        for offset in range(0, len(tokens), self._batch_size):
-            chunk = tokens[offset : offset + self._batch_size]
-            batch.n_tokens = len(chunk)
-            for i, token in enumerate(chunk):
-                batch.token[i] = token
-                batch.pos[i] = self.kv_len + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = False
-            batch.logits[len(chunk) - 1] = offset + len(chunk) == len(tokens)
-            status = ll.llama_decode(self.ctx, batch)
+        self._drop_logits()
+        size = self.lane.batch_size
+        for offset in range(0, len(tokens), size):
+            chunk = tokens[offset : offset + size]
+            last = offset + len(chunk) == len(tokens)
+            rows = [
+                (token, self.kv_len + i, self.seq, last and i == len(chunk) - 1)
+                for i, token in enumerate(chunk)
+            ]
+            status = self.lane.decode(rows, [self] if last else [])
             if status != 0:
                 # leave the KV exactly as it was before this call
-                ll.llama_memory_seq_rm(self._memory, 0, start, -1)
+                ll.llama_memory_seq_rm(self.lane.memory, self.seq, start, -1)
                 self.kv_len = start
-                self._logits_for = -1
+                self._drop_logits()
                 raise SessionFatal(f"llama_decode failed with status {status}")
             self.kv_len += len(chunk)
         self._logits_for = self.kv_len
 
+    def computed_one(self) -> None:
+        """After a batched step computed one token for this session (its row is current)."""
+        self.saved_logits = None
+        self.kv_len += 1
+        self._logits_for = self.kv_len
+
     def save_state(self) -> EngineState:
         """The resident KV via llama.cpp's per-sequence state functions, plus current logits."""
-        size = ll.llama_state_seq_get_size(self.ctx, 0)
-        buffer = (ctypes.c_uint8 * size)()
-        written = ll.llama_state_seq_get_data(self.ctx, buffer, size, 0)
         logits = None
         if self.logits_current():
-            logits = ctypes.string_at(self._last_logits(), 4 * self.model.facts.vocab_size)
-        return EngineState(ctypes.string_at(buffer, written), self.kv_len, logits)
+            row = self.logits_row()
+            if row is not None:
+                logits = ctypes.string_at(
+                    self.lane.row_pointer(row), 4 * self.model.facts.vocab_size
+                )
+            elif self.saved_logits is not None:
+                logits = self.saved_logits.astype(np.float32).tobytes()
+        return EngineState(self.lane.save(self.seq), self.kv_len, logits)
 
     def load_state(self, state: EngineState) -> None:
-        ll.llama_memory_seq_rm(self._memory, 0, -1, -1)
+        ll.llama_memory_seq_rm(self.lane.memory, self.seq, -1, -1)
         self.kv_len = 0
-        self._logits_for = -1
-        self.restored_logits = None
-        if state.kv_len:
-            buffer = (ctypes.c_uint8 * len(state.kv)).from_buffer_copy(state.kv)
-            if ll.llama_state_seq_set_data(self.ctx, buffer, len(state.kv), 0) == 0:
-                raise SessionFatal("llama.cpp refused the saved state")
+        self._drop_logits()
+        if state.kv_len and not self.lane.load(self.seq, state.kv):
+            raise SessionFatal("llama.cpp refused the saved state")
         self.kv_len = state.kv_len
         if state.logits is not None:
-            self.restored_logits = state.logits
+            self.saved_logits = np.frombuffer(state.logits, dtype=np.float32).copy()
             self._logits_for = self.kv_len
-
-    def _last_logits(self) -> Any:
-        if self.restored_logits is not None:
-            return self.restored_logits
-        return ll.llama_get_logits_ith(self.ctx, -1)
 
     def logits_current(self) -> bool:
         return self._logits_for == self.kv_len and self.kv_len > 0
@@ -214,16 +224,21 @@ class LlamaSession:
         return _LlamaSampler(self, params, history)
 
     def close(self) -> None:
-        if self.ctx:
-            ll.llama_batch_free(self._batch)
-            ll.llama_free(self.ctx)
-            self.ctx = None
+        if self.seq >= 0:
+            self.lane.forget(self)
+            self.model.leave_lane(self.lane, self.seq)
+            self.seq = -1
 
 
 class LlamaModel:
     def __init__(self, facts: ModelFacts, model: Any, n_threads: int, n_batch: int) -> None:
         self.facts = facts
         self.model = model
+        #: sessions per context, and so rows per batched decode step: as many as are exact
+        self.max_decode_rows = exact_decode_rows(
+            model, facts.vocab_size, SEQUENCES_PER_CONTEXT, n_threads
+        )
+        self._lanes: dict[int, list[Lane]] = {}
         self.vocab = ll.llama_model_get_vocab(model)
         self.n_threads = n_threads
         self.n_batch = n_batch
@@ -289,15 +304,49 @@ class LlamaModel:
             capacity = count
 
     def open_session(self, n_ctx: int) -> LlamaSession:
-        return LlamaSession(self, n_ctx)
+        lanes = self._lanes.setdefault(n_ctx, [])
+        lane = next((lane for lane in lanes if lane.has_room), None)
+        if lane is None:
+            lane = Lane(
+                self.model,
+                self.facts.vocab_size,
+                n_ctx,
+                self.max_decode_rows,
+                self.n_batch,
+                self.n_threads,
+            )
+            lanes.append(lane)
+        return LlamaSession(self, lane, n_ctx)
+
+    def leave_lane(self, lane: Lane, seq: int) -> None:
+        lane.give_back(seq)
+        if lane.empty:  # its KV memory goes back as soon as nobody uses it
+            self._lanes[lane.n_ctx].remove(lane)
+            lane.close()
 
     def decode_batch(self, feeds: Sequence[tuple[Any, int]]) -> None:
-        """Each session owns its context, so there is no one call for all: one at a time (the
-        capability says batched_decode is absent, and the daemon does not call this)."""
-        for session, token in feeds:
-            session.prefill([token])
+        """One token for each session of one lane, in one llama_decode."""
+        sessions: list[LlamaSession] = [session for session, _ in feeds]
+        lane = sessions[0].lane
+        assert all(s.lane is lane for s in sessions) and len(sessions) <= self.max_decode_rows
+        for session in sessions:
+            check_room(session.kv_len, 1, session.n_ctx)
+        rows = [
+            (token, s.kv_len, s.seq, True) for s, (_, token) in zip(sessions, feeds, strict=True)
+        ]
+        status = lane.decode(rows, sessions)
+        if status != 0:
+            for session in sessions:
+                ll.llama_memory_seq_rm(lane.memory, session.seq, session.kv_len, -1)
+            raise SessionFatal(f"llama_decode failed with status {status}")
+        for session in sessions:
+            session.computed_one()
 
     def close(self) -> None:
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                lane.close()
+        self._lanes.clear()
         if self.model:
             ll.llama_model_free(self.model)
             self.model = None
@@ -307,9 +356,11 @@ class LlamaBackend:
     name = "llama"
     capabilities = Capabilities(
         token_level_truncation=True,
-        kv_copy_between_sessions=True,  # per-sequence state copied between the sessions' contexts
+        kv_copy_between_sessions=True,  # per-sequence state copied between sessions
         native_state_snapshot=True,  # per-sequence state, saved to files and restored
-        batched_decode=False,
+        # sessions of one context decode in one llama_decode, as many as are exact (measured
+        # at load: LoadedModelStatus.decode_batch_rows; 1 means not here)
+        batched_decode=True,
         chat_template=True,
         grammar=False,
     )

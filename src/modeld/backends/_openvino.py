@@ -44,6 +44,8 @@ IR_MODEL = "openvino_model.xml"
 #: tokens per KV block: the CPU plugin's paged-attention block size
 BLOCK_SIZE = 32
 _FIRST_POOL_BLOCKS = 64
+#: sessions' decode steps one inference computes at most
+MAX_DECODE_ROWS = 16
 _gguf_lock = threading.Lock()
 
 
@@ -171,6 +173,7 @@ class OpenVinoSession:
         self.model = model
         self.n_ctx = n_ctx
         self.kv_len = 0
+        self.batch_group: object = model  # every session of a model lives in its block pool
         self.blocks: list[int] = []
         self._logits: np.ndarray | None = None  # of the last resident token, when current
 
@@ -268,6 +271,7 @@ class OpenVinoModel:
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.pool = _BlockPool(compiled, self.request)
+        self.max_decode_rows = MAX_DECODE_ROWS
         self.tokenizer = tokenizer
         self.n_threads = n_threads
         self.n_batch = n_batch
