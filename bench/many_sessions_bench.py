@@ -1,7 +1,7 @@
 """Many sessions on one model: modeld side by side with the raw engine, in one run.
 
-    .venv/bin/python bench/many_sessions_bench.py [--tokens 64] [--turns 10]
-    .venv/bin/python bench/many_sessions_bench.py --backend openvino [--tokens 64]
+    .venv/bin/python bench/many_sessions_bench.py [--tokens 64] [--turns 10] [--reps 3]
+    .venv/bin/python bench/many_sessions_bench.py --backend openvino [--tokens 64] [--reps 3]
 
 aggregate  decode tok/s with N = 1, 2, 4, 8 sessions decoding at once through modeldconn, next to
            the raw engine decoding N sequences in one batch: llama.cpp (one llama_decode per
@@ -187,6 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--reps", type=int, default=3, help="runs per N, medians reported")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--backend", choices=["llama", "openvino"], default="llama")
     args = parser.parse_args()
@@ -204,14 +205,26 @@ def main() -> None:
             if args.backend == "openvino"
             else RawBatch(path, args.threads)
         )
-        single = raw.aggregate(1, args.tokens)
+        single = 0.0
         for n in (1, 2, 4, 8):
-            ours = modeld_aggregate(client, n, args.tokens)
-            theirs = raw.aggregate(n, args.tokens)
+            modeld_aggregate(client, n, 8)  # warm-ups: first use of each batch shape
+            raw.aggregate(n, 8)
+            ours_runs, theirs_runs = [], []
+            for _ in range(args.reps):  # interleaved, so drift hits both sides alike
+                ours_runs.append(modeld_aggregate(client, n, args.tokens))
+                theirs_runs.append(raw.aggregate(n, args.tokens))
+            ours, theirs = statistics.median(ours_runs), statistics.median(theirs_runs)
+            single = single or theirs
             result[f"n{n}"] = {
                 "modeld_tok_s": round(ours, 1),
+                "modeld_range": [round(min(ours_runs), 1), round(max(ours_runs), 1)],
                 "raw_batched_tok_s": round(theirs, 1),
+                "raw_range": [round(min(theirs_runs), 1), round(max(theirs_runs), 1)],
                 "modeld_over_raw": round(ours / theirs, 3),
+                "modeld_over_raw_pairs": round(
+                    statistics.median(o / t for o, t in zip(ours_runs, theirs_runs, strict=True)),
+                    3,
+                ),
                 "raw_over_raw_single": round(theirs / single, 3),
                 "modeld_over_raw_single": round(ours / single, 3),
             }

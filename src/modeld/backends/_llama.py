@@ -326,6 +326,9 @@ class LlamaModel:
 
     def decode_batch(self, feeds: Sequence[tuple[Any, int]]) -> None:
         """One token for each session of one lane, in one llama_decode."""
+        # in sequence order: the same four rows out of order took 50 ms a step instead of 31
+        # (measured here; the raw engine's batches are always in order)
+        feeds = sorted(feeds, key=lambda feed: int(feed[0].seq))
         sessions: list[LlamaSession] = [session for session, _ in feeds]
         lane = sessions[0].lane
         assert all(s.lane is lane for s in sessions) and len(sessions) <= self.max_decode_rows
