@@ -116,14 +116,16 @@ class RawBatch:
 class RawOpenVinoBatch:
     """openvino-genai's continuous batching on the same IR: N prompts in one generate call."""
 
-    def __init__(self, ir: str, threads: int) -> None:
+    def __init__(self, ir: str, threads: int, precision: str) -> None:
         import openvino_genai as ov_genai
 
         self.genai = ov_genai
         scheduler = ov_genai.SchedulerConfig()
         scheduler.cache_size = 1  # GB of KV: ample for 8 short sequences
         # the daemon's defaults: the device's inference precision, 16-bit KV
-        props = {"KV_CACHE_PRECISION": "f16", "INFERENCE_NUM_THREADS": threads}
+        props: dict[str, Any] = {"KV_CACHE_PRECISION": "f16", "INFERENCE_NUM_THREADS": threads}
+        if precision:  # the same --precision as modeld's
+            props["INFERENCE_PRECISION_HINT"] = precision
         self.pipe = ov_genai.ContinuousBatchingPipeline(ir, scheduler, "CPU", props)
 
     def _run(self, n: int, tokens: int) -> float:
@@ -133,7 +135,9 @@ class RawOpenVinoBatch:
         t0 = time.perf_counter()
         results = self.pipe.generate([prompt(i) for i in range(n)], [config] * n)
         elapsed = time.perf_counter() - t0
-        assert all(len(r.m_generation_ids[0]) == tokens for r in results)
+        # the pipeline's perf metrics count the whole batch's tokens
+        generated = results[0].perf_metrics.get_num_generated_tokens()
+        assert generated == n * tokens, (generated, n * tokens)
         return elapsed
 
     def aggregate(self, n: int, tokens: int) -> float:
@@ -190,6 +194,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="runs per N, medians reported")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--backend", choices=["llama", "openvino"], default="llama")
+    parser.add_argument(
+        "--decode-batch-rows", type=int, default=0, help="modeld's (0: as many as are exact)"
+    )
+    parser.add_argument("--precision", default="", help="openvino: modeld's --precision")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mdbench-"))
     result: dict[str, Any] = {
@@ -197,11 +205,19 @@ def main() -> None:
         "threads": args.threads,
     }
     try:
-        daemon = start_daemon(root, "--threads", str(args.threads), backend=args.backend)
+        daemon = start_daemon(
+            root,
+            "--threads",
+            str(args.threads),
+            "--decode-batch-rows",
+            str(args.decode_batch_rows),
+            *(["--precision", args.precision] if args.precision else []),
+            backend=args.backend,
+        )
         client = modeldconn.Client(data_root=root)
         path = client.describe(MODEL).facts.path
         raw: RawBatch | RawOpenVinoBatch = (
-            RawOpenVinoBatch(path, args.threads)
+            RawOpenVinoBatch(path, args.threads, args.precision)
             if args.backend == "openvino"
             else RawBatch(path, args.threads)
         )
@@ -232,10 +248,14 @@ def main() -> None:
         result["modeld_decode_rows_per_call"] = round(
             status.decode_rows / max(1, status.decode_calls), 2
         )
+        (model,) = status.models
+        result["modeld_batch_rows"] = model.decode_batch_rows
+        result["modeld_batch_exact"] = model.decode_batch_exact
         client.close()
         stop_daemon(daemon)
         if args.backend == "openvino":
-            finish(result, "many_sessions_openvino")
+            suffix = f"_{args.precision}" if args.precision else ""
+            finish(result, f"many_sessions_openvino{suffix}")
             return
         daemon = start_daemon(root, "--threads", str(args.threads), "--max-live-sessions", "4")
         client = modeldconn.Client(data_root=root)

@@ -91,6 +91,15 @@ def cli() -> None:
     "f32 gives llama.cpp's greedy tokens on the same GGUF).",
 )
 @click.option(
+    "--decode-batch-rows",
+    type=click.IntRange(min=0, max=16),
+    default=0,
+    show_default=True,
+    help="Sessions' decode steps computed per engine call. 0: as many as give every session "
+    "exactly its solo logits (measured at model load); more trades that for throughput "
+    "(Status says decode_batch_exact: false).",
+)
+@click.option(
     "--memory-limit",
     default="0",
     help="Cap on weights + KV, e.g. 800MB or 4GiB (0: free memory less 256 MiB).",
@@ -175,6 +184,7 @@ def serve(
     allow_model_roots: tuple[Path, ...],
     threads: int,
     precision: str,
+    decode_batch_rows: int,
     memory_limit: str,
     max_live_sessions: int,
     park_ram: str,
@@ -221,6 +231,7 @@ def serve(
         allowed_model_roots=allow_model_roots,
         threads=threads,
         precision="" if precision == "default" else precision,
+        decode_batch_rows=decode_batch_rows,
         memory_limit_bytes=limit or 0,
         max_live_sessions=max_live_sessions,
         park_ram_bytes=park_ram_bytes or 0,
@@ -381,6 +392,9 @@ def status(data_root: Path | None, as_json: bool) -> None:
         click.echo(
             f"model      {loaded.name} ({loaded.digest[:12]}), {loaded.sessions} sessions{weights}"
         )
+        if loaded.weights_loaded:
+            exact = "exact" if loaded.decode_batch_exact else "NOT bit-exact: --decode-batch-rows"
+            click.echo(f"           decode batches of up to {loaded.decode_batch_rows} ({exact})")
 
 
 def main() -> None:

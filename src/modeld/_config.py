@@ -35,6 +35,8 @@ class ServeSettings:
     threads: int = 0
     #: openvino inference precision hint; empty: the device's default
     precision: str = ""
+    #: sessions' decode steps per engine call; 0: as many as give bit-identical results
+    decode_batch_rows: int = 0
     #: cap on what weights and KV may use, bytes (0: free memory less a reserve)
     memory_limit_bytes: int = 0
     #: sessions holding an engine context at once; more are parked (KV saved, context freed)

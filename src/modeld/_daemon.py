@@ -193,6 +193,7 @@ async def serve(settings: ServeSettings) -> int:
             n_threads=settings.threads or os.cpu_count() or 1,
             cache_dir=root / "cache",
             precision=settings.precision,
+            batch_rows=settings.decode_batch_rows,
         ),
         worker=worker,
         budget=MemoryBudget(limit_bytes=settings.memory_limit_bytes),

@@ -74,6 +74,7 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
                 sessions=m.sessions,
                 weights_loaded=m.engine is not None,
                 decode_batch_rows=m.engine.max_decode_rows if m.engine is not None else 0,
+                decode_batch_exact=m.engine is None or m.engine.decode_batch_exact,
             )
             for m in self._sessions.loaded_models()
         ]

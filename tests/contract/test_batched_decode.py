@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from daemons import Served
+from daemons import Served, stop_served
 from served_models import TINY as MODEL
+from served_models import serve_tiny
 
 from modeldconn import Client, Session
 
@@ -117,3 +118,26 @@ def test_a_session_leaving_mid_batch_changes_nobody_elses_tokens(served: Served)
             session.close()
     status = client.status()
     assert status.sessions_open == 0
+
+
+def test_the_operator_can_choose_the_batch_width() -> None:
+    """``--decode-batch-rows 2``: two rows a call, said in Status, tokens still each solo's."""
+    daemon = serve_tiny("llama", "--decode-batch-rows", "2")
+    try:
+        client = daemon.client
+        greedy = [_solo(client, i) for i in range(3)]
+        sessions = [client.open_session(MODEL) for _ in range(3)]
+        for i, session in enumerate(sessions):
+            session.ensure_prefix(_prompt(i))
+        before = client.status()
+        assert _at_once([_decode(s) for s in sessions]) == greedy
+        after = client.status()
+        (model,) = after.models
+        assert model.decode_batch_rows == 2 and model.decode_batch_exact
+        calls = after.decode_calls - before.decode_calls
+        rows = after.decode_rows - before.decode_rows
+        assert rows == 3 * (TOKENS - 1) and rows / calls <= 2 and calls < rows
+        for session in sessions:
+            session.close()
+    finally:
+        stop_served(daemon)

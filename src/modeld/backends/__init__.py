@@ -9,19 +9,25 @@ from ._base import Backend, Capabilities
 __all__ = ["Backend", "Capabilities", "make_backend"]
 
 
-def make_backend(name: str, *, n_threads: int, cache_dir: Path, precision: str = "") -> Backend:
+def make_backend(
+    name: str, *, n_threads: int, cache_dir: Path, precision: str = "", batch_rows: int = 0
+) -> Backend:
     """The backend for ``modeld serve --backend NAME``; its engine library loads here.
 
     ``cache_dir`` keeps what a backend derives from a model once (the IR built from a GGUF).
+    ``batch_rows``: sessions' decode steps per engine call (0: as many as are bit-exact).
     """
     if name == "llama":
         from ._llama import LlamaBackend
 
-        return LlamaBackend(n_threads=n_threads)
+        return LlamaBackend(n_threads=n_threads, batch_rows=batch_rows)
     if name == "openvino":
         from ._openvino import OpenVinoBackend
 
         return OpenVinoBackend(
-            n_threads=n_threads, cache_dir=cache_dir / "openvino", precision=precision
+            n_threads=n_threads,
+            cache_dir=cache_dir / "openvino",
+            precision=precision,
+            batch_rows=batch_rows,
         )
     raise ValueError(f"unknown backend {name!r}")

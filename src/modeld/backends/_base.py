@@ -112,6 +112,9 @@ class EngineModel(Protocol):
     n_batch: int
     #: most sessions' tokens one decode_batch call computes (1: it is never called)
     max_decode_rows: int
+    #: batched rows are bit-identical to solo ones (measured at load); False only when the
+    #: operator asked for wider batches than that (--decode-batch-rows)
+    decode_batch_exact: bool
 
     def tokenize(self, text: str, add_special: bool) -> list[int]: ...
 

@@ -231,13 +231,18 @@ class LlamaSession:
 
 
 class LlamaModel:
-    def __init__(self, facts: ModelFacts, model: Any, n_threads: int, n_batch: int) -> None:
+    def __init__(
+        self, facts: ModelFacts, model: Any, n_threads: int, n_batch: int, batch_rows: int = 0
+    ) -> None:
         self.facts = facts
         self.model = model
-        #: sessions per context, and so rows per batched decode step: as many as are exact
-        self.max_decode_rows = exact_decode_rows(
-            model, facts.vocab_size, SEQUENCES_PER_CONTEXT, n_threads
+        exact = exact_decode_rows(
+            model, facts.vocab_size, max(SEQUENCES_PER_CONTEXT, batch_rows), n_threads
         )
+        #: sessions per context, and so rows per batched decode step: as many as are exact
+        #: (at most SEQUENCES_PER_CONTEXT), unless the operator asked for a number
+        self.max_decode_rows = batch_rows or min(exact, SEQUENCES_PER_CONTEXT)
+        self.decode_batch_exact = self.max_decode_rows <= exact
         self._lanes: dict[int, list[Lane]] = {}
         self.vocab = ll.llama_model_get_vocab(model)
         self.n_threads = n_threads
@@ -368,9 +373,10 @@ class LlamaBackend:
         grammar=False,
     )
 
-    def __init__(self, n_threads: int, n_batch: int = 512) -> None:
+    def __init__(self, n_threads: int, n_batch: int = 512, batch_rows: int = 0) -> None:
         self.n_threads = n_threads
         self.n_batch = n_batch
+        self.batch_rows = batch_rows
         self.fingerprint: dict[str, object] = {
             "backend": "llama",
             "engine": f"llama-cpp-python {ll.__version__}",
@@ -386,4 +392,4 @@ class LlamaBackend:
         model = ll.llama_model_load_from_file(str(spec.facts.path).encode(), weight_params())
         if not model:
             raise ModelLoadFailed(f"llama.cpp could not load {spec.facts.path}")
-        return LlamaModel(spec.facts, model, self.n_threads, self.n_batch)
+        return LlamaModel(spec.facts, model, self.n_threads, self.n_batch, self.batch_rows)

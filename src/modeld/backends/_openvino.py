@@ -265,13 +265,13 @@ class OpenVinoModel:
         n_batch: int,
         ir_dir: Path,
         core: ov.Core,
+        batch_rows: int = 0,
     ) -> None:
         self._core = core
         self.facts = facts
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.pool = _BlockPool(compiled, self.request)
-        self.max_decode_rows = MAX_DECODE_ROWS
         self.tokenizer = tokenizer
         self.n_threads = n_threads
         self.n_batch = n_batch
@@ -279,6 +279,32 @@ class OpenVinoModel:
         self._vocab: list[bytes] | None = None
         self._pieces: dict[int, bytes] = {}
         self._eog = sorted({*facts.eos_token_ids, int(tokenizer.get_eos_token_id())} - {-1})
+        exact = self._exact_decode_rows(MAX_DECODE_ROWS)
+        #: rows per batched decode: the exact limit, unless the operator asked for more
+        self.max_decode_rows = batch_rows or exact
+        self.decode_batch_exact = self.max_decode_rows <= exact
+
+    def _exact_decode_rows(self, up_to: int) -> int:
+        """Up to how many sessions one inference may batch with every row's logits bit-identical
+        to the same row computed alone (in f32 all 16 here; in bf16 rows differ in the last bits
+        from 2 on, so batching stays off). A few dozen one-token inferences, once per load."""
+        vocab = self.facts.vocab_size
+        probes = [OpenVinoSession(self, BLOCK_SIZE) for _ in range(up_to)]
+        try:
+            for i, probe in enumerate(probes):  # distinct short histories
+                probe.prefill([(1 + 13 * i + 7 * k) % vocab for k in range(6)])
+            steps = [([(3 + 29 * i) % vocab], 6, probe.blocks) for i, probe in enumerate(probes)]
+            solo = [self.forward([step])[0] for step in steps]
+            exact = 1
+            for rows in range(2, up_to + 1):
+                batched = self.forward(steps[:rows])
+                if not all(np.array_equal(batched[i], solo[i]) for i in range(rows)):
+                    break
+                exact = rows
+            return exact
+        finally:
+            for probe in probes:
+                probe.close()
 
     def forward(self, runs: Sequence[tuple[Sequence[int], int, Sequence[int]]]) -> np.ndarray:
         """One inference over several sequences, each ``(tokens, past, blocks)``: compute
@@ -414,9 +440,15 @@ class OpenVinoBackend:
     )
 
     def __init__(
-        self, n_threads: int, cache_dir: Path, precision: str = "", n_batch: int = 512
+        self,
+        n_threads: int,
+        cache_dir: Path,
+        precision: str = "",
+        n_batch: int = 512,
+        batch_rows: int = 0,
     ) -> None:
         self.n_threads = n_threads
+        self.batch_rows = min(batch_rows, MAX_DECODE_ROWS)
         self.n_batch = n_batch
         self.cache_dir = cache_dir
         #: INFERENCE_PRECISION_HINT; empty: the device's default (bf16 where the CPU has it)
@@ -457,4 +489,5 @@ class OpenVinoBackend:
             self.n_batch,
             ir_dir=ir,
             core=self._core,
+            batch_rows=self.batch_rows,
         )

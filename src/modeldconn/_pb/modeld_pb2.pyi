@@ -94,20 +94,22 @@ class StatusResponse(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ..., prefix_shares: _Optional[int] = ..., prefix_shared_tokens: _Optional[int] = ..., sessions_live: _Optional[int] = ..., sessions_parked: _Optional[int] = ..., parked_ram_bytes: _Optional[int] = ..., parked_disk_bytes: _Optional[int] = ..., parks: _Optional[int] = ..., restores: _Optional[int] = ..., max_live_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., clients_attached: _Optional[int] = ..., sessions_reaped: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., prefix_misses: _Optional[int] = ..., model_loads: _Optional[int] = ..., decode_calls: _Optional[int] = ..., decode_rows: _Optional[int] = ...) -> None: ...
 
 class LoadedModelStatus(_message.Message):
-    __slots__ = ("name", "digest", "path", "sessions", "weights_loaded", "decode_batch_rows")
+    __slots__ = ("name", "digest", "path", "sessions", "weights_loaded", "decode_batch_rows", "decode_batch_exact")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_LOADED_FIELD_NUMBER: _ClassVar[int]
     DECODE_BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_BATCH_EXACT_FIELD_NUMBER: _ClassVar[int]
     name: str
     digest: str
     path: str
     sessions: int
     weights_loaded: bool
     decode_batch_rows: int
-    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., path: _Optional[str] = ..., sessions: _Optional[int] = ..., weights_loaded: _Optional[bool] = ..., decode_batch_rows: _Optional[int] = ...) -> None: ...
+    decode_batch_exact: bool
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., path: _Optional[str] = ..., sessions: _Optional[int] = ..., weights_loaded: _Optional[bool] = ..., decode_batch_rows: _Optional[int] = ..., decode_batch_exact: _Optional[bool] = ...) -> None: ...
 
 class ModelFacts(_message.Message):
     __slots__ = ("name", "path", "digest", "file_bytes", "architecture", "context_length", "layers", "attention_heads", "kv_heads", "head_dim", "sliding_window", "vocab_size", "chat_template", "chat_template_source", "bos_token_id", "eos_token_ids", "add_bos")
