@@ -324,6 +324,8 @@ def error_from_rpc(error: grpc.RpcError) -> RemoteError:
     fallback: dict[grpc.StatusCode | None, type[RemoteError]] = {
         grpc.StatusCode.UNAVAILABLE: Unavailable,
         grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+        # the daemon's server stopped mid-call (a fenced or killed leader cancels what it had)
+        grpc.StatusCode.CANCELLED: Unavailable,
         grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
         grpc.StatusCode.RESOURCE_EXHAUSTED: InvalidArgument,  # grpc's own message-size limit
         grpc.StatusCode.UNIMPLEMENTED: UnsupportedFeature,

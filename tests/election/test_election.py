@@ -120,16 +120,20 @@ def test_leader_fences_itself_when_the_lease_names_another_instance(
 SIGSTOP_ROUNDS = int(os.environ.get("MODELD_SIGSTOP_ROUNDS", "3"))
 
 
-def _passes_the_gate(endpoint: str) -> bool:
-    """Would the daemon at ``endpoint`` do work? Describe of nothing gets ``invalid_argument``
-    from a serving leader, and not_ready / draining / no answer from anyone else."""
+def _answer_to_work(endpoint: str) -> str:
+    """How the daemon at ``endpoint`` answers a call that needs a serving leader: Describe of
+    nothing is ``invalid_argument`` only from one that let it through its gate to the servicer;
+    anything else (not_ready, draining, no answer, a timeout) means it did no work."""
     with grpc.insecure_channel(endpoint) as channel:
         try:
             modeld_pb2_grpc.ModeldStub(channel).Describe(modeld_pb2.DescribeRequest(), timeout=3)
         except grpc.RpcError as exc:
-            refused = (modeldconn.NotReady, modeldconn.Draining, modeldconn.Unavailable)
-            return not isinstance(error_from_rpc(exc), refused)
-    return True
+            return error_from_rpc(exc).reason
+    return "answered"
+
+
+def _does_work(endpoint: str) -> bool:
+    return _answer_to_work(endpoint) in ("invalid_argument", "answered")
 
 
 def test_frozen_leader_is_fenced_and_never_serves_again(daemons: DaemonPool) -> None:
@@ -139,6 +143,7 @@ def test_frozen_leader_is_fenced_and_never_serves_again(daemons: DaemonPool) -> 
     daemons.wait_leader()
     daemons.start()
     takeovers: list[float] = []
+    answers: dict[str, int] = {}  # what the woken leader said, by reason
     for _ in range(SIGSTOP_ROUNDS):
         wait_for("a standby", lambda: sum(d.alive() for d in daemons.started) == 2, 10)
         wait_for("it to stand by", lambda: daemons.started[-1].log().count("standing by"), 20)
@@ -154,19 +159,21 @@ def test_frozen_leader_is_fenced_and_never_serves_again(daemons: DaemonPool) -> 
             )
             takeovers.append(time.monotonic() - frozen_at)
             new = modeldconn.probe(data_root=daemons.root).lease
-            assert new is not None and _passes_the_gate(new.endpoint)
+            assert new is not None and _does_work(new.endpoint)
             daemons.start()  # the next round's standby
         finally:
             leader.signal(signal.SIGCONT)
-        assert not _passes_the_gate(old.endpoint)
+        woken = _answer_to_work(old.endpoint)
+        assert woken not in ("invalid_argument", "answered"), woken
+        answers[woken] = answers.get(woken, 0) + 1
         assert leader.wait(10) == 5, leader.log()
-        assert daemons.leader_pid() == new_pid and _passes_the_gate(new.endpoint)
+        assert daemons.leader_pid() == new_pid and _does_work(new.endpoint)
         leader = daemons.by_pid(new_pid)
     takeovers.sort()
     print(
         f"\n{SIGSTOP_ROUNDS} rounds: every frozen leader fenced, never two serving; takeover "
         f"after SIGSTOP p50 {takeovers[len(takeovers) // 2]:.2f} s, max {takeovers[-1]:.2f} s "
-        f"(TTL {SHORT_TTL_S} s)"
+        f"(TTL {SHORT_TTL_S} s); the woken leaders answered {answers}"
     )
 
 
