@@ -150,11 +150,15 @@ class _ClientBase:
         wait_ready_s: float,
         auth_token: str | None,
         tls_ca: str | os.PathLike[str] | None = None,
+        endpoint: str | None = None,
+        tls: bool = False,
     ) -> None:
         self._data_root = resolve_data_root(data_root)
         self._tls_ca = tls_ca
-        #: endpoints whose lease says TLS
-        self._tls_endpoints: set[str] = set()
+        #: dial this HOST:PORT (or unix:PATH) directly instead of the leader the lease names
+        self._endpoint = endpoint
+        #: endpoints that speak TLS: the lease says so, or the caller did for ``endpoint``
+        self._tls_endpoints: set[str] = {endpoint} if endpoint and tls else set()
         self._auth = (
             ((AUTH_METADATA_KEY, f"Bearer {token}"),)
             if (token := find_auth_token(self._data_root, auth_token))
@@ -169,6 +173,10 @@ class _ClientBase:
         self._attach_lock = threading.Lock()
 
     def _leader(self, refresh: bool = False) -> tuple[str, str]:
+        if self._endpoint:
+            # no lease to name the instance: calls go unfenced (a session's handle still
+            # names its instance, and the daemon checks that)
+            return (self._endpoint, "")
         with self._lock:
             if self._target is None or refresh:
                 result = probe(data_root=self._data_root).raise_for_state()
@@ -262,13 +270,19 @@ class Client(_ClientBase):
         wait_ready_s: float = 30.0,
         auth_token: str | None = None,
         tls_ca: str | os.PathLike[str] | None = None,
+        endpoint: str | None = None,
+        tls: bool = False,
     ) -> None:
         """:param wait_ready_s: how long a call waits for a daemon that is still starting.
         :param auth_token: for a daemon started with --auth-token-file (default:
             ``$MODELD_AUTH_TOKEN``, else ``<data root>/auth.token`` when present).
         :param tls_ca: PEM file of the CA that signed a TLS daemon's certificate (default:
-            ``$MODELD_TLS_CA``, else ``<data root>/tls-ca.pem``, else the system's roots)."""
-        super().__init__(data_root, timeout_s, wait_ready_s, auth_token, tls_ca)
+            ``$MODELD_TLS_CA``, else ``<data root>/tls-ca.pem``, else the system's roots).
+        :param endpoint: a remote daemon's ``HOST:PORT``, dialled directly (no lease read, no
+            redial to another leader); ``tls`` says whether it speaks TLS."""
+        super().__init__(
+            data_root, timeout_s, wait_ready_s, auth_token, tls_ca, endpoint=endpoint, tls=tls
+        )
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
 
     def _stub(self, target: tuple[str, str]) -> Any:
@@ -488,8 +502,12 @@ class AsyncClient(_ClientBase):
         wait_ready_s: float = 30.0,
         auth_token: str | None = None,
         tls_ca: str | os.PathLike[str] | None = None,
+        endpoint: str | None = None,
+        tls: bool = False,
     ) -> None:
-        super().__init__(data_root, timeout_s, wait_ready_s, auth_token, tls_ca)
+        super().__init__(
+            data_root, timeout_s, wait_ready_s, auth_token, tls_ca, endpoint=endpoint, tls=tls
+        )
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
 
     async def _stub(self, target: tuple[str, str]) -> Any:

@@ -121,6 +121,23 @@ def test_clients_verify_the_certificate_and_get_real_tokens(
         (served.root / "tls-ca.pem").unlink()
 
 
+def test_a_remote_client_dials_the_endpoint_without_the_lease(
+    served: Served, pki: dict[str, Path], tmp_path: Path
+) -> None:
+    """What a client on another machine does: no data root of the daemon's, just its address."""
+    endpoint = lease_json(served.root)["endpoint"]
+    with modeldconn.Client(data_root=served.root, tls_ca=pki["ca"]) as local:
+        expected = _generate(local)
+    elsewhere = tmp_path / "no-lease-here"
+    remote = modeldconn.Client(data_root=elsewhere, endpoint=endpoint, tls=True, tls_ca=pki["ca"])
+    with remote:
+        assert _generate(remote) == expected
+        assert remote.status().state == "serving"
+    plaintext = modeldconn.Client(data_root=elsewhere, endpoint=endpoint, wait_ready_s=0)
+    with plaintext, pytest.raises(modeldconn.Unavailable):
+        plaintext.status()
+
+
 def test_a_certificate_from_another_ca_is_not_trusted(served: Served, pki: dict[str, Path]) -> None:
     stranger = modeldconn.Client(data_root=served.root, tls_ca=pki["stranger"], wait_ready_s=0)
     with stranger, pytest.raises(modeldconn.Unavailable):
