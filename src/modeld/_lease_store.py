@@ -1,9 +1,18 @@
-"""Acquire, renew, update and release the lease file: every read-decide-write under one lock.
+"""Acquire, renew, update and release the lease file.
 
-The lock (``filelock`` on ``modeld.lease.lock``) serialises writers only; readers (the probe,
-``lease show``, standbys polling) read the lease file without it, which is safe because every
-write replaces the file atomically. A renewal that finds another instance id in the file means
-the lease was lost: the caller must fence itself at once.
+Contenders take the lease under a lock (``filelock`` on ``modeld.lease.lock``), so exactly one of
+them writes an expired, released or dead holder's lease. The holder never takes that lock: a
+holder frozen mid-renewal (SIGSTOP, a stuck process) would keep it, and nobody could take its
+lease however long it had expired. A holder renews without a lock instead, and that is safe by
+timing: it renews only while its own monotonic clock says its leadership is valid, which ends a
+margin before anyone may take the lease. Only a holder frozen *between* that check and its write
+can overwrite a new holder's record when it wakes; then both fence (its clock says its
+leadership ended; the new holder's next renewal finds a foreign record), never both serve, and
+a standby takes over from whichever process the file names once that one exits.
+
+Readers (the probe, ``lease show``, standbys polling) read the file without any lock, which is
+safe because every write replaces the file atomically. A renewal that finds another instance id
+in the file means the lease was lost: the caller must fence itself at once.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from modeldconn._lease import (
     Assessment,
@@ -34,7 +43,7 @@ LOCK_FILE_NAME = "modeld.lease.lock"
 class RenewOutcome(enum.Enum):
     RENEWED = "renewed"  #: the file is ours and now says so with a fresh renewed_at
     LOST = "lost"  #: the file is gone or names another instance: fence now
-    BUSY = "busy"  #: the lock could not be had in time: transient, try again
+    BUSY = "busy"  #: not renewed this time (timed out, disk error): transient, try again
 
 
 @dataclass(frozen=True)
@@ -87,23 +96,20 @@ class LeaseStore:
             return Acquired(mine)
 
     def renew(self, record: LeaseRecord) -> tuple[RenewOutcome, LeaseRecord]:
-        """Rewrite our record with a fresh ``renewed_at`` if the file is still ours."""
-        try:
-            with self._lock:
-                current = read_lease(self.root).record
-                if current is None or current.instance_id != record.instance_id:
-                    return RenewOutcome.LOST, record
-                fresh = dataclasses.replace(record, renewed_at=time.time())
-                write_atomically(self.path, fresh.to_json().encode())
-                return RenewOutcome.RENEWED, fresh
-        except Timeout:
-            return RenewOutcome.BUSY, record
+        """Rewrite our record with a fresh ``renewed_at`` if the file is still ours (no lock:
+        see the module docstring). Call it only while leadership is valid."""
+        current = read_lease(self.root).record
+        if current is None or current.instance_id != record.instance_id:
+            return RenewOutcome.LOST, record
+        fresh = dataclasses.replace(record, renewed_at=time.time())
+        write_atomically(self.path, fresh.to_json().encode())
+        return RenewOutcome.RENEWED, fresh
 
     def release(self, instance_id: str) -> bool:
-        """Remove the file if it still names ``instance_id``; True when removed."""
-        with self._lock:
-            current = read_lease(self.root).record
-            if current is None or current.instance_id != instance_id:
-                return False
-            self.path.unlink(missing_ok=True)
-            return True
+        """Remove the file if it still names ``instance_id``; True when removed. Call it only
+        while leadership is valid (a clean shutdown), so no contender may be writing."""
+        current = read_lease(self.root).record
+        if current is None or current.instance_id != instance_id:
+            return False
+        self.path.unlink(missing_ok=True)
+        return True

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -240,3 +241,36 @@ def test_sockets_live_in_the_socket_dir(daemons: DaemonPool, tmp_path: Path) -> 
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(10) == 0
     assert not list(runtime.glob("*.sock"))
+
+
+_HOLD_THE_CONTENDERS_LOCK = """
+import sys, time
+from filelock import FileLock
+with FileLock(sys.argv[1], timeout=5):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_the_holder_renews_without_the_contenders_lock(daemons: DaemonPool) -> None:
+    """A process stuck while holding the lease lock (a frozen contender, or a holder frozen
+    mid-write in older builds) neither fences the leader nor, were the leader frozen, could
+    stop a takeover: the leader's renewals never take that lock."""
+    daemons.start()
+    leader = daemons.wait_leader()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THE_CONTENDERS_LOCK, str(daemons.root / "modeld.lease.lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        before = lease_json(daemons.root)["renewed_at"]
+        time.sleep(3 * SHORT_TTL_S)  # three TTLs: without renewals it would have fenced
+        assert daemons.leader_pid() == leader and daemons.by_pid(leader).alive()
+        assert lease_json(daemons.root)["renewed_at"] > before
+    finally:
+        holder.kill()
+        holder.wait(5)
+        if holder.stdout is not None:
+            holder.stdout.close()
