@@ -145,7 +145,10 @@ def test_frozen_leader_is_fenced_and_never_serves_again(daemons: DaemonPool) -> 
     daemons.start()
     takeovers: list[float] = []
     answers: dict[str, int] = {}  # what the woken leader said, by reason
+    frozen_mid_write = 0
     for _ in range(SIGSTOP_ROUNDS):
+        if sum(d.alive() for d in daemons.started) < 2:
+            daemons.start()
         wait_for("a standby", lambda: sum(d.alive() for d in daemons.started) == 2, 10)
         wait_for("it to stand by", lambda: daemons.started[-1].log().count("standing by"), 20)
         old = modeldconn.probe(data_root=daemons.root).lease
@@ -168,13 +171,23 @@ def test_frozen_leader_is_fenced_and_never_serves_again(daemons: DaemonPool) -> 
         assert woken not in ("invalid_argument", "answered"), woken
         answers[woken] = answers.get(woken, 0) + 1
         assert leader.wait(10) == 5, leader.log()
-        assert daemons.leader_pid() == new_pid and _does_work(new.endpoint)
+        named = modeldconn.probe(data_root=daemons.root).lease
+        if named is not None and named.instance_id == old.instance_id:
+            # the frozen leader stopped between its renewal's check and its write, and its
+            # write landed over the successor's record: both fence (the _lease_store
+            # docstring), and the next standby takes over from the dead process the file names
+            assert daemons.by_pid(new_pid).wait(10) == 5
+            frozen_mid_write += 1
+            new_pid = daemons.wait_leader()
+        assert daemons.leader_pid() == new_pid
+        assert _does_work(lease_json(daemons.root)["endpoint"])
         leader = daemons.by_pid(new_pid)
     takeovers.sort()
     print(
         f"\n{SIGSTOP_ROUNDS} rounds: every frozen leader fenced, never two serving; takeover "
         f"after SIGSTOP p50 {takeovers[len(takeovers) // 2]:.2f} s, max {takeovers[-1]:.2f} s "
-        f"(TTL {SHORT_TTL_S} s); the woken leaders answered {answers}"
+        f"(TTL {SHORT_TTL_S} s); the woken leaders answered {answers}; frozen mid-write, "
+        f"so both fenced and the next standby led: {frozen_mid_write}"
     )
 
 
