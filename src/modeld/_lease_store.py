@@ -54,8 +54,8 @@ class Acquired:
 class LeaseStore:
     """The lease of one data root, as seen by one would-be holder.
 
-    :param lock_timeout_s: how long one operation may wait for the writers' lock; a holder that
-        cannot get it in time reports BUSY and retries instead of blocking its renew loop.
+    :param lock_timeout_s: how long a contender may wait for the contenders' lock before it
+        polls the lease again (the holder never takes that lock).
     """
 
     def __init__(self, root: Path, *, ttl_s: float, lock_timeout_s: float = 1.0) -> None:
@@ -80,7 +80,7 @@ class LeaseStore:
 
         :returns: :class:`Acquired` with the record as written, or the assessment that says
             who holds it.
-        :raises filelock.Timeout: the lock stayed busy past ``lock_timeout_s``.
+        :raises filelock.Timeout: another contender held the lock past ``lock_timeout_s``.
         """
         with self._lock:
             found = self.assess()

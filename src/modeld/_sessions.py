@@ -751,7 +751,7 @@ class SessionManager:
     def _compute_sampled(self, session: Session, model: EngineModel) -> None:
         """Worker: compute ``session``'s last sampled token; where the backend batches, in one
         engine call with every other decoding session's (see ``_decode_batch``)."""
-        rows = model.max_decode_rows if self._backend.capabilities.batched_decode else 1
+        rows = model.max_decode_rows  # 1 where batching is not exact (and not asked for)
         peers = self._sessions.values() if rows > 1 else ()
         feeds = feeds_for(session, peers, rows)
         if len(feeds) == 1:

@@ -84,8 +84,10 @@ class EngineSession(Protocol):
     n_ctx: int
     #: tokens whose KV is resident, in tape order
     kv_len: int
-    #: sessions with the same group can have their decode steps computed in one engine call
-    batch_group: object
+
+    @property
+    def batch_group(self) -> object:
+        """Sessions with the same group can have their decode steps computed in one call."""
 
     def truncate(self, keep: int) -> None:
         """Drop KV past the first ``keep`` tokens."""

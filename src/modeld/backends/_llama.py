@@ -139,13 +139,17 @@ class LlamaSession:
     def __init__(self, model: LlamaModel, lane: Lane, n_ctx: int) -> None:
         self.model = model
         self.lane = lane
-        self.batch_group: object = lane
         self.seq = lane.take()
         self.n_ctx = n_ctx
         self.kv_len = 0
         self._logits_for = -1  # kv_len at which this session's logits were produced
         #: a copy of the current logits when the context no longer holds them
         self.saved_logits: np.ndarray | None = None
+
+    @property
+    def batch_group(self) -> object:
+        """Sessions of one lane decode together."""
+        return self.lane
 
     def keep_logits(self, row: np.ndarray) -> None:
         self.saved_logits = row
@@ -196,14 +200,11 @@ class LlamaSession:
     def save_state(self) -> EngineState:
         """The resident KV via llama.cpp's per-sequence state functions, plus current logits."""
         logits = None
-        if self.logits_current():
-            row = self.logits_row()
-            if row is not None:
-                logits = ctypes.string_at(
-                    self.lane.row_pointer(row), 4 * self.model.facts.vocab_size
-                )
-            elif self.saved_logits is not None:
-                logits = self.saved_logits.astype(np.float32).tobytes()
+        row = self.logits_row()
+        if row is not None:
+            logits = ctypes.string_at(self.lane.row_pointer(row), 4 * self.model.facts.vocab_size)
+        elif self.logits_current() and self.saved_logits is not None:
+            logits = self.saved_logits.astype(np.float32).tobytes()
         return EngineState(self.lane.save(self.seq), self.kv_len, logits)
 
     def load_state(self, state: EngineState) -> None:

@@ -173,9 +173,13 @@ class OpenVinoSession:
         self.model = model
         self.n_ctx = n_ctx
         self.kv_len = 0
-        self.batch_group: object = model  # every session of a model lives in its block pool
         self.blocks: list[int] = []
         self._logits: np.ndarray | None = None  # of the last resident token, when current
+
+    @property
+    def batch_group(self) -> object:
+        """Every session of a model lives in its block pool: any of them decode together."""
+        return self.model
 
     def hold_blocks_for(self, tokens: int) -> None:
         missing = math.ceil(tokens / BLOCK_SIZE) - len(self.blocks)
