@@ -208,10 +208,13 @@ def test_unusable_data_root_is_one_line(data_root: Path) -> None:
 
 
 def test_read_only_data_root_is_one_line(data_root: Path) -> None:
-    data_root.chmod(0o755)  # readable, not writable, for anyone but its owner
+    data_root.chmod(0o555)  # readable, writable by nobody
     command = modeld_command("serve", "--data-root", str(data_root))
-    if os.getuid() == 0:  # root ignores permissions: run the daemon as nobody
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    if os.getuid() == 0:
+        # root ignores permissions: drop the capabilities that let it, staying root so the
+        # checkout (perhaps in a 0700 directory) stays readable
+        dropped = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--inh-caps={dropped}", f"--bounding-set={dropped}", *command]
     out = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert out.returncode == 3, out.stderr
     lines = out.stderr.strip().splitlines()
