@@ -19,6 +19,7 @@ from modeldconn import Client, Session
 
 SESSIONS = 6
 TOKENS = 20
+LONG = 200
 
 
 def _prompt(i: int) -> str:
@@ -42,9 +43,11 @@ def _at_once(jobs: list[Callable[[], tuple[int, ...]]]) -> list[tuple[int, ...]]
     return [results[i] for i in range(len(jobs))]
 
 
-def _decode(session: Session, **sampling: object) -> Callable[[], tuple[int, ...]]:
+def _decode(
+    session: Session, tokens: int = TOKENS, **sampling: object
+) -> Callable[[], tuple[int, ...]]:
     def job() -> tuple[int, ...]:
-        return session.generate(max_tokens=TOKENS, ignore_eos=True, **sampling).token_ids  # type: ignore[arg-type]
+        return session.generate(max_tokens=tokens, ignore_eos=True, **sampling).token_ids  # type: ignore[arg-type]
 
     return job
 
@@ -131,15 +134,16 @@ def test_the_operator_can_choose_the_batch_width(served: Served, backend: str) -
         for i, session in enumerate(sessions):
             session.ensure_prefix(_prompt(i))
         before = client.status()
-        out = _at_once([_decode(s) for s in sessions])
+        # long enough that the streams overlap on the engine whatever the threads' start skew
+        out = _at_once([_decode(s, LONG) for s in sessions])
         after = client.status()
         (model,) = after.models
         assert model.decode_batch_rows == 2
         assert model.decode_batch_exact == (default.decode_batch_rows >= 2)
-        assert [len(tokens) for tokens in out] == [TOKENS] * 3
+        assert [len(tokens) for tokens in out] == [LONG] * 3
         calls = after.decode_calls - before.decode_calls
         rows = after.decode_rows - before.decode_rows
-        assert rows == 3 * (TOKENS - 1) and rows / calls <= 2 and calls < rows
+        assert rows == 3 * (LONG - 1) and rows / calls <= 2 and calls < rows
         for session in sessions:
             session.close()
     finally:
