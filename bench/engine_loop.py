@@ -14,7 +14,7 @@ from typing import Any
 import llama_cpp as ll
 import llama_cpp.llama_cpp as ll_module
 
-from modeld.backends._llama import cpu_has_amx, weight_params
+from modeld.backends.llama._backend import cpu_has_amx, weight_params
 
 __all__ = ["NativeLoop", "cpu_has_amx", "load_weights", "load_weights_as_modeld"]
 

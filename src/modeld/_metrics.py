@@ -10,10 +10,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ._errors import StartupError
+from modeld._errors import StartupError
 
 if TYPE_CHECKING:
-    from ._sessions import SessionManager
+    from modeld.sessions._manager import SessionManager
 
 __all__ = ["Metrics"]
 

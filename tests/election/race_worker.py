@@ -9,7 +9,7 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 
-from modeld._lease_store import Acquired, LeaseStore
+from modeld.lease._store import Acquired, LeaseStore
 from modeldconn._lease import LeaseRecord, process_start_time, this_host
 
 

@@ -77,8 +77,8 @@ def test_the_same_ids_and_facts_as_the_gguf(gemma: Served) -> None:
 def test_streamed_pieces_are_byte_exact(backend: str, tmp_path: Path) -> None:
     """What Decode streams is built from per-token pieces: they must join to the exact bytes,
     emoji split over byte tokens included."""
-    from modeld._models import ModelCatalog
     from modeld.backends import make_backend
+    from modeld.models._catalog import ModelCatalog
 
     require_backend(backend)
     models = tmp_path / "models"

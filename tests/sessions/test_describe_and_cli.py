@@ -18,7 +18,7 @@ MODEL = "gemma3-270m"
 def _llama_reading(path: Path) -> dict[str, object]:
     """What llama.cpp itself says about the file, having loaded it."""
     ll = pytest.importorskip("llama_cpp")
-    from modeld.backends._llama import weight_params
+    from modeld.backends.llama._backend import weight_params
 
     ll.llama_backend_init()
     model = ll.llama_model_load_from_file(str(path).encode(), weight_params())
@@ -76,7 +76,7 @@ def test_describe_facts_equal_the_ggufs_own(client: modeldconn.Client) -> None:
 def test_kv_bytes_per_token_matches_the_engine(client: modeldconn.Client) -> None:
     """The state llama.cpp saves for a sequence grows by Describe's bytes per token."""
     ll = pytest.importorskip("llama_cpp")
-    from modeld.backends._llama import weight_params
+    from modeld.backends.llama._backend import weight_params
 
     path = client.describe(MODEL).facts.path
     model = ll.llama_model_load_from_file(path.encode(), weight_params())

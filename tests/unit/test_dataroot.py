@@ -26,7 +26,7 @@ def test_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_daemon_creates_the_root_0700(tmp_path: Path) -> None:
-    from modeld._storage import prepare_data_root
+    from modeld.daemon._storage import prepare_data_root
 
     root = prepare_data_root(tmp_path / "a" / "b")
     assert root.stat().st_mode & 0o777 == 0o700

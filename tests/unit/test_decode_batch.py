@@ -1,10 +1,10 @@
-"""Which sessions' sampled tokens one decode call computes (``modeld._decode_batch``)."""
+"""Which sessions' sampled tokens one decode call computes (``modeld.engine._batching``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from modeld._decode_batch import feeds_for
+from modeld.engine._batching import feeds_for
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._base import Backend, Capabilities
+from modeld.backends._base import Backend, Capabilities
 
 __all__ = ["Backend", "Capabilities", "make_backend"]
 
@@ -18,11 +18,11 @@ def make_backend(
     ``batch_rows``: sessions' decode steps per engine call (0: as many as are bit-exact).
     """
     if name == "llama":
-        from ._llama import LlamaBackend
+        from modeld.backends.llama._backend import LlamaBackend
 
         return LlamaBackend(n_threads=n_threads, batch_rows=batch_rows)
     if name == "openvino":
-        from ._openvino import OpenVinoBackend
+        from modeld.backends.openvino._backend import OpenVinoBackend
 
         return OpenVinoBackend(
             n_threads=n_threads,

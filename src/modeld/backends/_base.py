@@ -1,7 +1,7 @@
 """The narrow seam between the daemon and an inference engine.
 
-Everything here runs on the engine worker thread (see ``modeld._worker``): engines are blocking
-and not safe to call from several threads. Session logic (the token tape, reuse arithmetic, stop
+Everything here runs on the engine thread (see ``modeld.engine``): engines are blocking and not
+safe to call from several threads. Session logic (the token tape, reuse arithmetic, stop
 strings, streaming) lives above this seam and is the same for every backend.
 """
 
@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from modeld.models._facts import ModelFacts, ModelSpec
 from modeldconn._errors import ContextOverflow
 from modeldconn._types import Capabilities
-
-from ._facts import ModelFacts, ModelSpec
 
 __all__ = [
     "Backend",

@@ -1,0 +1,395 @@
+"""The llama.cpp backend, on llama-cpp-python's low-level (ctypes) API.
+
+Each session is a sequence of a llama_context shared with a few other sessions of the same
+model and context size (a *lane*, see ``_llama_lane``): its KV stream is its own, so one
+session's work never changes another's numbers, and their decode steps can share one
+llama_decode. Sampling runs in llama.cpp's native sampler chain; Python only sees the chosen
+token id.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import llama_cpp as ll
+import numpy as np
+
+from modeld.backends._base import Capabilities, EngineState, SamplingParams, check_room
+from modeld.backends.llama._lane import Lane, exact_decode_rows
+from modeld.models._facts import ModelFacts, ModelSpec
+from modeldconn._errors import (
+    ModelLoadFailed,
+    SessionFatal,
+    UnsupportedFeature,
+)
+
+__all__ = ["LlamaBackend", "cpu_has_amx", "weight_params"]
+
+#: sessions of one model and context size share a llama.cpp context, this many at most (fewer
+#: where batching them would not be exact): four rows decode at 2.6x one row's rate here
+SEQUENCES_PER_CONTEXT = 4
+_init_lock = threading.Lock()
+_initialised = False
+#: llama.cpp keeps a raw pointer to the log callback: it must outlive every call.
+_silent_log: Any = None
+
+
+def cpu_has_amx() -> bool:
+    """Intel AMX on this CPU (Linux): llama.cpp then places quantized weights in its AMX
+    buffers, whose matmul segfaults on Gemma 3 here (llama.cpp issue #20824, open)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            return any(line.startswith("flags") and " amx_tile" in line for line in cpuinfo)
+    except OSError:
+        return False
+
+
+def weight_params() -> Any:
+    """The model parameters modeld (and its benchmarks' llama.cpp baselines) load with: CPU
+    only; repacked weight buffers ("extra buffer types": AMX, CPU_REPACK) except on AMX CPUs."""
+    params = ll.llama_model_default_params()
+    params.n_gpu_layers = 0
+    params.use_extra_bufts = not cpu_has_amx()
+    return params
+
+
+def _init_llama_once() -> None:
+    global _initialised, _silent_log
+    with _init_lock:
+        if _initialised:
+            return
+        _silent_log = ll.llama_log_callback(lambda level, text, data: None)
+        ll.llama_log_set(_silent_log, None)
+        ll.llama_backend_init()
+        _initialised = True
+
+
+class _LlamaSampler:
+    def __init__(self, session: LlamaSession, params: SamplingParams, history: Sequence[int]):
+        self._session = session
+        model = session.model
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        self._chain = chain
+        if params.ignore_eos:
+            eog = model.end_of_generation_ids()
+            biases = (ll.llama_logit_bias * len(eog))(
+                *(ll.llama_logit_bias(token=t, bias=float("-inf")) for t in eog)
+            )
+            ll.llama_sampler_chain_add(
+                chain, ll.llama_sampler_init_logit_bias(model.facts.vocab_size, len(eog), biases)
+            )
+        if params.repeat_penalty != 1.0:
+            ll.llama_sampler_chain_add(
+                chain,
+                ll.llama_sampler_init_penalties(
+                    model.facts.vocab_size, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0
+                ),
+            )
+        if params.greedy:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+        else:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(params.top_k))
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(params.top_p, 1))
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(params.min_p, 1))
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(params.temperature))
+            seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
+        # The penalties sampler must have seen the recent tape, as if it had generated it.
+        if params.repeat_penalty != 1.0 and params.repeat_last_n != 0:
+            window = history if params.repeat_last_n < 0 else history[-params.repeat_last_n :]
+            for token in window:
+                ll.llama_sampler_accept(chain, token)
+
+    def sample(self) -> int:
+        session = self._session
+        row = session.logits_row()
+        if row is not None:
+            return int(ll.llama_sampler_sample(self._chain, session.lane.ctx, row))
+        # The logits are a copy (restored from a saved state, or kept when the shared context
+        # decoded for a neighbour): run the same chain over them, as llama_sampler_sample does
+        # over the context's.
+        saved = session.saved_logits
+        if saved is None:
+            raise SessionFatal("no logits for the last resident token")
+        vocab = session.model.facts.vocab_size
+        candidates = (ll.llama_token_data * vocab)()
+        view = np.ctypeslib.as_array(candidates)
+        view["id"] = np.arange(vocab, dtype=np.int32)
+        view["logit"] = saved[:vocab]
+        view["p"] = 0.0
+        array = ll.llama_token_data_array(data=candidates, size=vocab, selected=-1, sorted=False)
+        ll.llama_sampler_apply(self._chain, ctypes.byref(array))
+        token = int(candidates[array.selected].id)
+        ll.llama_sampler_accept(self._chain, token)
+        return token
+
+    def close(self) -> None:
+        if self._chain is not None:
+            ll.llama_sampler_free(self._chain)
+            self._chain = None
+
+
+class LlamaSession:
+    """One sequence of a shared context (a lane): its KV stream, its logits, its length."""
+
+    def __init__(self, model: LlamaModel, lane: Lane, n_ctx: int) -> None:
+        self.model = model
+        self.lane = lane
+        self.seq = lane.take()
+        self.n_ctx = n_ctx
+        self.kv_len = 0
+        self._logits_for = -1  # kv_len at which this session's logits were produced
+        #: a copy of the current logits when the context no longer holds them
+        self.saved_logits: np.ndarray | None = None
+
+    @property
+    def batch_group(self) -> object:
+        """Sessions of one lane decode together."""
+        return self.lane
+
+    def keep_logits(self, row: np.ndarray) -> None:
+        self.saved_logits = row
+
+    def logits_row(self) -> int | None:
+        """The context's output row holding this session's current logits, if it still does."""
+        return self.lane.logits_row(self) if self.logits_current() else None
+
+    def _drop_logits(self) -> None:
+        self.lane.forget(self)
+        self.saved_logits = None
+        self._logits_for = -1
+
+    def truncate(self, keep: int) -> None:
+        if keep < self.kv_len:
+            ll.llama_memory_seq_rm(self.lane.memory, self.seq, keep, -1)
+            self.kv_len = keep
+            self._drop_logits()
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        check_room(self.kv_len, len(tokens), self.n_ctx)
+        start = self.kv_len
+        self._drop_logits()
+        size = self.lane.batch_size
+        for offset in range(0, len(tokens), size):
+            chunk = tokens[offset : offset + size]
+            last = offset + len(chunk) == len(tokens)
+            rows = [
+                (token, self.kv_len + i, self.seq, last and i == len(chunk) - 1)
+                for i, token in enumerate(chunk)
+            ]
+            status = self.lane.decode(rows, [self] if last else [])
+            if status != 0:
+                # leave the KV exactly as it was before this call
+                ll.llama_memory_seq_rm(self.lane.memory, self.seq, start, -1)
+                self.kv_len = start
+                self._drop_logits()
+                raise SessionFatal(f"llama_decode failed with status {status}")
+            self.kv_len += len(chunk)
+        self._logits_for = self.kv_len
+
+    def computed_one(self) -> None:
+        """After a batched step computed one token for this session (its row is current)."""
+        self.saved_logits = None
+        self.kv_len += 1
+        self._logits_for = self.kv_len
+
+    def save_state(self) -> EngineState:
+        """The resident KV via llama.cpp's per-sequence state functions, plus current logits."""
+        logits = None
+        row = self.logits_row()
+        if row is not None:
+            logits = ctypes.string_at(self.lane.row_pointer(row), 4 * self.model.facts.vocab_size)
+        elif self.logits_current() and self.saved_logits is not None:
+            logits = self.saved_logits.astype(np.float32).tobytes()
+        return EngineState(self.lane.save(self.seq), self.kv_len, logits)
+
+    def load_state(self, state: EngineState) -> None:
+        ll.llama_memory_seq_rm(self.lane.memory, self.seq, -1, -1)
+        self.kv_len = 0
+        self._drop_logits()
+        if state.kv_len and not self.lane.load(self.seq, state.kv):
+            raise SessionFatal("llama.cpp refused the saved state")
+        self.kv_len = state.kv_len
+        if state.logits is not None:
+            self.saved_logits = np.frombuffer(state.logits, dtype=np.float32).copy()
+            self._logits_for = self.kv_len
+
+    def logits_current(self) -> bool:
+        return self._logits_for == self.kv_len and self.kv_len > 0
+
+    def sampler(self, params: SamplingParams, history: Sequence[int]) -> _LlamaSampler:
+        return _LlamaSampler(self, params, history)
+
+    def close(self) -> None:
+        if self.seq >= 0:
+            self.lane.forget(self)
+            self.model.leave_lane(self.lane, self.seq)
+            self.seq = -1
+
+
+class LlamaModel:
+    def __init__(
+        self, facts: ModelFacts, model: Any, n_threads: int, n_batch: int, batch_rows: int = 0
+    ) -> None:
+        self.facts = facts
+        self.model = model
+        exact = exact_decode_rows(
+            model, facts.vocab_size, max(SEQUENCES_PER_CONTEXT, batch_rows), n_threads
+        )
+        #: sessions per context, and so rows per batched decode step: as many as are exact
+        #: (at most SEQUENCES_PER_CONTEXT), unless the operator asked for a number
+        self.max_decode_rows = batch_rows or min(exact, SEQUENCES_PER_CONTEXT)
+        self.decode_batch_exact = self.max_decode_rows <= exact
+        self._lanes: dict[int, list[Lane]] = {}
+        self.vocab = ll.llama_model_get_vocab(model)
+        self.n_threads = n_threads
+        self.n_batch = n_batch
+        self._eog: list[int] | None = None
+        self._piece = ctypes.create_string_buffer(256)
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        raw = text.encode("utf-8")
+        capacity = len(raw) + 8
+        while True:
+            buffer = (ll.llama_token * capacity)()
+            count = ll.llama_tokenize(
+                self.vocab, raw, len(raw), buffer, capacity, add_special, True
+            )
+            if count >= 0:
+                return list(buffer[:count])
+            capacity = -count
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        tokens = (ll.llama_token * len(ids))(*ids)
+        capacity = max(64, len(ids) * 8)
+        while True:
+            out = ctypes.create_string_buffer(capacity)
+            count = ll.llama_detokenize(self.vocab, tokens, len(ids), out, capacity, True, True)
+            if count >= 0:
+                return out.raw[:count].decode("utf-8", errors="replace")
+            capacity = -count
+
+    def piece(self, token: int) -> bytes:
+        count = ll.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
+        if count < 0:
+            bigger = ctypes.create_string_buffer(-count)
+            count = ll.llama_token_to_piece(self.vocab, token, bigger, -count, 0, False)
+            return bigger.raw[:count]
+        return self._piece.raw[:count]
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(ll.llama_vocab_is_eog(self.vocab, token))
+
+    def end_of_generation_ids(self) -> list[int]:
+        if self._eog is None:
+            self._eog = [t for t in range(self.facts.vocab_size) if self.is_end_of_generation(t)]
+        return self._eog
+
+    def render_chat(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
+        template = self.facts.chat_template
+        if not template:
+            raise UnsupportedFeature("this model has no chat template; send text or token ids")
+        keep = [(role.encode(), content.encode()) for role, content in messages]
+        chat = (ll.llama_chat_message * len(keep))(
+            *(ll.llama_chat_message(role=r, content=c) for r, c in keep)
+        )
+        capacity = 2 * sum(len(r) + len(c) for r, c in keep) + 256
+        while True:
+            out = ctypes.create_string_buffer(capacity)
+            count = ll.llama_chat_apply_template(
+                template.encode(), chat, len(keep), add_generation_prompt, out, capacity
+            )
+            if count < 0:
+                raise UnsupportedFeature("llama.cpp does not recognise this model's chat template")
+            if count <= capacity:
+                return out.raw[:count].decode("utf-8", errors="replace")
+            capacity = count
+
+    def open_session(self, n_ctx: int) -> LlamaSession:
+        lanes = self._lanes.setdefault(n_ctx, [])
+        lane = next((lane for lane in lanes if lane.has_room), None)
+        if lane is None:
+            lane = Lane(
+                self.model,
+                self.facts.vocab_size,
+                n_ctx,
+                self.max_decode_rows,
+                self.n_batch,
+                self.n_threads,
+            )
+            lanes.append(lane)
+        return LlamaSession(self, lane, n_ctx)
+
+    def leave_lane(self, lane: Lane, seq: int) -> None:
+        lane.give_back(seq)
+        if lane.empty:  # its KV memory goes back as soon as nobody uses it
+            self._lanes[lane.n_ctx].remove(lane)
+            lane.close()
+
+    def decode_batch(self, feeds: Sequence[tuple[Any, int]]) -> None:
+        """One token for each session of one lane, in one llama_decode."""
+        # in sequence order: the same four rows out of order took 50 ms a step instead of 31
+        # (measured here; the raw engine's batches are always in order)
+        feeds = sorted(feeds, key=lambda feed: int(feed[0].seq))
+        sessions: list[LlamaSession] = [session for session, _ in feeds]
+        lane = sessions[0].lane
+        assert all(s.lane is lane for s in sessions) and len(sessions) <= self.max_decode_rows
+        for session in sessions:
+            check_room(session.kv_len, 1, session.n_ctx)
+        rows = [
+            (token, s.kv_len, s.seq, True) for s, (_, token) in zip(sessions, feeds, strict=True)
+        ]
+        status = lane.decode(rows, sessions)
+        if status != 0:
+            for session in sessions:
+                ll.llama_memory_seq_rm(lane.memory, session.seq, session.kv_len, -1)
+            raise SessionFatal(f"llama_decode failed with status {status}")
+        for session in sessions:
+            session.computed_one()
+
+    def close(self) -> None:
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                lane.close()
+        self._lanes.clear()
+        if self.model:
+            ll.llama_model_free(self.model)
+            self.model = None
+
+
+class LlamaBackend:
+    name = "llama"
+    capabilities = Capabilities(
+        token_level_truncation=True,
+        kv_copy_between_sessions=True,  # per-sequence state copied between sessions
+        native_state_snapshot=True,  # per-sequence state, saved to files and restored
+        # sessions of one context decode in one llama_decode, as many as are exact (measured
+        # at load: LoadedModelStatus.decode_batch_rows; 1 means not here)
+        batched_decode=True,
+        chat_template=True,
+        grammar=False,
+    )
+
+    def __init__(self, n_threads: int, n_batch: int = 512, batch_rows: int = 0) -> None:
+        self.n_threads = n_threads
+        self.n_batch = n_batch
+        self.batch_rows = batch_rows
+        self.fingerprint: dict[str, object] = {
+            "backend": "llama",
+            "engine": f"llama-cpp-python {ll.__version__}",
+            "kv_type": "f16",
+            "swa_full": True,
+            # repacked and plain weights give slightly different logits: a restored session
+            # continues exactly only on the same kind
+            "repacked_weights": not cpu_has_amx(),
+        }
+
+    def load(self, spec: ModelSpec) -> LlamaModel:
+        _init_llama_once()
+        model = ll.llama_model_load_from_file(str(spec.facts.path).encode(), weight_params())
+        if not model:
+            raise ModelLoadFailed(f"llama.cpp could not load {spec.facts.path}")
+        return LlamaModel(spec.facts, model, self.n_threads, self.n_batch, self.batch_rows)

@@ -1,0 +1,1 @@
+"""The OpenVINO backend: the IR driven through OpenVINO's PagedAttention transformation."""

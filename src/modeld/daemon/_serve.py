@@ -1,0 +1,270 @@
+"""`modeld serve`: the daemon's life, start to finish, as a list of named steps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from modeld._errors import ExitCode, StartupError
+from modeld._metrics import Metrics
+from modeld.backends import make_backend
+from modeld.daemon._config import ServeSettings
+from modeld.daemon._sdnotify import notify
+from modeld.daemon._storage import prepare_data_root
+from modeld.engine._scheduler import EngineWorker
+from modeld.lease._election import Election
+from modeld.lease._gate import Gate, Phase
+from modeld.lease._identity import Identity, modeld_version
+from modeld.lease._store import LeaseStore
+from modeld.models._catalog import ModelCatalog, names_a_path
+from modeld.rpc._auth import read_token_file
+from modeld.rpc._listener import parse_listen
+from modeld.rpc._server import BoundServer, bind_server
+from modeld.rpc._servicer import ModeldServicer
+from modeld.rpc._tls import read_tls_identity
+from modeld.sessions._manager import MemoryBudget, SessionManager
+from modeld.sessions._parking import ParkingLot
+from modeld.sessions._snapshots import SnapshotStore
+from modeldconn._errors import RemoteError
+from modeldconn._lease import LeaseRecord, LoadedModel
+from modeldconn._wire import PROTOCOL
+
+__all__ = ["serve"]
+
+log = logging.getLogger("modeld")
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+
+def _candidate(identity: Identity, settings: ServeSettings, endpoint: str) -> LeaseRecord:
+    now = time.time()
+    return LeaseRecord(
+        instance_id=identity.instance_id,
+        pid=identity.pid,
+        pid_start_time=identity.pid_start_time,
+        host=identity.host,
+        endpoint=endpoint,
+        backend=settings.backend,
+        protocol=PROTOCOL,
+        version=modeld_version(),
+        acquired_at=now,
+        renewed_at=now,
+        ttl_s=settings.lease_ttl_s,
+        state="starting",
+        auth=settings.auth_token_file is not None,
+        tls=settings.tls_cert_file is not None,
+    )
+
+
+def _standing_by(holder: str) -> None:
+    # A standby is a healthy service for systemd: READY, with a status line saying why it waits.
+    notify("READY=1", f"STATUS=standing by; the lease is held by {holder}")
+    log.info("standing by: the lease is held by %s", holder)
+
+
+async def _reap_idle(sessions: SessionManager, settings: ServeSettings) -> None:
+    """Park, then close, sessions nobody has used for a while."""
+    limits = [
+        t for t in (settings.idle_park_s, settings.idle_close_s, settings.unload_after_s) if t > 0
+    ]
+    if not limits:
+        return
+    interval = min(30.0, max(0.25, min(limits) / 4))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sessions.reap(
+                park_after_s=settings.idle_park_s, close_after_s=settings.idle_close_s
+            )
+            if settings.unload_after_s:
+                await sessions.unload_idle_models(settings.unload_after_s)
+        except RemoteError as exc:  # e.g. no room to park: try again next round
+            log.warning("idle reaper: %s", exc)
+
+
+async def _until_stopped_or_fenced(stop: asyncio.Event, election: Election) -> str | None:
+    """Serve until SIGTERM/SIGINT (None) or until leadership ends (the reason)."""
+    stopped = asyncio.ensure_future(stop.wait())
+    held = asyncio.ensure_future(election.hold())
+    done, pending = await asyncio.wait({stopped, held}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return held.result() if held in done else None
+
+
+async def _fence(gate: Gate, bound: BoundServer, reason: str) -> int:
+    notify("STOPPING=1", f"STATUS=fenced: {reason}")
+    gate.phase, gate.fence_reason = Phase.FENCED, reason
+    await bound.set_serving(False)
+    await bound.server.stop(0)
+    log.error("fenced, not serving: %s", reason)
+    return ExitCode.FENCED
+
+
+def _socket_dir(requested: Path | None) -> Path | None:
+    """``--socket-dir``, created 0700 when missing (systemd creates its RuntimeDirectory)."""
+    if requested is None:
+        return None
+    try:
+        requested.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"--socket-dir {requested}: {exc.strerror or exc}") from None
+    return requested.absolute()
+
+
+def _model_roots(settings: ServeSettings) -> tuple[Path, ...]:
+    """The operator's roots, plus the file ``--model`` names by path: the operator chose it."""
+    model = settings.model
+    chosen = [Path(model).expanduser()] if model and names_a_path(model) else []
+    return (*settings.allowed_model_roots, *chosen)
+
+
+async def _preload(sessions: SessionManager, model: str, election: Election) -> None:
+    """Load ``--model`` before serving and name it in the lease."""
+    as_path = Path(model).expanduser()
+    by_path = names_a_path(model)
+    try:
+        spec = await sessions.resolve(
+            "" if by_path else model, "", "", str(as_path) if by_path else ""
+        )
+        await sessions.preload(spec)
+    except RemoteError as exc:
+        raise StartupError(f"cannot load --model {model}: {exc}") from None
+    assert election.record is not None
+    election.record = dataclasses.replace(
+        election.record, model=LoadedModel(spec.facts.name, spec.facts.digest)
+    )
+
+
+async def _drain(gate: Gate, bound: BoundServer, election: Election, grace_s: float) -> int:
+    notify("STOPPING=1", "STATUS=draining")
+    gate.phase = Phase.DRAINING
+    await bound.set_serving(False)
+    await election.set_state("draining")
+    await bound.server.stop(grace_s)
+    released = election.release()
+    log.info("stopped; lease %s", "released" if released else "was no longer ours")
+    return ExitCode.OK
+
+
+async def serve(settings: ServeSettings) -> int:
+    """Run one daemon until a signal (exit 0) or a loss of leadership (exit FENCED).
+
+    :raises StartupError: the data root, listener or lease could not be set up.
+    """
+    root = prepare_data_root(settings.data_root)
+    identity = Identity.of_this_process()
+    token = read_token_file(settings.auth_token_file) if settings.auth_token_file else None
+    tls = read_tls_identity(settings.tls_cert_file, settings.tls_key_file)
+    listener = parse_listen(
+        settings.listen,
+        root,
+        identity.short_id,
+        authenticated=bool(token),
+        tls=tls is not None,
+        socket_dir=_socket_dir(settings.socket_dir),
+    )
+    if listener.remote and tls is None:
+        log.warning("the bearer token crosses the network in the clear: add --tls-cert/--tls-key")
+    gate = Gate(identity.instance_id)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    endpoint = ""
+    metrics = Metrics()
+    worker = EngineWorker()
+    sessions = SessionManager(
+        instance_id=identity.instance_id,
+        catalog=ModelCatalog(root, settings.backend, _model_roots(settings)),
+        backend=make_backend(
+            settings.backend,
+            n_threads=settings.threads or os.cpu_count() or 1,
+            cache_dir=root / "cache",
+            precision=settings.precision,
+            batch_rows=settings.decode_batch_rows,
+        ),
+        worker=worker,
+        budget=MemoryBudget(limit_bytes=settings.memory_limit_bytes),
+        lot=ParkingLot(
+            max_live=settings.max_live_sessions,
+            ram_budget=settings.park_ram_bytes,
+            disk_dir=root / "parked",
+            disk_budget=settings.park_disk_bytes,
+        ),
+        snapshots=SnapshotStore(root / "snapshots", settings.snapshot_budget_bytes),
+        metrics=metrics,
+    )
+    metrics.watch_sessions(sessions)
+    servicer = ModeldServicer(
+        identity=identity,
+        backend=settings.backend,
+        gate=gate,
+        endpoint=lambda: endpoint,
+        sessions=sessions,
+    )
+    election = Election(
+        LeaseStore(root, ttl_s=settings.lease_ttl_s),
+        gate,
+        poll_interval_s=settings.poll_interval_s,
+        on_renew=metrics.renew_seconds.observe,
+    )
+
+    # 1. Bind first, so the lease can advertise the real endpoint.
+    if settings.metrics_listen:  # before binding: a bad address leaves nothing behind
+        log.info("metrics at %s", metrics.serve(settings.metrics_listen))
+    bound = await bind_server(listener, gate, servicer, metrics, token, tls)
+    endpoint = listener.endpoint(bound.port)
+    try:
+        await bound.server.start()
+        # 2. Win the lease (standing by while another instance holds it).
+        record = await election.campaign(
+            _candidate(identity, settings, endpoint),
+            stop,
+            standby=settings.standby,
+            on_wait=lambda holder: _standing_by(holder),
+        )
+        if record is None:
+            return ExitCode.OK  # stopped while standing by
+        gate.phase = Phase.STARTING
+        metrics.leadership.labels("won").inc()
+        log.info("leader: instance %s on %s", identity.instance_id, endpoint)
+        # 3. Load the --model, if any (others load on their first OpenSession). Then serve.
+        if settings.model:
+            try:
+                await _preload(sessions, settings.model, election)
+            except StartupError:
+                election.release()
+                raise
+        listener.publish_stable_name()
+        await election.set_state("serving")
+        gate.phase = Phase.SERVING
+        await bound.set_serving(True)
+        notify("READY=1", f"STATUS=serving {settings.backend} on {endpoint}")
+        log.info("serving backend %s", settings.backend)
+        # 4. Until a signal or a loss of leadership.
+        reaper = asyncio.ensure_future(_reap_idle(sessions, settings))
+        try:
+            fenced_because = await _until_stopped_or_fenced(stop, election)
+        finally:
+            reaper.cancel()
+        if fenced_because is not None:
+            metrics.leadership.labels("lost").inc()
+            return await _fence(gate, bound, fenced_because)
+        metrics.leadership.labels("released").inc()
+        return await _drain(gate, bound, election, settings.drain_grace_s)
+    finally:
+        await bound.server.stop(0)
+        listener.withdraw()
+        await sessions.close_all()
+        worker.close()

@@ -1,0 +1,112 @@
+"""Model facts and KV arithmetic, from a GGUF header alone (no weights loaded)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modeld.models._gguf import GgufArray, read_gguf_metadata
+
+__all__ = ["KV_ELEMENT_BYTES", "ModelFacts", "ModelSpec", "facts_from_gguf"]
+
+#: K and V are cached as f16 (llama.cpp's default type_k / type_v).
+KV_ELEMENT_BYTES = 2
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    name: str
+    path: Path
+    digest: str
+    file_bytes: int
+    architecture: str
+    context_length: int
+    layers: int
+    attention_heads: int
+    kv_heads: int
+    head_dim: int
+    value_dim: int
+    sliding_window: int
+    vocab_size: int
+    chat_template: str
+    chat_template_source: str
+    bos_token_id: int
+    eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    add_bos: bool = True
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V one token costs in every layer, as served.
+
+        Sliding-window layers are *not* capped at their window: the daemon keeps them full size
+        (llama.cpp ``swa_full``) so a session's tape can be truncated at any token.
+        """
+        per_layer = self.kv_heads * (self.head_dim + self.value_dim) * KV_ELEMENT_BYTES
+        return self.layers * per_layer
+
+
+def _first_int(value: Any, default: int) -> int:
+    if isinstance(value, list):
+        value = value[0] if value else default
+    return int(value) if isinstance(value, (int, float)) else default
+
+
+def facts_from_gguf(
+    path: Path,
+    *,
+    name: str,
+    digest: str,
+    fallback_template: str = "",
+    fallback_template_source: str = "",
+) -> ModelFacts:
+    """:raises GgufError: not a GGUF file or a damaged header."""
+    meta = read_gguf_metadata(path)
+    arch = str(meta.get("general.architecture", ""))
+
+    def arch_int(key: str, default: int = 0) -> int:
+        return _first_int(meta.get(f"{arch}.{key}"), default)
+
+    heads = arch_int("attention.head_count")
+    embedding = arch_int("embedding_length")
+    head_dim = arch_int("attention.key_length", embedding // heads if heads else 0)
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab = tokens.count if isinstance(tokens, GgufArray) else len(tokens or [])
+    eos = meta.get("tokenizer.ggml.eos_token_id")
+    eos_ids = tuple(int(x) for x in (eos if isinstance(eos, list) else [eos]) if x is not None)
+    eot = meta.get("tokenizer.ggml.eot_token_id")
+    if isinstance(eot, int) and eot not in eos_ids:
+        eos_ids += (eot,)
+    template = str(meta.get("tokenizer.chat_template", ""))
+    source = "model" if template else fallback_template_source
+    return ModelFacts(
+        name=name,
+        path=path,
+        digest=digest,
+        file_bytes=path.stat().st_size,
+        architecture=arch,
+        context_length=arch_int("context_length"),
+        layers=arch_int("block_count"),
+        attention_heads=heads,
+        kv_heads=arch_int("attention.head_count_kv", heads),
+        head_dim=head_dim,
+        value_dim=arch_int("attention.value_length", head_dim),
+        sliding_window=arch_int("attention.sliding_window"),
+        vocab_size=vocab,
+        chat_template=template or fallback_template,
+        chat_template_source=source,
+        bos_token_id=_first_int(meta.get("tokenizer.ggml.bos_token_id"), -1),
+        eos_token_ids=eos_ids,
+        add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", True)),
+    )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved, verified model: what sessions and the engine are keyed by."""
+
+    facts: ModelFacts
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (str(self.facts.path), self.facts.digest)

@@ -1,0 +1,133 @@
+"""Protobuf <-> domain conversions for the servicer; nothing here does work."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from modeld.models._facts import ModelFacts
+from modeld.sessions._manager import ResolvedConfig
+from modeld.sessions._types import (
+    ChatInput,
+    DecodeRequest,
+    DecodeStep,
+    SessionInput,
+    TextInput,
+    TokenInput,
+)
+from modeldconn._errors import InvalidArgument
+from modeldconn._pb import modeld_pb2 as pb
+from modeldconn._types import Capabilities, Capacity, PrefixResult, SuffixResult
+
+__all__ = [
+    "capabilities_to_pb",
+    "capacity_to_pb",
+    "decode_request_from_pb",
+    "facts_to_pb",
+    "input_from_pb",
+    "prefix_to_pb",
+    "resolved_to_pb",
+    "step_to_pb",
+    "suffix_to_pb",
+]
+
+
+def input_from_pb(message: pb.Input, what: str) -> SessionInput:
+    kind = message.WhichOneof("kind")
+    if kind == "text":
+        return TextInput(message.text)
+    if kind == "tokens":
+        return TokenInput(tuple(message.tokens.ids))
+    if kind == "chat":
+        return ChatInput(
+            tuple((m.role, m.content) for m in message.chat.messages),
+            message.chat.add_generation_prompt,
+        )
+    raise InvalidArgument(f"{what} is empty: set text, tokens or chat", field=what)
+
+
+def decode_request_from_pb(config: pb.DecodeConfig) -> DecodeRequest:
+    def opt(name: str) -> object:
+        return getattr(config, name) if config.HasField(name) else None
+
+    return DecodeRequest.checked(
+        max_tokens=opt("max_tokens"),  # type: ignore[arg-type]
+        temperature=opt("temperature"),  # type: ignore[arg-type]
+        top_k=opt("top_k"),  # type: ignore[arg-type]
+        top_p=opt("top_p"),  # type: ignore[arg-type]
+        min_p=opt("min_p"),  # type: ignore[arg-type]
+        repeat_penalty=opt("repeat_penalty"),  # type: ignore[arg-type]
+        repeat_last_n=opt("repeat_last_n"),  # type: ignore[arg-type]
+        seed=opt("seed"),  # type: ignore[arg-type]
+        stop=tuple(config.stop),
+        stop_token_ids=tuple(config.stop_token_ids),
+        ignore_eos=config.ignore_eos,
+    )
+
+
+def facts_to_pb(facts: ModelFacts) -> pb.ModelFacts:
+    return pb.ModelFacts(
+        name=facts.name,
+        path=str(facts.path),
+        digest=facts.digest,
+        file_bytes=facts.file_bytes,
+        architecture=facts.architecture,
+        context_length=facts.context_length,
+        layers=facts.layers,
+        attention_heads=facts.attention_heads,
+        kv_heads=facts.kv_heads,
+        head_dim=facts.head_dim,
+        sliding_window=facts.sliding_window,
+        vocab_size=facts.vocab_size,
+        chat_template=facts.chat_template,
+        chat_template_source=facts.chat_template_source,
+        bos_token_id=facts.bos_token_id,
+        eos_token_ids=list(facts.eos_token_ids),
+        add_bos=facts.add_bos,
+    )
+
+
+def capacity_to_pb(capacity: Capacity) -> pb.Capacity:
+    return pb.Capacity(**dataclasses.asdict(capacity))
+
+
+def capabilities_to_pb(capabilities: Capabilities) -> pb.Capabilities:
+    return pb.Capabilities(**dataclasses.asdict(capabilities))
+
+
+def resolved_to_pb(config: ResolvedConfig) -> pb.ResolvedSessionConfig:
+    return pb.ResolvedSessionConfig(**dataclasses.asdict(config))
+
+
+def prefix_to_pb(result: PrefixResult) -> pb.EnsurePrefixResponse:
+    return pb.EnsurePrefixResponse(**dataclasses.asdict(result))
+
+
+def suffix_to_pb(result: SuffixResult) -> pb.PrefillSuffixResponse:
+    return pb.PrefillSuffixResponse(**dataclasses.asdict(result))
+
+
+def step_to_pb(step: DecodeStep) -> pb.DecodeChunk:
+    chunk = pb.DecodeChunk(text=step.text, token_ids=list(step.token_ids))
+    final = step.final
+    if final is not None:
+        chunk.final.CopyFrom(
+            pb.DecodeFinal(
+                stop_reason=final.stop_reason,
+                stop_string=final.stop_string,
+                stop_token=final.stop_token,
+                usage=pb.DecodeUsage(
+                    prompt_tokens=final.prompt_tokens,
+                    reused_tokens=final.reused_tokens,
+                    completion_tokens=final.completion_tokens,
+                ),
+                timings=pb.DecodeTimings(
+                    prefill_ms=final.prefill_ms,
+                    ttft_ms=final.ttft_ms,
+                    decode_ms=final.decode_ms,
+                    tokens_per_s=final.tokens_per_s,
+                ),
+                resident=final.resident,
+                available=final.available,
+            )
+        )
+    return chunk

@@ -1,0 +1,150 @@
+"""The one place where the gate is applied and errors become gRPC statuses.
+
+Servicers raise :class:`modeldconn.RemoteError` subclasses; this interceptor turns each into its
+own status with an ``ErrorInfo`` detail. Anything else is a bug: it is logged with its traceback
+and answered as ``internal``, so a bad request never looks like a crash and vice versa.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+
+from modeld._logging import REQUEST_ID, SESSION_ID
+from modeld._metrics import Metrics
+from modeld.lease._gate import Gate
+from modeldconn._errors import InternalError, RemoteError
+from modeldconn._wire import INSTANCE_METADATA_KEY
+
+__all__ = ["GateInterceptor"]
+
+log = logging.getLogger("modeld.rpc")
+
+#: Health and reflection answer in every phase and need no fencing token.
+_OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+#: Answered in any phase (standbys too), but still fenced: the handshake.
+_ALWAYS_ANSWERED = frozenset({"/modeld.v1.Modeld/Status"})
+
+
+def _claimed_instance(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == INSTANCE_METADATA_KEY:
+            return str(value)
+    return None
+
+
+def _tag_call(request: Any) -> None:
+    """Give this call's log lines a request id, and the session id when it names a session.
+    (Each RPC runs in its own asyncio task, so the context variables stay with it.)"""
+    REQUEST_ID.set(uuid.uuid4().hex[:12])
+    SESSION_ID.set(str(getattr(request, "handle", "")).rpartition("/")[2])
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: RemoteError) -> None:
+    status = rpc_status.to_status(error.to_status())
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, gate: Gate, metrics: Metrics) -> None:
+        self._gate = gate
+        self._metrics = metrics
+        #: wrapped handlers, built once per method instead of on every call
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def _admit(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        self._gate.check_fence(_claimed_instance(context))
+        if method not in _ALWAYS_ANSWERED:
+            self._gate.check_serving()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(details)
+        if handler is None or method.startswith(_OPEN_SERVICES):
+            return handler
+        self._wrapped[method] = self._wrap(method, handler)
+        return self._wrapped[method]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap_unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Any:
+        name = method.rpartition("/")[2]
+        seconds = self._metrics.rpc_seconds.labels(name)
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            code = "OK"
+            started = time.perf_counter()
+            _tag_call(request)
+            try:
+                self._admit(method, context)
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                code = "ABORTED_BY_HANDLER"
+                raise  # the behavior already chose its status
+            except RemoteError as error:
+                code = error.grpc_code.name
+                await _abort(context, error)
+            except Exception:
+                code = "INTERNAL"
+                log.exception("internal error in %s", method)
+                await _abort(context, InternalError(f"internal error in {method}"))
+            finally:
+                seconds.observe(time.perf_counter() - started)
+                self._metrics.rpcs.labels(name, code).inc()
+
+        return unary
+
+    def _wrap_stream(self, method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Any:
+        name = method.rpartition("/")[2]
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            code = "OK"
+            _tag_call(request)
+            try:
+                self._admit(method, context)
+                async for item in behavior(request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                code = "ABORTED_BY_HANDLER"
+                raise  # the behavior already chose its status
+            except RemoteError as error:
+                code = error.grpc_code.name
+                await _abort(context, error)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception:
+                code = "INTERNAL"
+                log.exception("internal error in %s", method)
+                await _abort(context, InternalError(f"internal error in {method}"))
+            finally:
+                self._metrics.rpcs.labels(name, code).inc()
+
+        return stream

@@ -1,0 +1,217 @@
+"""The modeld.v1.Modeld servicer: it only translates between messages and the session layer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from modeld.lease._gate import Gate
+from modeld.lease._identity import Identity, modeld_version
+from modeld.models._facts import ModelSpec
+from modeld.rpc._convert import (
+    capabilities_to_pb,
+    capacity_to_pb,
+    decode_request_from_pb,
+    facts_to_pb,
+    input_from_pb,
+    prefix_to_pb,
+    resolved_to_pb,
+    step_to_pb,
+    suffix_to_pb,
+)
+from modeld.sessions._manager import ResolvedConfig, SessionManager
+from modeldconn._errors import InvalidArgument, SnapshotNotFound
+from modeldconn._pb import modeld_pb2 as pb
+from modeldconn._pb import modeld_pb2_grpc
+from modeldconn._wire import CLIENT_METADATA_KEY, MIN_PROTOCOL, PROTOCOL
+
+__all__ = ["ModeldServicer"]
+
+#: grpc ships no type stubs; this names the servicer context for readers
+Context = Any
+log = logging.getLogger("modeld.rpc")
+
+
+def _client_of(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_METADATA_KEY:
+            return str(value)
+    return ""
+
+
+class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        backend: str,
+        gate: Gate,
+        endpoint: Callable[[], str],
+        sessions: SessionManager,
+    ) -> None:
+        self._identity = identity
+        self._backend = backend
+        self._gate = gate
+        self._endpoint = endpoint
+        self._sessions = sessions
+        self._started = time.monotonic()
+
+    async def _spec(self, ref: pb.ModelRef) -> ModelSpec:
+        return await self._sessions.resolve(ref.name, ref.type, ref.digest, ref.path)
+
+    async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
+        lot = self._sessions.lot
+        models = [
+            pb.LoadedModelStatus(
+                name=m.spec.facts.name,
+                digest=m.spec.facts.digest,
+                path=str(m.spec.facts.path),
+                sessions=m.sessions,
+                weights_loaded=m.engine is not None,
+                decode_batch_rows=m.engine.max_decode_rows if m.engine is not None else 0,
+                decode_batch_exact=m.engine is None or m.engine.decode_batch_exact,
+            )
+            for m in self._sessions.loaded_models()
+        ]
+        return pb.StatusResponse(
+            instance_id=self._identity.instance_id,
+            protocol=PROTOCOL,
+            min_protocol=MIN_PROTOCOL,
+            backend=self._backend,
+            version=modeld_version(),
+            state=self._gate.phase.value,
+            pid=self._identity.pid,
+            host=self._identity.host,
+            endpoint=self._endpoint(),
+            uptime_s=time.monotonic() - self._started,
+            sessions_open=self._sessions.session_count(),
+            models=models,
+            prefix_shares=self._sessions.prefix_shares,
+            decode_calls=self._sessions.decode_calls,
+            decode_rows=self._sessions.decode_rows,
+            prefix_shared_tokens=self._sessions.prefix_shared_tokens,
+            sessions_live=self._sessions.live_count(),
+            sessions_parked=self._sessions.session_count() - self._sessions.live_count(),
+            parked_ram_bytes=lot.ram_bytes,
+            parked_disk_bytes=lot.disk_bytes,
+            parks=lot.parks,
+            restores=lot.restores,
+            max_live_sessions=lot.max_live,
+            queue_depth=self._sessions.queue_depth(),
+            clients_attached=self._sessions.client_count(),
+            sessions_reaped=self._sessions.sessions_reaped,
+            prefix_hits=self._sessions.prefix_hits,
+            prefix_misses=self._sessions.prefix_misses,
+            model_loads=self._sessions.model_loads,
+        )
+
+    async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:
+        spec = await self._spec(request.model)
+        return pb.DescribeResponse(
+            facts=facts_to_pb(spec.facts), capacity=capacity_to_pb(self._sessions.capacity(spec))
+        )
+
+    async def OpenSession(
+        self, request: pb.OpenSessionRequest, context: Context
+    ) -> pb.OpenSessionResponse:
+        spec = await self._spec(request.model)
+        session, resolved = await self._sessions.open(
+            spec, request.config.n_ctx, _client_of(context)
+        )
+        return self._opened(session.handle, resolved, spec)
+
+    def _opened(
+        self, handle: str, resolved: ResolvedConfig, spec: ModelSpec
+    ) -> pb.OpenSessionResponse:
+        return pb.OpenSessionResponse(
+            handle=handle,
+            config=resolved_to_pb(resolved),
+            facts=facts_to_pb(spec.facts),
+            capabilities=capabilities_to_pb(self._sessions.capabilities),
+        )
+
+    async def EnsurePrefix(
+        self, request: pb.EnsurePrefixRequest, context: Context
+    ) -> pb.EnsurePrefixResponse:
+        value = input_from_pb(request.prefix, "prefix")
+        return prefix_to_pb(await self._sessions.ensure_prefix(request.handle, value))
+
+    async def PrefillSuffix(
+        self, request: pb.PrefillSuffixRequest, context: Context
+    ) -> pb.PrefillSuffixResponse:
+        value = input_from_pb(request.suffix, "suffix")
+        return suffix_to_pb(await self._sessions.prefill_suffix(request.handle, value))
+
+    async def Decode(
+        self, request: pb.DecodeRequest, context: Context
+    ) -> AsyncIterator[pb.DecodeChunk]:
+        decode_request = decode_request_from_pb(request.config)
+        suffix = input_from_pb(request.suffix, "suffix") if request.HasField("suffix") else None
+        async for step in self._sessions.decode(request.handle, decode_request, suffix):
+            yield step_to_pb(step)
+
+    async def CloseSession(
+        self, request: pb.CloseSessionRequest, context: Context
+    ) -> pb.CloseSessionResponse:
+        return pb.CloseSessionResponse(closed=await self._sessions.close(request.handle))
+
+    async def Snapshot(self, request: pb.SnapshotRequest, context: Context) -> pb.SnapshotResponse:
+        snapshot_id, size, tokens = await self._sessions.snapshot(request.handle)
+        return pb.SnapshotResponse(snapshot_id=snapshot_id, bytes=size, tokens=tokens)
+
+    async def Restore(self, request: pb.RestoreRequest, context: Context) -> pb.OpenSessionResponse:
+        ref = request.model
+        if not (ref.name or ref.path):
+            recorded = self._sessions.snapshots.recorded_model_path(request.snapshot_id)
+            if not recorded:
+                raise SnapshotNotFound(f"no snapshot {request.snapshot_id}")
+            ref = pb.ModelRef(path=recorded)
+        spec = await self._spec(ref)
+        session, resolved = await self._sessions.restore(
+            spec, request.snapshot_id, request.config.n_ctx, _client_of(context)
+        )
+        return self._opened(session.handle, resolved, spec)
+
+    async def Attach(
+        self, request: pb.AttachRequest, context: Context
+    ) -> AsyncIterator[pb.AttachEvent]:
+        client_id = uuid.uuid4().hex
+        self._sessions.attach(client_id)
+        try:
+            yield pb.AttachEvent(client_id=client_id)
+            await asyncio.Event().wait()  # until the client goes (cancelled) or we stop
+        finally:
+            closed = self._sessions.detach(client_id)
+            if closed:
+                log.info(
+                    "client %s (%s) went away: closed %d sessions",
+                    client_id,
+                    request.client_name or "unnamed",
+                    closed,
+                )
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context: Context) -> pb.TokenizeResponse:
+        model = await self._sessions.model_for(
+            request.handle, await self._spec_unless_handle(request.handle, request.model)
+        )
+        ids = await self._sessions.tokenize(model, request.text, request.add_special)
+        return pb.TokenizeResponse(ids=ids)
+
+    async def Detokenize(
+        self, request: pb.DetokenizeRequest, context: Context
+    ) -> pb.DetokenizeResponse:
+        model = await self._sessions.model_for(
+            request.handle, await self._spec_unless_handle(request.handle, request.model)
+        )
+        return pb.DetokenizeResponse(text=await self._sessions.detokenize(model, list(request.ids)))
+
+    async def _spec_unless_handle(self, handle: str, ref: pb.ModelRef) -> ModelSpec | None:
+        if handle:
+            return None
+        if not (ref.name or ref.path):
+            raise InvalidArgument("name a session handle or a model")
+        return await self._spec(ref)
