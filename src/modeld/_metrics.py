@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from modeld._errors import StartupError
-
-if TYPE_CHECKING:
-    from modeld.sessions._manager import SessionManager
+from modeld.sessions._stats import Stats
 
 __all__ = ["Metrics"]
 
@@ -22,26 +19,28 @@ _TOKEN_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1)
 
 
 class _SessionsCollector(Collector):
-    """Read at scrape time from the session manager (plain ints: safe from the HTTP thread)."""
+    """Read at scrape time (on the HTTP server's thread) from an immutable snapshot of the
+    session layer's figures, never from its live structures."""
 
-    def __init__(self, sessions: SessionManager) -> None:
-        self._sessions = sessions
+    def __init__(self, figures: Callable[[], Stats], queue_depth: Callable[[], int]):
+        self._figures = figures
+        self._queue_depth = queue_depth
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        s, lot = self._sessions, self._sessions.lot
-        open_ = s.session_count()
-        live = s.live_count()
+        s = self._figures()
         gauge = GaugeMetricFamily("modeld_sessions", "Open sessions, by state", labels=["state"])
-        gauge.add_metric(["live"], live)
-        gauge.add_metric(["parked"], open_ - live)
+        gauge.add_metric(["live"], s.sessions_live)
+        gauge.add_metric(["parked"], s.sessions_parked)
         yield gauge
         parked = GaugeMetricFamily("modeld_parked_bytes", "Parked KV, by tier", labels=["tier"])
-        parked.add_metric(["ram"], lot.ram_bytes)
-        parked.add_metric(["disk"], lot.disk_bytes)
+        parked.add_metric(["ram"], s.parked_ram_bytes)
+        parked.add_metric(["disk"], s.parked_disk_bytes)
         yield parked
-        yield GaugeMetricFamily("modeld_queue_depth", "Engine jobs waiting", value=s.queue_depth())
         yield GaugeMetricFamily(
-            "modeld_clients_attached", "Clients holding a lifeline", value=s.client_count()
+            "modeld_queue_depth", "Engine jobs waiting", value=self._queue_depth()
+        )
+        yield GaugeMetricFamily(
+            "modeld_clients_attached", "Clients holding a lifeline", value=s.clients_attached
         )
         cache = CounterMetricFamily(
             "modeld_prefix_cache",
@@ -54,8 +53,8 @@ class _SessionsCollector(Collector):
         moves = CounterMetricFamily(
             "modeld_parking", "Sessions parked / restored", labels=["event"]
         )
-        moves.add_metric(["park"], lot.parks)
-        moves.add_metric(["restore"], lot.restores)
+        moves.add_metric(["park"], s.parks)
+        moves.add_metric(["restore"], s.restores)
         yield moves
 
 
@@ -109,8 +108,10 @@ class Metrics:
             registry=r,
         )
 
-    def watch_sessions(self, sessions: SessionManager) -> None:
-        self.registry.register(_SessionsCollector(sessions))
+    def watch_sessions(self, figures: Callable[[], Stats], queue_depth: Callable[[], int]) -> None:
+        """Report the session layer's figures at every scrape: ``figures`` must be safe to call
+        from the HTTP server's thread (it returns an immutable snapshot)."""
+        self.registry.register(_SessionsCollector(figures, queue_depth))
 
     def serve(self, listen: str) -> str:
         """Start the HTTP endpoint on loopback ``HOST:PORT`` (port 0: any); returns the URL."""

@@ -28,7 +28,9 @@ __all__ = ["Decoding", "feeds_for"]
 class Decoding(Protocol):
     engine: EngineSession | None
     tape: list[int]
-    decoding: bool
+
+    @property
+    def decoding(self) -> bool: ...
 
 
 def _pending(session: Decoding) -> EngineSession | None:

@@ -1,11 +1,16 @@
-"""One thread runs every engine call, first come first served.
+"""The engine thread: one thread runs every engine call, first come first served.
 
 Engines are blocking and not safe to call from several threads, so the asyncio side never calls
-them directly: it submits a call (awaited as a future) or a stream (a generator the worker steps
-one item at a time). After each step a stream goes to the back of the queue, so a long generation
-lets every other session's work in between its tokens. A cancelled stream is closed on the worker
-(its ``finally`` blocks run there), which is how a client that hangs up mid-Decode leaves its
-session consistent.
+them directly: it submits a call (awaited as a future) or a stream (a generator the scheduler
+steps one item at a time). After each step a stream goes to the back of the queue, so a long
+generation lets every other session's work in between its tokens. A cancelled stream is closed
+on the engine thread (its ``finally`` blocks run there), which is how a client that hangs up
+mid-Decode leaves its session consistent; the cancelled side waits for that close, so when it
+goes on, nothing of the stream is still running.
+
+After every job, before its result reaches the loop, the scheduler calls ``after_job`` on the
+engine thread: that is where engine-side statistics are published (as llama.cpp's server
+answers ``/metrics`` from its queue thread), so a reply is never ahead of the figures.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any, TypeVar
 
 from modeldconn._errors import Overloaded
 
-__all__ = ["EngineWorker"]
+__all__ = ["EngineScheduler"]
 
 log = logging.getLogger("modeld.engine")
 T = TypeVar("T")
@@ -33,22 +38,47 @@ class _Stream:
         self.loop = loop
         self.items: asyncio.Queue[Any] = asyncio.Queue()
         self.cancelled = False
+        #: set on the engine thread once the generator has finished or been closed
+        self.finished = threading.Event()
+        self.closed: asyncio.Future[None] = loop.create_future()
 
     def deliver(self, item: Any) -> None:
         self.loop.call_soon_threadsafe(self.items.put_nowait, item)
 
+    def finish(self) -> None:
+        self.finished.set()
 
-class EngineWorker:
-    def __init__(self, name: str = "modeld-engine", max_pending: int = 1024) -> None:
-        #: new work is refused (overloaded) once this many jobs wait
+        def settle() -> None:
+            if not self.closed.done():
+                self.closed.set_result(None)
+
+        self.loop.call_soon_threadsafe(settle)
+
+
+class EngineScheduler:
+    """:param max_pending: new work is refused (overloaded) once this many jobs wait.
+    :param after_job: called on the engine thread after every job, before its result is
+        delivered; must not raise (errors are logged)."""
+
+    def __init__(
+        self,
+        name: str = "modeld-engine",
+        max_pending: int = 1024,
+        after_job: Callable[[], None] = lambda: None,
+    ) -> None:
         self.max_pending = max_pending
+        self.after_job = after_job
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     @property
     def depth(self) -> int:
+        """Jobs waiting now (safe from any thread)."""
         return self._jobs.qsize()
+
+    def on_engine_thread(self) -> bool:
+        return threading.current_thread() is self._thread
 
     def _admit(self) -> None:
         if self._jobs.qsize() >= self.max_pending:
@@ -57,6 +87,10 @@ class EngineWorker:
             )
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the engine thread and return its result (or raise its error).
+
+        :raises Overloaded: the queue is full.
+        """
         self._admit()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -64,11 +98,15 @@ class EngineWorker:
         return await future
 
     def submit(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` on the worker, fire and forget (errors are logged)."""
+        """Run ``fn`` on the engine thread, fire and forget (errors are logged)."""
         self._jobs.put(("submit", fn))
 
     async def stream(self, generator: Generator[T, None, None]) -> AsyncIterator[T]:
-        """Iterate ``generator`` on the worker; leaving early closes it there."""
+        """Iterate ``generator`` on the engine thread; leaving early closes it there and waits
+        until it is closed.
+
+        :raises Overloaded: the queue is full.
+        """
         self._admit()
         job = _Stream(generator, asyncio.get_running_loop())
         self._jobs.put(("stream", job))
@@ -82,6 +120,10 @@ class EngineWorker:
                 yield item
         finally:
             job.cancelled = True
+            if not job.finished.is_set():
+                # at most one step away: the stream's next turn on the queue closes it
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(job.closed)
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -96,11 +138,18 @@ class EngineWorker:
                     job[1]()
                 except Exception:
                     log.exception("engine job failed")
+                self._after()
             else:
                 self._step(job[1])
 
-    @staticmethod
+    def _after(self) -> None:
+        try:
+            self.after_job()
+        except Exception:
+            log.exception("after_job failed")
+
     def _run_call(
+        self,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         future: asyncio.Future[Any],
@@ -117,22 +166,31 @@ class EngineWorker:
         try:
             result = fn(*args)
         except BaseException as exc:  # handed to the awaiting coroutine, never lost here
+            self._after()
             loop.call_soon_threadsafe(settle, False, exc)
         else:
+            self._after()
             loop.call_soon_threadsafe(settle, True, result)
 
     def _step(self, job: _Stream) -> None:
         if job.cancelled:
             with contextlib.suppress(Exception):
                 job.generator.close()
+            self._after()
+            job.finish()
             return
         try:
             item = next(job.generator)
         except StopIteration:
+            self._after()
             job.deliver(_DONE)
+            job.finish()
             return
         except BaseException as exc:
+            self._after()
             job.deliver(exc)
+            job.finish()
             return
+        self._after()
         job.deliver(item)
         self._jobs.put(("stream", job))

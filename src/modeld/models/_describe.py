@@ -6,8 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from modeld.models._capacity import MemoryBudget, capacity_of
 from modeld.models._catalog import ModelCatalog, names_a_path
-from modeld.sessions._manager import MemoryBudget
 
 __all__ = ["describe_locally"]
 
@@ -20,8 +20,7 @@ def describe_locally(root: Path, model: str, *, as_json: bool) -> str:
     spec = catalog.resolve("" if by_path else model, "", "", model if by_path else "")
     facts = spec.facts
     free = MemoryBudget().free_bytes(0)
-    per_token = max(1, facts.kv_bytes_per_token)
-    fit = min(facts.context_length, max(0, free - facts.file_bytes) // per_token)
+    fit = capacity_of(facts, free, weights_resident=False).memory_fit_context
     if as_json:
         body = {
             **dataclasses.asdict(facts),

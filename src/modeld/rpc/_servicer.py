@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -64,7 +65,6 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         return await self._sessions.resolve(ref.name, ref.type, ref.digest, ref.path)
 
     async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
-        lot = self._sessions.lot
         models = [
             pb.LoadedModelStatus(
                 name=m.spec.facts.name,
@@ -88,25 +88,9 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             host=self._identity.host,
             endpoint=self._endpoint(),
             uptime_s=time.monotonic() - self._started,
-            sessions_open=self._sessions.session_count(),
             models=models,
-            prefix_shares=self._sessions.prefix_shares,
-            decode_calls=self._sessions.decode_calls,
-            decode_rows=self._sessions.decode_rows,
-            prefix_shared_tokens=self._sessions.prefix_shared_tokens,
-            sessions_live=self._sessions.live_count(),
-            sessions_parked=self._sessions.session_count() - self._sessions.live_count(),
-            parked_ram_bytes=lot.ram_bytes,
-            parked_disk_bytes=lot.disk_bytes,
-            parks=lot.parks,
-            restores=lot.restores,
-            max_live_sessions=lot.max_live,
             queue_depth=self._sessions.queue_depth(),
-            clients_attached=self._sessions.client_count(),
-            sessions_reaped=self._sessions.sessions_reaped,
-            prefix_hits=self._sessions.prefix_hits,
-            prefix_misses=self._sessions.prefix_misses,
-            model_loads=self._sessions.model_loads,
+            **dataclasses.asdict(self._sessions.stats()),
         )
 
     async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:

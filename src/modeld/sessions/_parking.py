@@ -42,8 +42,10 @@ class Parkable(Protocol):
     id: str
     engine: EngineSession | None
     parked: ParkedState | None
-    busy: bool
     last_used: float
+
+    @property
+    def busy(self) -> bool: ...
 
 
 class ParkingLot:

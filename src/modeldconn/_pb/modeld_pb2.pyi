@@ -32,7 +32,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("instance_id", "protocol", "min_protocol", "backend", "version", "state", "pid", "host", "endpoint", "uptime_s", "sessions_open", "models", "prefix_shares", "prefix_shared_tokens", "sessions_live", "sessions_parked", "parked_ram_bytes", "parked_disk_bytes", "parks", "restores", "max_live_sessions", "queue_depth", "clients_attached", "sessions_reaped", "prefix_hits", "prefix_misses", "model_loads", "decode_calls", "decode_rows")
+    __slots__ = ("instance_id", "protocol", "min_protocol", "backend", "version", "state", "pid", "host", "endpoint", "uptime_s", "sessions_open", "models", "prefix_shares", "prefix_shared_tokens", "sessions_live", "sessions_parked", "parked_ram_bytes", "parked_disk_bytes", "parks", "restores", "max_live_sessions", "queue_depth", "clients_attached", "sessions_reaped", "prefix_hits", "prefix_misses", "model_loads", "decode_calls", "decode_rows", "prefix_share_failures")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     MIN_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class StatusResponse(_message.Message):
     MODEL_LOADS_FIELD_NUMBER: _ClassVar[int]
     DECODE_CALLS_FIELD_NUMBER: _ClassVar[int]
     DECODE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_SHARE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     protocol: int
     min_protocol: int
@@ -91,7 +92,8 @@ class StatusResponse(_message.Message):
     model_loads: int
     decode_calls: int
     decode_rows: int
-    def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ..., prefix_shares: _Optional[int] = ..., prefix_shared_tokens: _Optional[int] = ..., sessions_live: _Optional[int] = ..., sessions_parked: _Optional[int] = ..., parked_ram_bytes: _Optional[int] = ..., parked_disk_bytes: _Optional[int] = ..., parks: _Optional[int] = ..., restores: _Optional[int] = ..., max_live_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., clients_attached: _Optional[int] = ..., sessions_reaped: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., prefix_misses: _Optional[int] = ..., model_loads: _Optional[int] = ..., decode_calls: _Optional[int] = ..., decode_rows: _Optional[int] = ...) -> None: ...
+    prefix_share_failures: int
+    def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ..., prefix_shares: _Optional[int] = ..., prefix_shared_tokens: _Optional[int] = ..., sessions_live: _Optional[int] = ..., sessions_parked: _Optional[int] = ..., parked_ram_bytes: _Optional[int] = ..., parked_disk_bytes: _Optional[int] = ..., parks: _Optional[int] = ..., restores: _Optional[int] = ..., max_live_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., clients_attached: _Optional[int] = ..., sessions_reaped: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., prefix_misses: _Optional[int] = ..., model_loads: _Optional[int] = ..., decode_calls: _Optional[int] = ..., decode_rows: _Optional[int] = ..., prefix_share_failures: _Optional[int] = ...) -> None: ...
 
 class LoadedModelStatus(_message.Message):
     __slots__ = ("name", "digest", "path", "sessions", "weights_loaded", "decode_batch_rows", "decode_batch_exact")

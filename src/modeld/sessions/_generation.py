@@ -1,0 +1,149 @@
+"""Decode on the engine thread: one token a step, stop conditions, and batched computation of
+the sampled tokens of every session decoding on the same model (see ``engine._batching``).
+
+A Decode samples a token, streams it, and computes it lazily at the start of its next step, or
+another decoding session's step computes it in the same engine call as its own. The generator
+yields a :class:`DecodeStep` per token (None between the chunks of a suffix's prefill) and a
+final step with the usage; closing it mid-way (a cancelled client) keeps the tape valid.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+
+from modeld._metrics import Metrics
+from modeld.backends._base import EngineModel
+from modeld.engine._batching import feeds_for
+from modeld.sessions._inputs import check_ids
+from modeld.sessions._models import ModelPool
+from modeld.sessions._prefill import Prefill
+from modeld.sessions._residency import Residency
+from modeld.sessions._session import Session
+from modeld.sessions._stats import EngineCounters
+from modeld.sessions._stop_strings import StopScanner
+from modeld.sessions._table import SessionTable
+from modeld.sessions._types import DecodeRequest, DecodeStep, SessionInput
+from modeldconn._types import DecodeFinal
+
+__all__ = ["Generation"]
+
+
+class Generation:
+    def __init__(
+        self,
+        table: SessionTable,
+        pool: ModelPool,
+        residency: Residency,
+        prefill: Prefill,
+        counters: EngineCounters,
+        metrics: Metrics,
+    ) -> None:
+        self._table = table
+        self._pool = pool
+        self._residency = residency
+        self._prefill = prefill
+        self._counters = counters
+        self._metrics = metrics
+
+    def steps(
+        self, session: Session, request: DecodeRequest, suffix: SessionInput | None
+    ) -> Generator[DecodeStep | None, None, None]:
+        """Engine thread, one token per step.
+
+        :raises InvalidArgument: a stop token id outside the vocabulary (before any work).
+        """
+        received = time.perf_counter()
+        engine = self._residency.live(session)
+        model = self._pool.engine_of(session.model)
+        check_ids(list(request.stop_token_ids), model.facts.vocab_size, "stop_token_ids")
+        if suffix is not None:
+            for item in self._prefill.prefill_suffix(session, suffix):
+                if item is None:
+                    yield None  # between prefill chunks: other sessions' turn
+        prompt_tokens, reused = len(session.tape), session.turn_reused
+        session.turn_reused = 0
+        if engine.kv_len < len(session.tape):
+            engine.prefill(session.tape[engine.kv_len :])
+        elif not engine.logits_current():
+            # logits were discarded by a truncation: recompute the last token alone
+            engine.truncate(engine.kv_len - 1)
+            engine.prefill(session.tape[-1:])
+        prefill_ms = (time.perf_counter() - received) * 1000
+        sampler = engine.sampler(request.sampling, session.tape)
+        scanner = StopScanner(request.stop)
+        stop_reason, stop_string, stop_token = "max_tokens", "", None
+        generated, ttft_ms, first_at = 0, 0.0, received
+        try:
+            while generated < request.max_tokens:
+                if len(session.tape) >= session.n_ctx:
+                    stop_reason = "context_full"
+                    break
+                if engine.kv_len < len(session.tape):
+                    # the token sampled last step, unless another session's batch computed it
+                    self._compute_sampled(session, model)
+                token = sampler.sample()
+                session.tape.append(token)
+                generated += 1
+                if generated == 1:
+                    first_at = time.perf_counter()
+                    ttft_ms = (first_at - received) * 1000
+                # offered to other sessions' batches only if this decode will go on to need it
+                session.set_decoding(
+                    generated < request.max_tokens and len(session.tape) < session.n_ctx
+                )
+                if not request.sampling.ignore_eos and model.is_end_of_generation(token):
+                    stop_reason = "eos"
+                    session.set_decoding(False)
+                    yield DecodeStep("", (token,))
+                    break
+                if token in request.stop_token_ids:
+                    stop_reason, stop_token = "stop_token", token
+                    session.set_decoding(False)
+                    yield DecodeStep("", (token,))
+                    break
+                text, matched = scanner.feed(model.piece(token))
+                if matched is not None:
+                    stop_reason, stop_string = "stop", matched
+                    session.set_decoding(False)
+                    yield DecodeStep(text, (token,))
+                    break
+                yield DecodeStep(text, (token,))
+            tail = "" if stop_reason == "stop" else scanner.flush()
+            decode_ms = (time.perf_counter() - first_at) * 1000
+            final = DecodeFinal(
+                stop_reason=stop_reason,
+                stop_string=stop_string,
+                stop_token=stop_token,
+                prompt_tokens=prompt_tokens,
+                reused_tokens=reused,
+                completion_tokens=generated,
+                prefill_ms=prefill_ms,
+                ttft_ms=ttft_ms,
+                decode_ms=decode_ms,
+                # tokens after the first, over the time after the first
+                tokens_per_s=(generated - 1) / (decode_ms / 1000) if generated > 1 else 0.0,
+                # the last sampled token is on the tape, computed by whatever comes next
+                resident=engine.kv_len,
+                available=session.n_ctx - len(session.tape),
+            )
+            yield DecodeStep(tail, (), final)
+        finally:
+            session.set_decoding(False)
+            sampler.close()
+            session.model.index.update(session.id, session.tape)
+
+    def _compute_sampled(self, session: Session, model: EngineModel) -> None:
+        """Compute ``session``'s last sampled token; where the backend batches, in one engine
+        call with every other decoding session's of the same group."""
+        rows = model.max_decode_rows  # 1 where batching is not exact (and not asked for)
+        peers = self._table.snapshot().values() if rows > 1 else ()
+        feeds = feeds_for(session, peers, rows)
+        if len(feeds) == 1:
+            engine, token = feeds[0]
+            engine.prefill([token])
+        else:
+            model.decode_batch(feeds)
+        self._counters.decode_calls += 1
+        self._counters.decode_rows += len(feeds)
+        self._metrics.decode_rows.observe(len(feeds))

@@ -1,0 +1,125 @@
+"""Loaded models: loading once per model (single flight), unloading idle weights, and the
+memory the weights and live sessions' KV take.
+
+The table of loaded models is written on the loop only (entries are never removed while the
+daemon runs; an unloaded model keeps its entry with ``engine = None``); an entry's ``engine``
+is written on the engine thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from modeld.backends._base import Backend, EngineModel
+from modeld.engine._scheduler import EngineScheduler
+from modeld.models._capacity import MemoryBudget, capacity_of
+from modeld.models._facts import ModelSpec
+from modeld.sessions._prefix_index import PrefixIndex
+from modeldconn._types import Capacity
+
+__all__ = ["LoadedModel", "ModelPool"]
+
+log = logging.getLogger("modeld.sessions")
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    spec: ModelSpec
+    #: None until loaded, and again once unloaded after a long idle; engine thread writes it
+    engine: EngineModel | None = None
+    #: open sessions on it (loop)
+    sessions: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    #: which of its sessions hold which prefixes, by session id (engine thread)
+    index: PrefixIndex[str] = field(default_factory=PrefixIndex)
+
+
+class ModelPool:
+    """:param in_use_by_sessions: bytes of KV that live sessions and the parking RAM tier hold."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        scheduler: EngineScheduler,
+        budget: MemoryBudget,
+        in_use_by_sessions: Callable[[], int],
+    ) -> None:
+        self._backend = backend
+        self._scheduler = scheduler
+        self._budget = budget
+        self._in_use_by_sessions = in_use_by_sessions
+        self._models: dict[tuple[str, str], LoadedModel] = {}
+        self._loading: dict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        #: counted on the engine thread
+        self.loads = 0
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._models.values())
+
+    def weights_in(self, spec: ModelSpec) -> bool:
+        loaded = self._models.get(spec.key)
+        return loaded is not None and loaded.engine is not None
+
+    def in_use(self) -> int:
+        """Bytes modeld spends now: resident weights plus what sessions hold."""
+        weights = sum(m.spec.facts.file_bytes for m in self.loaded() if m.engine)
+        return weights + self._in_use_by_sessions()
+
+    def capacity(self, spec: ModelSpec) -> Capacity:
+        free = self._budget.free_bytes(self.in_use())
+        return capacity_of(spec.facts, free, weights_resident=self.weights_in(spec))
+
+    async def load(self, spec: ModelSpec) -> LoadedModel:
+        """The model's entry with its weights in; concurrent first uses load it once."""
+        async with self._loading[spec.key]:
+            loaded = self._models.get(spec.key)
+            if loaded is None:
+                loaded = self._models[spec.key] = LoadedModel(spec)
+            if loaded.engine is None:
+                await self._scheduler.call(self.engine_of, loaded)
+            return loaded
+
+    def engine_of(self, loaded: LoadedModel) -> EngineModel:
+        """Engine thread: the model's engine, (re)loading the weights if they are not in.
+
+        :raises ModelLoadFailed: the engine could not load the file.
+        """
+        loaded.last_used = time.monotonic()
+        if loaded.engine is None:
+            started = time.perf_counter()
+            loaded.engine = self._backend.load(loaded.spec)
+            self.loads += 1
+            log.info(
+                "loaded %s (%s) in %.2f s",
+                loaded.spec.facts.name,
+                loaded.spec.facts.digest[:12],
+                time.perf_counter() - started,
+            )
+        return loaded.engine
+
+    async def unload_idle(self, idle_s: float, live: Callable[[LoadedModel], bool]) -> None:
+        """Free the weights of models no live session uses and nobody used for ``idle_s``;
+        their parked sessions stay restorable (the weights load again first)."""
+        now = time.monotonic()
+        for loaded in self.loaded():
+            if loaded.engine is not None and not live(loaded) and now - loaded.last_used > idle_s:
+                await self._scheduler.call(self._unload, loaded, live)
+
+    @staticmethod
+    def _unload(loaded: LoadedModel, live: Callable[[LoadedModel], bool]) -> None:
+        if loaded.engine is not None and not live(loaded):
+            loaded.engine.close()
+            loaded.engine = None
+            log.info("unloaded %s after idling", loaded.spec.facts.name)
+
+    async def close_all(self, models: Iterable[LoadedModel] | None = None) -> None:
+        for loaded in list(models if models is not None else self.loaded()):
+            if loaded.engine is not None:
+                await self._scheduler.call(loaded.engine.close)
+                loaded.engine = None
+        self._models.clear()

@@ -1,0 +1,168 @@
+"""EnsurePrefix and PrefillSuffix on the engine thread: reuse arithmetic, prefix sharing, and
+prefill in turns.
+
+Each operation is a generator the scheduler steps: it yields None between prefill batches (so
+other sessions' work goes in between) and its result last. Every fallible step (tokenizing,
+validation, the context check) comes before the KV is touched, so a refused request leaves the
+session exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Generator
+
+from modeld.backends._base import EngineSession
+from modeld.sessions._inputs import to_tokens
+from modeld.sessions._models import ModelPool
+from modeld.sessions._prefix_index import BLOCK, common_prefix
+from modeld.sessions._residency import Residency
+from modeld.sessions._session import Session
+from modeld.sessions._stats import EngineCounters
+from modeld.sessions._table import SessionTable
+from modeld.sessions._types import SessionInput
+from modeldconn._errors import ContextOverflow
+from modeldconn._types import PrefixResult, SuffixResult
+
+__all__ = ["MIN_SHARED_TOKENS", "Prefill", "prefix_hash"]
+
+#: a prefix held by another session is copied (a few ms) rather than computed (~1.4 ms a token on
+#: 2 cores) once it beats the session's own resident prefix by this many tokens
+MIN_SHARED_TOKENS = 16
+#: holders of the longest indexed prefix whose tapes are compared exactly; they agree on every
+#: indexed block, so the first few are as good as any (and the cost stays O(prompt))
+_CANDIDATES = 4
+
+
+def prefix_hash(tokens: list[int]) -> str:
+    """sha256 of the tokens as little-endian int32s, hex."""
+    return hashlib.sha256(struct.pack(f"<{len(tokens)}i", *tokens)).hexdigest()
+
+
+class Prefill:
+    def __init__(
+        self,
+        table: SessionTable,
+        pool: ModelPool,
+        residency: Residency,
+        counters: EngineCounters,
+    ) -> None:
+        self._table = table
+        self._pool = pool
+        self._residency = residency
+        self._counters = counters
+
+    def in_turns(self, session: Session, full: list[int]) -> Generator[None, None, None]:
+        """Compute ``full[kv_len:]`` a batch at a time, the tape always matching the KV."""
+        engine = self._residency.live(session)
+        step = self._pool.engine_of(session.model).n_batch
+        try:
+            while engine.kv_len < len(full):
+                engine.prefill(full[engine.kv_len : engine.kv_len + step])
+                session.tape = full[: engine.kv_len]
+                if engine.kv_len < len(full):
+                    yield None
+            session.tape = list(full)
+        finally:
+            session.model.index.update(session.id, session.tape)
+
+    def ensure_prefix(
+        self, session: Session, value: SessionInput
+    ) -> Generator[PrefixResult | None, None, None]:
+        engine = self._residency.live(session)
+        tokens = to_tokens(self._pool.engine_of(session.model), value, start=True)
+        if len(tokens) > session.n_ctx:
+            raise ContextOverflow(
+                f"a prefix of {len(tokens)} tokens does not fit n_ctx {session.n_ctx}",
+                stage="ensure_prefix",
+                resident=engine.kv_len,
+                additional=len(tokens),
+                n_ctx=session.n_ctx,
+            )
+        matching = common_prefix(session.tape, tokens)
+        # only tokens whose KV is resident can be reused; a matching token sampled by the last
+        # Decode but not computed yet is kept, not dropped, and computed now
+        common = min(matching, engine.kv_len)
+        dropped = len(session.tape) - matching
+        shared = self._share_from_donor(session, engine, tokens, common)
+        if shared:
+            common = shared
+        elif shared is None:  # the copy failed: the session's own KV is gone, compute it all
+            common = 0
+        if common:
+            self._counters.prefix_hits += 1
+        else:
+            self._counters.prefix_misses += 1
+        engine.truncate(common)
+        session.tape = session.tape[:common]
+        yield from self.in_turns(session, tokens)
+        session.prefix_len = len(tokens)
+        session.turn_reused = common
+        yield PrefixResult(
+            reused=common,
+            prefilled=len(tokens) - common,
+            dropped=dropped,
+            prefix_tokens=len(tokens),
+            resident=engine.kv_len,
+            available=session.n_ctx - engine.kv_len,
+            prefix_hash=prefix_hash(tokens),
+            shared=shared or 0,
+        )
+
+    def _share_from_donor(
+        self, session: Session, engine: EngineSession, tokens: list[int], own: int
+    ) -> int | None:
+        """Start ``session`` from the KV of the session holding the longest prefix of
+        ``tokens``, when that beats its own by enough to pay for the copy.
+
+        :returns: tokens copied; 0 when no donor was worth it (the session's KV is untouched);
+            None when the engine could not copy (the session's KV is then empty).
+        """
+        covered, holders = session.model.index.longest(tokens, session.id, _CANDIDATES)
+        best = own + MIN_SHARED_TOKENS - 1
+        if covered + BLOCK - 1 <= best:  # no indexed donor can beat it, even by a partial block
+            return 0
+        table = self._table.snapshot()
+        donor: Session | None = None
+        for holder in holders:
+            other = table.get(holder)
+            if other is None or other.model is not session.model:
+                continue
+            have = min(common_prefix(other.tape, tokens), self._residency.resident_len(other))
+            if have > best:
+                best, donor = have, other
+        if donor is None:
+            return 0
+        source = donor.engine if donor.engine is not None else self._residency.state_of(donor)
+        if not engine.adopt_prefix(source, best):
+            self._counters.prefix_share_failures += 1
+            session.tape = []
+            return None
+        session.tape = donor.tape[:best]
+        self._counters.prefix_shares += 1
+        self._counters.prefix_shared_tokens += best
+        return best
+
+    def prefill_suffix(
+        self, session: Session, value: SessionInput
+    ) -> Generator[SuffixResult | None, None, None]:
+        engine = self._residency.live(session)
+        tokens = to_tokens(self._pool.engine_of(session.model), value, start=not session.tape)
+        pending = session.tape[engine.kv_len :]
+        if len(session.tape) + len(tokens) > session.n_ctx:
+            raise ContextOverflow(
+                f"{len(tokens)} suffix tokens do not fit: {len(session.tape)} on the tape, "
+                f"n_ctx {session.n_ctx}",
+                stage="prefill_suffix",
+                resident=len(session.tape),
+                additional=len(tokens),
+                n_ctx=session.n_ctx,
+            )
+        yield from self.in_turns(session, session.tape + tokens)
+        yield SuffixResult(
+            suffix_tokens=len(tokens),
+            prefilled=len(pending) + len(tokens),
+            resident=engine.kv_len,
+            available=session.n_ctx - engine.kv_len,
+        )
