@@ -327,9 +327,10 @@ class SessionManager:
         """Run an engine generator that yields None between prefill chunks, then its result;
         other sessions' work goes in between the chunks."""
         result: T | None = None
-        async for item in self._scheduler.stream(steps):
-            if item is not None:
-                result = item
+        async with contextlib.aclosing(self._scheduler.stream(steps)) as stream:
+            async for item in stream:
+                if item is not None:
+                    result = item
         assert result is not None
         return result
 
@@ -366,12 +367,15 @@ class SessionManager:
                 lambda: self._scheduler.call(self._residency.live, session)
             )
             steps = self._generation.steps(session, request, suffix)
-            async for step in self._scheduler.stream(steps):
-                if step is None:
-                    continue
-                if step.final is not None:
-                    self._observe(step.final)
-                yield step
+            # closed here, not by the garbage collector: the operation ends only once its
+            # generator has been closed on the engine thread
+            async with contextlib.aclosing(self._scheduler.stream(steps)) as stream:
+                async for step in stream:
+                    if step is None:
+                        continue
+                    if step.final is not None:
+                        self._observe(step.final)
+                    yield step
 
     def _observe(self, final: DecodeFinal) -> None:
         self._metrics.tokens.labels("generated").inc(final.completion_tokens)
