@@ -20,7 +20,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any, TypeVar
 
 from modeldconn._errors import Overloaded
@@ -101,7 +101,7 @@ class EngineScheduler:
         """Run ``fn`` on the engine thread, fire and forget (errors are logged)."""
         self._jobs.put(("submit", fn))
 
-    async def stream(self, generator: Generator[T, None, None]) -> AsyncIterator[T]:
+    async def stream(self, generator: Generator[T, None, None]) -> AsyncGenerator[T, None]:
         """Iterate ``generator`` on the engine thread; leaving early closes it there and waits
         until it is closed.
 
