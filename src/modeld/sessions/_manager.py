@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -24,10 +24,11 @@ from modeld.engine._scheduler import EngineScheduler
 from modeld.models._capacity import MemoryBudget
 from modeld.models._catalog import ModelCatalog
 from modeld.models._facts import ModelSpec
+from modeld.sessions._admission import Admission
 from modeld.sessions._generation import Generation
 from modeld.sessions._inputs import check_ids
 from modeld.sessions._models import LoadedModel, ModelPool
-from modeld.sessions._parking import NoRoom, ParkingLot
+from modeld.sessions._parking import ParkingLot
 from modeld.sessions._prefill import Prefill
 from modeld.sessions._residency import Residency
 from modeld.sessions._session import Session
@@ -35,18 +36,13 @@ from modeld.sessions._snapshots import Snapshot, SnapshotStore
 from modeld.sessions._stats import EngineCounters, LoopCounters, Stats
 from modeld.sessions._table import SessionTable
 from modeld.sessions._types import DecodeRequest, DecodeStep, SessionInput
-from modeldconn._errors import InsufficientMemory, InvalidArgument, SessionBusy, SessionNotFound
+from modeldconn._errors import InvalidArgument, SessionNotFound
 from modeldconn._types import Capabilities, Capacity, DecodeFinal, PrefixResult, SuffixResult
 
 __all__ = ["ResolvedConfig", "SessionManager"]
 
 log = logging.getLogger("modeld.sessions")
 T = TypeVar("T")
-
-#: how long an operation waits for the session's previous one before session_busy
-BUSY_GRACE_S = 0.25
-#: how long a call waits for a live context when every live session is busy
-ROOM_WAIT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -93,8 +89,7 @@ class SessionManager:
             metrics,
         )
         self._clients: set[str] = set()
-        #: notified whenever an operation ends, so calls waiting for a live context retry
-        self._room = asyncio.Condition()
+        self._admission = Admission(self._table, scheduler, self._free)
         self._engine_stats = Stats()
         self._publish()
         scheduler.after_job = self._publish
@@ -198,32 +193,9 @@ class SessionManager:
         """:raises InvalidArgument: ``n_ctx`` over the model's trained context.
         :raises InsufficientMemory: the KV (and weights, if not in) do not fit, with the sums.
         :raises ModelLoadFailed: the engine could not load the model."""
-        capacity = self.capacity(spec)
-        model_max = capacity.model_max_context
-        if requested_n_ctx > model_max:
-            raise InvalidArgument(
-                f"n_ctx {requested_n_ctx} exceeds the model's trained context {model_max}",
-                field="n_ctx",
-                model_max_context=model_max,
-            )
-        n_ctx = requested_n_ctx or capacity.default_context
-        per_token = spec.facts.kv_bytes_per_token
-        pending_weights = 0 if self._pool.weights_in(spec) else spec.facts.file_bytes
-        required = n_ctx * per_token + pending_weights
-        if n_ctx < 1 or required > capacity.free_bytes:
-            raise InsufficientMemory(
-                f"n_ctx {n_ctx} needs {n_ctx} x {per_token} B of KV"
-                + (f" + {pending_weights} B of weights" if pending_weights else "")
-                + f" = {required} B; {capacity.free_bytes} B free "
-                f"(fits {capacity.memory_fit_context} tokens)",
-                required=required,
-                free=capacity.free_bytes,
-                n_ctx=n_ctx,
-                kv_bytes_per_token=per_token,
-                memory_fit_context=capacity.memory_fit_context,
-            )
+        n_ctx, capacity = self._pool.admit(spec, requested_n_ctx)
         loaded = await self._pool.load(spec)
-        engine = await self._waiting_for_room(
+        engine = await self._admission.waiting_for_room(
             lambda: self._scheduler.call(self._residency.open_context, loaded, n_ctx)
         )
         engine_model = loaded.engine
@@ -237,7 +209,7 @@ class SessionManager:
         resolved = ResolvedConfig(
             n_ctx=n_ctx,
             requested_n_ctx=requested_n_ctx,
-            model_max_context=model_max,
+            model_max_context=capacity.model_max_context,
             memory_fit_context=capacity.memory_fit_context,
             n_threads=engine_model.n_threads,
             n_batch=engine_model.n_batch,
@@ -281,65 +253,12 @@ class SessionManager:
         await self._scheduler.call(lambda: None)  # the releases queued above have run
         await self._pool.close_all()
 
-    # -- one operation at a time ----------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _operation(self, handle: str) -> AsyncIterator[Session]:
-        session = self._table.get(handle)
-        deadline = time.monotonic() + BUSY_GRACE_S
-        while session.busy:
-            # A Decode the client just cancelled takes a moment to unwind here; a caller that
-            # hung up and called again must not be refused for that. A real overlap still is.
-            remaining = deadline - time.monotonic()
-            try:
-                if remaining <= 0:
-                    raise TimeoutError
-                await asyncio.wait_for(session.idle.wait(), remaining)
-            except TimeoutError:
-                raise SessionBusy(
-                    f"session {session.id} is busy with another operation", handle=handle
-                ) from None
-            session = self._table.get(handle)  # it may have been closed meanwhile
-        session.begin()
-        try:
-            yield session
-        finally:
-            if session.end():
-                self._free(session)
-            async with self._room:
-                self._room.notify_all()
-
-    async def _waiting_for_room(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run ``attempt``; while every live session is busy (nothing can be parked), wait for
-        one to finish and try again, up to ROOM_WAIT_S, then answer overloaded."""
-        deadline = time.monotonic() + ROOM_WAIT_S
-        while True:
-            try:
-                return await attempt()
-            except NoRoom:
-                if time.monotonic() > deadline:
-                    raise
-            async with self._room:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), 0.5)
-
-    async def _in_turns(self, steps: Generator[T | None, None, None]) -> T:
-        """Run an engine generator that yields None between prefill chunks, then its result;
-        other sessions' work goes in between the chunks."""
-        result: T | None = None
-        async with contextlib.aclosing(self._scheduler.stream(steps)) as stream:
-            async for item in stream:
-                if item is not None:
-                    result = item
-        assert result is not None
-        return result
-
     # -- EnsurePrefix / PrefillSuffix / Decode ------------------------------------------------
 
     async def ensure_prefix(self, handle: str, value: SessionInput) -> PrefixResult:
-        async with self._operation(handle) as session:
-            result = await self._waiting_for_room(
-                lambda: self._in_turns(self._prefill.ensure_prefix(session, value))
+        async with self._admission.operation(handle) as session:
+            result = await self._admission.waiting_for_room(
+                lambda: self._admission.in_turns(self._prefill.ensure_prefix(session, value))
             )
         tokens = self._metrics.tokens
         tokens.labels("prefilled").inc(result.prefilled)
@@ -348,9 +267,9 @@ class SessionManager:
         return result
 
     async def prefill_suffix(self, handle: str, value: SessionInput) -> SuffixResult:
-        async with self._operation(handle) as session:
-            result = await self._waiting_for_room(
-                lambda: self._in_turns(self._prefill.prefill_suffix(session, value))
+        async with self._admission.operation(handle) as session:
+            result = await self._admission.waiting_for_room(
+                lambda: self._admission.in_turns(self._prefill.prefill_suffix(session, value))
             )
         self._metrics.tokens.labels("prefilled").inc(result.prefilled)
         return result
@@ -358,12 +277,12 @@ class SessionManager:
     async def decode(
         self, handle: str, request: DecodeRequest, suffix: SessionInput | None = None
     ) -> AsyncIterator[DecodeStep]:
-        async with self._operation(handle) as session:
+        async with self._admission.operation(handle) as session:
             if not session.tape and suffix is None:
                 raise InvalidArgument("nothing to continue: EnsurePrefix or PrefillSuffix first")
             # live before streaming (waiting for room if every live session is busy); busy from
             # here on, it cannot be parked mid-Decode
-            await self._waiting_for_room(
+            await self._admission.waiting_for_room(
                 lambda: self._scheduler.call(self._residency.live, session)
             )
             steps = self._generation.steps(session, request, suffix)
@@ -391,7 +310,7 @@ class SessionManager:
         """Persist the session; returns (snapshot id, bytes, tape tokens).
 
         :raises SnapshotFailed: the write failed (nothing is left behind)."""
-        async with self._operation(handle) as session:
+        async with self._admission.operation(handle) as session:
             state, tape, prefix_len = await self._scheduler.call(self._capture, session)
             snapshot = Snapshot(
                 id=SnapshotStore.new_id(),

@@ -20,6 +20,7 @@ from modeld.engine._scheduler import EngineScheduler
 from modeld.models._capacity import MemoryBudget, capacity_of
 from modeld.models._facts import ModelSpec
 from modeld.sessions._prefix_index import PrefixIndex
+from modeldconn._errors import InsufficientMemory, InvalidArgument
 from modeldconn._types import Capacity
 
 __all__ = ["LoadedModel", "ModelPool"]
@@ -73,6 +74,39 @@ class ModelPool:
     def capacity(self, spec: ModelSpec) -> Capacity:
         free = self._budget.free_bytes(self.in_use())
         return capacity_of(spec.facts, free, weights_resident=self.weights_in(spec))
+
+    def admit(self, spec: ModelSpec, requested_n_ctx: int) -> tuple[int, Capacity]:
+        """The n_ctx a new session of ``spec`` gets (``requested_n_ctx``, or the default when 0),
+        and the capacity it was judged against.
+
+        :raises InvalidArgument: ``requested_n_ctx`` over the model's trained context.
+        :raises InsufficientMemory: its KV (and the weights, if not in) do not fit, with the sums.
+        """
+        capacity = self.capacity(spec)
+        model_max = capacity.model_max_context
+        if requested_n_ctx > model_max:
+            raise InvalidArgument(
+                f"n_ctx {requested_n_ctx} exceeds the model's trained context {model_max}",
+                field="n_ctx",
+                model_max_context=model_max,
+            )
+        n_ctx = requested_n_ctx or capacity.default_context
+        per_token = spec.facts.kv_bytes_per_token
+        pending_weights = 0 if self.weights_in(spec) else spec.facts.file_bytes
+        required = n_ctx * per_token + pending_weights
+        if n_ctx < 1 or required > capacity.free_bytes:
+            raise InsufficientMemory(
+                f"n_ctx {n_ctx} needs {n_ctx} x {per_token} B of KV"
+                + (f" + {pending_weights} B of weights" if pending_weights else "")
+                + f" = {required} B; {capacity.free_bytes} B free "
+                f"(fits {capacity.memory_fit_context} tokens)",
+                required=required,
+                free=capacity.free_bytes,
+                n_ctx=n_ctx,
+                kv_bytes_per_token=per_token,
+                memory_fit_context=capacity.memory_fit_context,
+            )
+        return n_ctx, capacity
 
     async def load(self, spec: ModelSpec) -> LoadedModel:
         """The model's entry with its weights in; concurrent first uses load it once."""

@@ -1,0 +1,100 @@
+"""Admission: one operation at a time per session, and waiting for a live context.
+
+An operation holds its session from ``begin`` to ``end`` (see ``_session``); a second one on
+the same session waits up to ``BUSY_GRACE_S`` (a Decode its client just cancelled takes a
+moment to unwind) and is then refused as ``session_busy``. An operation that needs a live
+context while every live session is busy (nothing can be parked) waits for one to end, up to
+``ROOM_WAIT_S``, then is refused as ``overloaded``. Loop only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from typing import TypeVar
+
+from modeld.engine._scheduler import EngineScheduler
+from modeld.sessions._parking import NoRoom
+from modeld.sessions._session import Session
+from modeld.sessions._table import SessionTable
+from modeldconn._errors import SessionBusy
+
+__all__ = ["BUSY_GRACE_S", "ROOM_WAIT_S", "Admission"]
+
+T = TypeVar("T")
+
+#: how long an operation waits for the session's previous one before session_busy
+BUSY_GRACE_S = 0.25
+#: how long a call waits for a live context when every live session is busy
+ROOM_WAIT_S = 120.0
+
+
+class Admission:
+    """:param free: frees a session closed while its operation ran, once that operation ends."""
+
+    def __init__(
+        self, table: SessionTable, scheduler: EngineScheduler, free: Callable[[Session], None]
+    ) -> None:
+        self._table = table
+        self._scheduler = scheduler
+        self._free = free
+        #: notified whenever an operation ends, so calls waiting for a live context retry
+        self._room = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def operation(self, handle: str) -> AsyncIterator[Session]:
+        """The session of ``handle``, held for one operation.
+
+        :raises SessionNotFound / StaleFence: see ``SessionTable.get``.
+        :raises SessionBusy: another operation still holds it after the grace period.
+        """
+        session = self._table.get(handle)
+        deadline = time.monotonic() + BUSY_GRACE_S
+        while session.busy:
+            # A Decode the client just cancelled takes a moment to unwind here; a caller that
+            # hung up and called again must not be refused for that. A real overlap still is.
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(session.idle.wait(), remaining)
+            except TimeoutError:
+                raise SessionBusy(
+                    f"session {session.id} is busy with another operation", handle=handle
+                ) from None
+            session = self._table.get(handle)  # it may have been closed meanwhile
+        session.begin()
+        try:
+            yield session
+        finally:
+            if session.end():
+                self._free(session)
+            async with self._room:
+                self._room.notify_all()
+
+    async def waiting_for_room(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt``; while every live session is busy (nothing can be parked), wait for
+        one to finish and try again, up to ROOM_WAIT_S, then answer overloaded."""
+        deadline = time.monotonic() + ROOM_WAIT_S
+        while True:
+            try:
+                return await attempt()
+            except NoRoom:
+                if time.monotonic() > deadline:
+                    raise
+            async with self._room:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), 0.5)
+
+    async def in_turns(self, steps: Generator[T | None, None, None]) -> T:
+        """Run an engine generator that yields None between prefill chunks, then its result;
+        other sessions' work goes in between the chunks."""
+        result: T | None = None
+        async with contextlib.aclosing(self._scheduler.stream(steps)) as stream:
+            async for item in stream:
+                if item is not None:
+                    result = item
+        assert result is not None
+        return result
