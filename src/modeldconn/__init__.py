@@ -5,15 +5,7 @@ if modeldconn.available():
     print(modeldconn.backend())
 """
 
-from ._client import (
-    AsyncClient,
-    AsyncSession,
-    Client,
-    Completion,
-    Session,
-    describe,
-    open_session,
-)
+from ._async import AsyncClient, AsyncSession
 from ._dataroot import resolve_data_root, set_data_root
 from ._errors import (
     BackendMismatch,
@@ -47,13 +39,18 @@ from ._errors import (
 )
 from ._lease import LeaseRecord
 from ._probe import ProbeResult, ProbeState, available, backend, probe
+from ._sync import Client, Session, describe, open_session
 from ._types import (
     Capabilities,
     Capacity,
     Chat,
+    Completion,
+    DaemonStatus,
     DecodeChunk,
     DecodeFinal,
+    DecodeOptions,
     Description,
+    LoadedModelStatus,
     ModelFacts,
     ModelRef,
     PrefixResult,
@@ -73,9 +70,11 @@ __all__ = [
     "Completion",
     "ContextOverflow",
     "DaemonNotRunning",
+    "DaemonStatus",
     "DaemonUnreachable",
     "DecodeChunk",
     "DecodeFinal",
+    "DecodeOptions",
     "Description",
     "DigestMismatch",
     "Draining",
@@ -84,6 +83,7 @@ __all__ = [
     "InvalidArgument",
     "LeaseRecord",
     "LeaseStale",
+    "LoadedModelStatus",
     "ModelFacts",
     "ModelLoadFailed",
     "ModelNotFound",

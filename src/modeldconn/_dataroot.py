@@ -1,4 +1,4 @@
-"""The one data-root resolver, shared by the daemon, the client and the CLI.
+"""Shared with the daemon: the one data-root resolver (daemon, client and CLI).
 
 Precedence: an explicit root (``--data-root``, or :func:`set_data_root` in a client process) >
 ``MODELD_DATA_ROOT`` > ``$XDG_STATE_HOME/modeld`` > ``~/.local/state/modeld``.

@@ -1,4 +1,4 @@
-"""The one typed error table, shared by the daemon (which raises) and the client (which catches).
+"""Shared with the daemon: the one typed error table (the daemon raises, the client catches).
 
 Every failure a client can cause has a stable reason code, a gRPC status code and a class here.
 On the wire an error is a ``google.rpc.Status`` whose single detail is an

@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from . import _requests as rq
 from ._lease import LeaseRecord
-from ._pb import modeld_pb2, modeld_pb2_grpc
 from ._tls import open_channel
 from ._wire import AUTH_METADATA_KEY, INSTANCE_METADATA_KEY
 
@@ -22,8 +22,9 @@ def check_endpoint(
             health = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
             )
-            status = modeld_pb2_grpc.ModeldStub(channel).Status(
-                modeld_pb2.StatusRequest(),
+            call = rq.status()
+            reply = rq.stub(channel).Status(
+                call.request,
                 timeout=timeout_s,
                 metadata=(
                     (INSTANCE_METADATA_KEY, lease.instance_id),
@@ -35,6 +36,7 @@ def check_endpoint(
             if code is grpc.StatusCode.FAILED_PRECONDITION:
                 return "other-instance", f"{lease.endpoint} is served by another instance"
             return "no-answer", f"{lease.endpoint} did not answer ({code.name if code else exc})"
+    status = call.parse(reply)
     if status.instance_id != lease.instance_id:
         return (
             "other-instance",

@@ -1,4 +1,6 @@
-"""The lease record: its schema, how to read it without locking, and what it says.
+"""Shared with the daemon: the lease record, its schema, lock-free reading, what it says.
+
+The daemon writes and renews records of this schema; clients and the CLI read them here.
 
 A lease is a JSON file, ``<data root>/modeld.lease``, that the leading daemon replaces atomically
 (write a temp file, fsync, rename) and renews every ``ttl_s / 3``. Readers never lock.

@@ -1,4 +1,7 @@
-"""Is a daemon up on this data root? Answered offline from the lease, in well under a millisecond.
+"""Shared with the daemon: is a daemon up on this data root? Answered offline from the lease.
+
+The daemon takes ``DEFAULT_LEASE_TTL_S`` from here and its CLI asks the same probe (``modeld
+lease show``, ``status``). A probe takes well under a millisecond.
 
     import modeldconn
     if modeldconn.available():

@@ -1,29 +1,47 @@
-"""What modeldconn returns: plain frozen dataclasses, built from the wire messages in one place."""
+"""Shared with the daemon: what modeldconn returns and takes, as plain frozen dataclasses.
+
+The daemon builds :class:`PrefixResult`, :class:`DecodeFinal` and friends itself, so this module
+imports no generated code: turning these into wire messages and back is ``_convert``'s job, and
+the public API carries no protobuf type.
+
+:class:`DecodeOptions` is the client's one decode-options type. ``Session.decode`` and
+``generate`` (and their asyncio twins) take ``options: DecodeOptions | None`` plus any of its
+fields as keywords (``session.decode(max_tokens=16, stop=["\\n"])``); the keywords replace the
+named fields of ``options`` (or of the defaults), and an unknown keyword is a ``TypeError`` naming
+it. The keywords are typed ``object`` on purpose: listing the fields a second time (a
+``TypedDict``) would mean two places to change when a sampling field is added. Values are
+checked when ``decode`` is called, before anything is sent (``InvalidArgument`` naming the field).
+Adding a sampling field means adding it to ``DecodeConfig`` in the proto and to
+:class:`DecodeOptions`: ``_convert.decode_config_to_pb`` is generic over the dataclass's fields
+(a function there rather than a ``to_pb()`` method, so no public type hands out a protobuf
+message), and a unit test fails when the two disagree.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
 
 from ._errors import InvalidArgument
-from ._pb import modeld_pb2 as pb
 
 __all__ = [
     "Capabilities",
     "Capacity",
     "Chat",
+    "Completion",
+    "DaemonStatus",
     "DecodeChunk",
     "DecodeFinal",
+    "DecodeOptions",
     "Description",
     "InputLike",
+    "LoadedModelStatus",
     "ModelFacts",
     "ModelRef",
     "PrefixResult",
     "SessionInfo",
     "SnapshotInfo",
     "SuffixResult",
-    "input_to_pb",
 ]
 
 
@@ -47,9 +65,6 @@ class ModelRef:
         looks_like_path = "/" in value or value.endswith(".gguf")
         return cls(path=value) if looks_like_path else cls(name=value)
 
-    def to_pb(self) -> pb.ModelRef:
-        return pb.ModelRef(name=self.name, type=self.type, digest=self.digest, path=self.path)
-
 
 @dataclass(frozen=True)
 class Chat:
@@ -63,29 +78,93 @@ class Chat:
 InputLike = str | Sequence[int] | Chat | Sequence[Mapping[str, str]]
 
 
-def input_to_pb(value: InputLike) -> pb.Input:
-    if isinstance(value, str):
-        return pb.Input(text=value)
-    if isinstance(value, Chat):
-        chat = value
-    elif value and all(isinstance(v, Mapping) for v in value):
-        chat = Chat(value)  # type: ignore[arg-type]
-    else:
-        try:  # protobuf checks every id is an int32, in C
-            return pb.Input(tokens=pb.TokenIds(ids=value))  # type: ignore[arg-type]
-        except TypeError:
-            raise TypeError("input must be text, token ids, or chat messages") from None
-        except ValueError as exc:
-            raise InvalidArgument(f"token ids: {exc}", field="tokens") from None
-    messages = [pb.ChatMessage(role=m["role"], content=m["content"]) for m in chat.messages]
-    return pb.Input(
-        chat=pb.ChatMessages(messages=messages, add_generation_prompt=chat.add_generation_prompt)
-    )
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to sample, field for field the wire's ``DecodeConfig``; None: the daemon's default.
+
+    Greedy unless ``temperature`` > 0. Lists given for ``stop`` / ``stop_token_ids`` are kept as
+    tuples (a bare string for ``stop`` is one stop string).
+    """
+
+    max_tokens: int | None = None  #: default 256
+    temperature: float | None = None  #: <= 0 or unset: greedy
+    top_k: int | None = None  #: default 40; 0 = off
+    top_p: float | None = None  #: default 0.95; 1 = off
+    min_p: float | None = None  #: default 0.05; 0 = off
+    repeat_penalty: float | None = None  #: default 1.0 = off
+    repeat_last_n: int | None = None  #: default 64
+    seed: int | None = None  #: default: random
+    stop: Sequence[str] = ()  #: stop strings, held back while they could match, never sent
+    ignore_eos: bool = False
+    #: stop when one of these ids is sampled: the id is streamed (as EOS is), its text is not
+    stop_token_ids: Sequence[int] = ()
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if spec.default != () or isinstance(value, tuple):
+                continue  # a scalar, or a repeated field already a tuple
+            if isinstance(value, str):
+                value = (value,)
+            try:
+                object.__setattr__(self, spec.name, tuple(value))
+            except TypeError:
+                raise InvalidArgument(
+                    f"{spec.name}={value!r}: not a sequence", field=spec.name
+                ) from None
 
 
-def _fields(message: Any, cls: type) -> dict[str, Any]:
-    names = cls.__dataclass_fields__  # type: ignore[attr-defined]
-    return {name: getattr(message, name) for name in names}
+@dataclass(frozen=True)
+class LoadedModelStatus:
+    """A model the daemon has open (``DaemonStatus.models``)."""
+
+    name: str
+    digest: str
+    path: str
+    sessions: int
+    weights_loaded: bool  #: false after an idle unload; the next use loads them again
+    #: most sessions' decode steps one engine call computes; 0 while the weights are unloaded
+    decode_batch_rows: int
+    #: every batched row bit-identical to solo; false only after --decode-batch-rows asked more
+    decode_batch_exact: bool
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    """What ``Client.status()`` answers: the daemon's identity, state, sessions and counters."""
+
+    instance_id: str
+    protocol: int
+    min_protocol: int
+    backend: str
+    version: str
+    state: str  #: standby | starting | serving | draining | fenced
+    pid: int
+    host: str
+    endpoint: str
+    uptime_s: float
+    sessions_open: int
+    models: tuple[LoadedModelStatus, ...]
+    prefix_shares: int  #: EnsurePrefix calls that started from another session's KV
+    prefix_shared_tokens: int  #: tokens so copied instead of computed
+    sessions_live: int  #: holding an engine context
+    sessions_parked: int  #: KV saved to RAM or disk, restored on next use
+    parked_ram_bytes: int
+    parked_disk_bytes: int
+    parks: int
+    restores: int
+    max_live_sessions: int
+    queue_depth: int  #: engine jobs waiting
+    clients_attached: int
+    sessions_reaped: int  #: closed by the idle reaper or because their client went away
+    prefix_hits: int  #: EnsurePrefix calls that reused resident KV (own or shared)
+    prefix_misses: int  #: EnsurePrefix calls that reused nothing
+    model_loads: int  #: weights loaded (first use and after idle unloads)
+    decode_calls: int  #: engine calls that computed decoded tokens
+    decode_rows: int  #: tokens they computed: rows / calls > 1 when decode batches
+    #: donors whose KV the engine could not copy into the receiver (another context size or
+    #: layout): the receiver computed the prefix itself
+    prefix_share_failures: int
 
 
 @dataclass(frozen=True)
@@ -108,12 +187,6 @@ class ModelFacts:
     eos_token_ids: tuple[int, ...]
     add_bos: bool
 
-    @classmethod
-    def from_pb(cls, message: pb.ModelFacts) -> ModelFacts:
-        values = _fields(message, cls)
-        values["eos_token_ids"] = tuple(message.eos_token_ids)
-        return cls(**values)
-
 
 @dataclass(frozen=True)
 class Capacity:
@@ -122,10 +195,6 @@ class Capacity:
     model_max_context: int
     memory_fit_context: int
     default_context: int
-
-    @classmethod
-    def from_pb(cls, message: pb.Capacity) -> Capacity:
-        return cls(**_fields(message, cls))
 
 
 @dataclass(frozen=True)
@@ -143,10 +212,6 @@ class Capabilities:
     chat_template: bool
     grammar: bool
 
-    @classmethod
-    def from_pb(cls, message: pb.Capabilities) -> Capabilities:
-        return cls(**_fields(message, cls))
-
 
 @dataclass(frozen=True)
 class SessionInfo:
@@ -160,31 +225,12 @@ class SessionInfo:
     facts: ModelFacts
     capabilities: Capabilities
 
-    @classmethod
-    def from_pb(cls, message: pb.OpenSessionResponse) -> SessionInfo:
-        c = message.config
-        return cls(
-            handle=message.handle,
-            n_ctx=c.n_ctx,
-            requested_n_ctx=c.requested_n_ctx,
-            model_max_context=c.model_max_context,
-            memory_fit_context=c.memory_fit_context,
-            n_threads=c.n_threads,
-            n_batch=c.n_batch,
-            facts=ModelFacts.from_pb(message.facts),
-            capabilities=Capabilities.from_pb(message.capabilities),
-        )
-
 
 @dataclass(frozen=True)
 class SnapshotInfo:
     snapshot_id: str
     bytes: int
     tokens: int
-
-    @classmethod
-    def from_pb(cls, message: pb.SnapshotResponse) -> SnapshotInfo:
-        return cls(**_fields(message, cls))
 
 
 @dataclass(frozen=True)
@@ -199,10 +245,6 @@ class PrefixResult:
     #: of ``reused``, tokens whose KV was copied from another session instead of computed
     shared: int = 0
 
-    @classmethod
-    def from_pb(cls, message: pb.EnsurePrefixResponse) -> PrefixResult:
-        return cls(**_fields(message, cls))
-
 
 @dataclass(frozen=True)
 class SuffixResult:
@@ -210,10 +252,6 @@ class SuffixResult:
     prefilled: int
     resident: int
     available: int
-
-    @classmethod
-    def from_pb(cls, message: pb.PrefillSuffixResponse) -> SuffixResult:
-        return cls(**_fields(message, cls))
 
 
 @dataclass(frozen=True)
@@ -231,23 +269,6 @@ class DecodeFinal:
     available: int
     stop_token: int | None = None  #: the stop token id sampled, when stop_reason is stop_token
 
-    @classmethod
-    def from_pb(cls, m: pb.DecodeFinal) -> DecodeFinal:
-        return cls(
-            stop_reason=m.stop_reason,
-            stop_string=m.stop_string,
-            prompt_tokens=m.usage.prompt_tokens,
-            reused_tokens=m.usage.reused_tokens,
-            completion_tokens=m.usage.completion_tokens,
-            prefill_ms=m.timings.prefill_ms,
-            ttft_ms=m.timings.ttft_ms,
-            decode_ms=m.timings.decode_ms,
-            tokens_per_s=m.timings.tokens_per_s,
-            resident=m.resident,
-            available=m.available,
-            stop_token=m.stop_token if m.HasField("stop_token") else None,
-        )
-
 
 @dataclass(frozen=True)
 class DecodeChunk:
@@ -255,7 +276,11 @@ class DecodeChunk:
     token_ids: tuple[int, ...] = field(default_factory=tuple)
     final: DecodeFinal | None = None  #: set on the last chunk only
 
-    @classmethod
-    def from_pb(cls, message: pb.DecodeChunk) -> DecodeChunk:
-        final = DecodeFinal.from_pb(message.final) if message.HasField("final") else None
-        return cls(message.text, tuple(message.token_ids), final)
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole Decode, collected (``Session.generate``)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    final: DecodeFinal

@@ -1,4 +1,4 @@
-"""Constants both ends of the wire agree on."""
+"""Shared with the daemon: the constants both ends of the wire agree on."""
 
 from __future__ import annotations
 

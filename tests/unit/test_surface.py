@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -71,3 +74,29 @@ def test_client_imports_neither_the_daemon_nor_an_engine() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _modeldconn_modules_the_daemon_imports() -> set[str]:
+    found = set()
+    for path in (Path(modeld.__file__).parent).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "modeldconn" and len(parts) > 1:
+                    found.add(".".join(parts[:2]))
+    return found
+
+
+def test_modules_shared_with_the_daemon_say_so() -> None:
+    shared = _modeldconn_modules_the_daemon_imports()
+    assert "modeldconn._errors" in shared  # the scan sees the daemon's imports
+    for name in sorted(shared - {"modeldconn._pb"}):  # _pb: generated, see gen_proto.py
+        doc = importlib.import_module(name).__doc__ or ""
+        assert doc.startswith("Shared with the daemon:"), name

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -359,15 +361,13 @@ def generate(
 @click.option("--json", "as_json", is_flag=True, help="Print the Status reply as JSON.")
 def status(data_root: Path | None, as_json: bool) -> None:
     """Ask the running daemon how it is: identity, state, models, sessions."""
-    from google.protobuf import json_format
-
     client = _client_or_fail(data_root)
     try:
         reply = client.status()
     except modeldconn.ModeldError as exc:
         _fail(str(exc), ExitCode.STARTUP)
     if as_json:
-        click.echo(json_format.MessageToJson(reply, always_print_fields_with_no_presence=True))
+        click.echo(json.dumps(_camel_case(dataclasses.asdict(reply)), indent=2))
         return
     click.echo(f"instance   {reply.instance_id} (pid {reply.pid} on {reply.host})")
     click.echo(f"state      {reply.state}, backend {reply.backend}, up {reply.uptime_s:.0f} s")
@@ -396,6 +396,18 @@ def status(data_root: Path | None, as_json: bool) -> None:
         if loaded.weights_loaded:
             exact = "exact" if loaded.decode_batch_exact else "NOT bit-exact: --decode-batch-rows"
             click.echo(f"           decode batches of up to {loaded.decode_batch_rows} ({exact})")
+
+
+def _camel_case(value: object) -> object:
+    """Keys as the Status message's JSON names (``instanceId``), as scripts have read them."""
+    if isinstance(value, dict):
+        return {
+            re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), key): _camel_case(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_camel_case(item) for item in value]
+    return value
 
 
 def main() -> None:

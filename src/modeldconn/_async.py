@@ -1,0 +1,230 @@
+"""The asyncio twins of ``Client`` and ``Session``: ``AsyncClient`` and ``AsyncSession``.
+
+    async with modeldconn.AsyncClient() as client:
+        async with await client.open_session("gemma3-270m") as session:
+            await session.ensure_prefix("Q: what is 2+2?\\nA:")
+            async for chunk in session.decode(max_tokens=16):
+                print(chunk.text, end="")
+
+Method for method the same as ``_sync`` (a unit test checks the names and parameters): the
+same ``_requests`` calls, the same retries; only the waiting is asyncio's. Closing the client is
+``aclose()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from . import _requests as rq
+from ._client import ClientBase, Collector, Retry, SessionBase, decode_options
+from ._errors import RemoteError, error_from_rpc
+from ._types import (
+    Completion,
+    DaemonStatus,
+    DecodeChunk,
+    DecodeOptions,
+    Description,
+    InputLike,
+    ModelRef,
+    PrefixResult,
+    SessionInfo,
+    SnapshotInfo,
+    SuffixResult,
+)
+
+__all__ = ["AsyncClient", "AsyncSession"]
+
+T = TypeVar("T")
+
+
+class AsyncClient(ClientBase):
+    """The asyncio twin of :class:`Client` (use it from one event loop)."""
+
+    def __init__(
+        self,
+        *,
+        data_root: str | os.PathLike[str] | None = None,
+        timeout_s: float | None = None,
+        wait_ready_s: float = 30.0,
+        auth_token: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        endpoint: str | None = None,
+        tls: bool = False,
+    ) -> None:
+        super().__init__(
+            data_root=data_root,
+            timeout_s=timeout_s,
+            wait_ready_s=wait_ready_s,
+            auth_token=auth_token,
+            tls_ca=tls_ca,
+            endpoint=endpoint,
+            tls=tls,
+        )
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+        #: guards the channel swap and the lifeline attach, as the sync twin's locks do: two
+        #: coroutines must not open two channels, or two Attach streams, to one daemon
+        self._channel_lock = asyncio.Lock()
+        self._attach_lock = asyncio.Lock()
+
+    async def _stub(self, target: tuple[str, str]) -> Any:
+        async with self._channel_lock:
+            channel = self._channels.get(target)
+            if channel is None:
+                old, self._channels = self._channels, {}
+                for stale in old.values():
+                    await stale.close()  # a new leader: the old instance will not answer again
+                channel = self._channels[target] = self._open_channel(target[0], aio=True)
+        return rq.stub(channel)
+
+    async def _attach(self, target: tuple[str, str]) -> str:
+        """Our Attach id on ``target``, opening the lifeline stream on first use."""
+        async with self._attach_lock:
+            if target not in self._attached:
+                call = rq.attach()
+                # no deadline: the stream lives as long as this client
+                stream = (await self._stub(target)).Attach(
+                    call.request, metadata=self._metadata(target[1])
+                )
+                try:
+                    client_id = call.parse(await stream.read())
+                except grpc.RpcError as exc:
+                    raise error_from_rpc(exc) from exc
+                self._attached[target] = (client_id, stream)
+            return self._attached[target][0]
+
+    async def _unary(self, call: rq.Call[T]) -> T:
+        target = self._leader()
+        retry = Retry(self, call.instance)
+        while True:
+            try:
+                client_id = await self._attach(target) if call.attach else ""
+                method = getattr(await self._stub(target), call.method)
+                reply = await method(call.request, **self._call_kwargs(call, target, client_id))
+                return call.parse(reply)
+            except (grpc.RpcError, RemoteError) as exc:
+                target = retry.after(exc, target)
+                await asyncio.sleep(retry.pause_s)
+
+    async def _stream(self, call: rq.Call[T]) -> AsyncIterator[T]:
+        """The replies of a server stream; leaving early cancels it. Not retried."""
+        target = self._leader()
+        stream = getattr(await self._stub(target), call.method)(
+            call.request, **self._call_kwargs(call, target)
+        )
+        try:
+            async for message in stream:
+                yield call.parse(message)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        finally:
+            stream.cancel()
+
+    async def status(self) -> DaemonStatus:
+        """The daemon's identity, state, sessions, models and counters."""
+        return await self._unary(rq.status())
+
+    async def describe(self, model: ModelRef | str) -> Description:
+        """Facts read from the model file's header (no weights loaded), and what fits."""
+        return await self._unary(rq.describe(model))
+
+    async def open_session(self, model: ModelRef | str, *, n_ctx: int = 0) -> AsyncSession:
+        return AsyncSession(self, await self._unary(rq.open_session(model, n_ctx)))
+
+    async def restore(
+        self, snapshot_id: str, model: ModelRef | str | None = None, *, n_ctx: int = 0
+    ) -> AsyncSession:
+        """A new session from a snapshot (by default on the model it was taken on)."""
+        return AsyncSession(self, await self._unary(rq.restore(snapshot_id, model, n_ctx)))
+
+    async def tokenize(
+        self, model: ModelRef | str, text: str, *, add_special: bool = False
+    ) -> list[int]:
+        return await self._unary(rq.tokenize(text, add_special, model=model))
+
+    async def detokenize(self, model: ModelRef | str, ids: Sequence[int]) -> str:
+        return await self._unary(rq.detokenize(ids, model=model))
+
+    async def aclose(self) -> None:
+        """Close the connection; the daemon closes the sessions this client opened."""
+        async with self._attach_lock:
+            for _, stream in self._attached.values():
+                stream.cancel()
+            self._attached.clear()
+        async with self._channel_lock:
+            for channel in self._channels.values():
+                await channel.close()
+            self._channels.clear()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class AsyncSession(SessionBase):
+    """The asyncio twin of :class:`Session`."""
+
+    def __init__(self, client: AsyncClient, info: SessionInfo) -> None:
+        super().__init__(info)
+        self._client = client
+
+    async def ensure_prefix(self, prefix: InputLike) -> PrefixResult:
+        """Make exactly ``prefix`` resident, reusing the longest common prefix already there."""
+        return await self._client._unary(rq.ensure_prefix(self.handle, prefix))
+
+    async def prefill_suffix(self, suffix: InputLike) -> SuffixResult:
+        """Append ``suffix`` to what is resident."""
+        return await self._client._unary(rq.prefill_suffix(self.handle, suffix))
+
+    def decode(
+        self,
+        options: DecodeOptions | None = None,
+        *,
+        suffix: InputLike | None = None,
+        **fields: object,
+    ) -> AsyncIterator[DecodeChunk]:
+        """Stream generated chunks (``async for``); the last one carries ``final``. Leaving
+        early cancels. Options as for :meth:`Session.decode`, checked now."""
+        return self._client._stream(rq.decode(self.handle, decode_options(options, fields), suffix))
+
+    async def generate(
+        self,
+        options: DecodeOptions | None = None,
+        *,
+        suffix: InputLike | None = None,
+        **fields: object,
+    ) -> Completion:
+        """:meth:`decode` collected into one :class:`Completion`."""
+        collector = Collector()
+        async for chunk in self.decode(options, suffix=suffix, **fields):
+            collector.add(chunk)
+        return collector.completion()
+
+    async def snapshot(self) -> SnapshotInfo:
+        """Persist this session in the data root; restore it with :meth:`AsyncClient.restore`."""
+        return await self._client._unary(rq.snapshot(self.handle))
+
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        return await self._client._unary(rq.tokenize(text, add_special, handle=self.handle))
+
+    async def detokenize(self, ids: Sequence[int]) -> str:
+        return await self._client._unary(rq.detokenize(ids, handle=self.handle))
+
+    async def close(self) -> bool:
+        """Free the session (idempotent); True when it was open."""
+        return await self._client._unary(rq.close_session(self.handle))
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # the daemon (and the session with it) may be gone already
+        with contextlib.suppress(RemoteError):
+            await self.close()

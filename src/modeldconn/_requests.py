@@ -1,0 +1,162 @@
+"""One :class:`Call` per verb of the Modeld service: the request to send and how to read replies.
+
+Free of I/O: ``Client`` and ``AsyncClient`` (and their sessions) build the same ``Call`` here
+and differ only in how they wait for it. With ``_convert``, this is the client's one door to the
+generated code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from google.protobuf.message import Message
+
+from ._convert import (
+    daemon_status_from_pb,
+    decode_chunk_from_pb,
+    decode_config_to_pb,
+    description_from_pb,
+    input_to_pb,
+    model_ref_to_pb,
+    prefix_result_from_pb,
+    session_info_from_pb,
+    snapshot_info_from_pb,
+    suffix_result_from_pb,
+)
+from ._pb import modeld_pb2 as pb
+from ._pb import modeld_pb2_grpc
+from ._types import (
+    DaemonStatus,
+    DecodeChunk,
+    DecodeOptions,
+    Description,
+    InputLike,
+    ModelRef,
+    PrefixResult,
+    SessionInfo,
+    SnapshotInfo,
+    SuffixResult,
+)
+
+__all__ = [
+    "Call",
+    "attach",
+    "close_session",
+    "decode",
+    "describe",
+    "detokenize",
+    "ensure_prefix",
+    "instance_of",
+    "open_session",
+    "prefill_suffix",
+    "restore",
+    "snapshot",
+    "status",
+    "stub",
+    "tokenize",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One RPC to make: unary, or a server stream whose every message ``parse`` reads."""
+
+    method: str  #: the Modeld method
+    request: Message
+    parse: Callable[[Any], T]
+    #: the instance a session lives on; "" for calls any leader may answer. Calls tied to an
+    #: instance are never moved to another leader.
+    instance: str = ""
+    #: carries our Attach id: the session it opens closes when this client goes away
+    attach: bool = False
+
+
+def stub(channel: Any) -> Any:
+    """The Modeld stub on ``channel`` (sync or asyncio)."""
+    return modeld_pb2_grpc.ModeldStub(channel)  # type: ignore[no-untyped-call]
+
+
+def instance_of(handle: str) -> str:
+    """The daemon instance a session handle names (``<instance>/<session>``)."""
+    return handle.rpartition("/")[0]
+
+
+def attach() -> Call[str]:
+    """The lifeline stream; its first event is our client id."""
+    request = pb.AttachRequest(client_name=f"{os.path.basename(sys.argv[0])} pid {os.getpid()}")
+    return Call("Attach", request, lambda event: str(event.client_id))
+
+
+def status() -> Call[DaemonStatus]:
+    return Call("Status", pb.StatusRequest(), daemon_status_from_pb)
+
+
+def describe(model: ModelRef | str) -> Call[Description]:
+    return Call("Describe", pb.DescribeRequest(model=model_ref_to_pb(model)), description_from_pb)
+
+
+def open_session(model: ModelRef | str, n_ctx: int) -> Call[SessionInfo]:
+    request = pb.OpenSessionRequest(
+        model=model_ref_to_pb(model), config=pb.SessionConfig(n_ctx=n_ctx)
+    )
+    return Call("OpenSession", request, session_info_from_pb, attach=True)
+
+
+def restore(snapshot_id: str, model: ModelRef | str | None, n_ctx: int) -> Call[SessionInfo]:
+    request = pb.RestoreRequest(snapshot_id=snapshot_id, config=pb.SessionConfig(n_ctx=n_ctx))
+    if model is not None:
+        request.model.CopyFrom(model_ref_to_pb(model))
+    return Call("Restore", request, session_info_from_pb, attach=True)
+
+
+def tokenize(
+    text: str, add_special: bool, *, model: ModelRef | str | None = None, handle: str = ""
+) -> Call[list[int]]:
+    """By a model's tokenizer, or (``handle``) by a session's."""
+    request = pb.TokenizeRequest(handle=handle, text=text, add_special=add_special)
+    if model is not None:
+        request.model.CopyFrom(model_ref_to_pb(model))
+    return Call("Tokenize", request, lambda r: list(r.ids), instance=instance_of(handle))
+
+
+def detokenize(
+    ids: Sequence[int], *, model: ModelRef | str | None = None, handle: str = ""
+) -> Call[str]:
+    request = pb.DetokenizeRequest(handle=handle, ids=list(ids))
+    if model is not None:
+        request.model.CopyFrom(model_ref_to_pb(model))
+    return Call("Detokenize", request, lambda r: str(r.text), instance=instance_of(handle))
+
+
+def ensure_prefix(handle: str, prefix: InputLike) -> Call[PrefixResult]:
+    request = pb.EnsurePrefixRequest(handle=handle, prefix=input_to_pb(prefix))
+    return Call("EnsurePrefix", request, prefix_result_from_pb, instance=instance_of(handle))
+
+
+def prefill_suffix(handle: str, suffix: InputLike) -> Call[SuffixResult]:
+    request = pb.PrefillSuffixRequest(handle=handle, suffix=input_to_pb(suffix))
+    return Call("PrefillSuffix", request, suffix_result_from_pb, instance=instance_of(handle))
+
+
+def decode(handle: str, options: DecodeOptions, suffix: InputLike | None) -> Call[DecodeChunk]:
+    """A server stream of chunks; the options are checked here, before anything is sent."""
+    request = pb.DecodeRequest(handle=handle, config=decode_config_to_pb(options))
+    if suffix is not None:
+        request.suffix.CopyFrom(input_to_pb(suffix))
+    return Call("Decode", request, decode_chunk_from_pb, instance=instance_of(handle))
+
+
+def snapshot(handle: str) -> Call[SnapshotInfo]:
+    request = pb.SnapshotRequest(handle=handle)
+    return Call("Snapshot", request, snapshot_info_from_pb, instance=instance_of(handle))
+
+
+def close_session(handle: str) -> Call[bool]:
+    request = pb.CloseSessionRequest(handle=handle)
+    return Call("CloseSession", request, lambda r: bool(r.closed), instance=instance_of(handle))

@@ -1,0 +1,262 @@
+"""Dial the leader and drive sessions, blocking: ``Client`` and ``Session``.
+
+    import modeldconn
+
+    with modeldconn.open_session("gemma3-270m") as session:
+        session.ensure_prefix("You are a terse assistant.\\n")
+        session.prefill_suffix("Q: what is 2+2?\\nA:")
+        for chunk in session.decode(max_tokens=16):
+            print(chunk.text, end="")
+
+Requests, replies, metadata and retries come from ``_client`` and ``_requests``; this module
+only waits (threads and blocking gRPC). ``_async`` is its asyncio twin, method for method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from . import _requests as rq
+from ._client import ClientBase, Collector, Retry, SessionBase, decode_options
+from ._dataroot import resolve_data_root
+from ._errors import RemoteError, error_from_rpc
+from ._types import (
+    Completion,
+    DaemonStatus,
+    DecodeChunk,
+    DecodeOptions,
+    Description,
+    InputLike,
+    ModelRef,
+    PrefixResult,
+    SessionInfo,
+    SnapshotInfo,
+    SuffixResult,
+)
+
+__all__ = ["Client", "Session", "describe", "open_session"]
+
+T = TypeVar("T")
+
+
+class Client(ClientBase):
+    """A connection to the daemon of one data root (thread-safe)."""
+
+    def __init__(
+        self,
+        *,
+        data_root: str | os.PathLike[str] | None = None,
+        timeout_s: float | None = None,
+        wait_ready_s: float = 30.0,
+        auth_token: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        endpoint: str | None = None,
+        tls: bool = False,
+    ) -> None:
+        """:param wait_ready_s: how long a call waits for a daemon that is still starting.
+        :param auth_token: for a daemon started with --auth-token-file (default:
+            ``$MODELD_AUTH_TOKEN``, else ``<data root>/auth.token`` when present).
+        :param tls_ca: PEM file of the CA that signed a TLS daemon's certificate (default:
+            ``$MODELD_TLS_CA``, else ``<data root>/tls-ca.pem``, else the system's roots).
+        :param endpoint: a remote daemon's ``HOST:PORT``, dialled directly (no lease read, no
+            redial to another leader); ``tls`` says whether it speaks TLS."""
+        super().__init__(
+            data_root=data_root,
+            timeout_s=timeout_s,
+            wait_ready_s=wait_ready_s,
+            auth_token=auth_token,
+            tls_ca=tls_ca,
+            endpoint=endpoint,
+            tls=tls,
+        )
+        self._channels: dict[tuple[str, str], grpc.Channel] = {}
+        self._attach_lock = threading.Lock()
+
+    def _stub(self, target: tuple[str, str]) -> Any:
+        with self._lock:
+            channel = self._channels.get(target)
+            if channel is None:
+                for old in self._channels.values():
+                    old.close()  # a new leader: the old instance will not answer again
+                self._channels = {target: self._open_channel(target[0])}
+                channel = self._channels[target]
+        return rq.stub(channel)
+
+    def _attach(self, target: tuple[str, str]) -> str:
+        """Our Attach id on ``target``, opening the lifeline stream on first use. Sessions
+        opened with it close when this client goes away (closed, crashed, killed)."""
+        with self._attach_lock:
+            if target not in self._attached:
+                call = rq.attach()
+                # no deadline: the stream lives as long as this client
+                stream = self._stub(target).Attach(call.request, metadata=self._metadata(target[1]))
+                try:
+                    client_id = call.parse(next(stream))
+                except grpc.RpcError as exc:
+                    raise error_from_rpc(exc) from exc
+                self._attached[target] = (client_id, stream)
+            return self._attached[target][0]
+
+    def _unary(self, call: rq.Call[T]) -> T:
+        target = self._leader()
+        retry = Retry(self, call.instance)
+        while True:
+            try:
+                client_id = self._attach(target) if call.attach else ""
+                method = getattr(self._stub(target), call.method)
+                return call.parse(
+                    method(call.request, **self._call_kwargs(call, target, client_id))
+                )
+            except (grpc.RpcError, RemoteError) as exc:
+                target = retry.after(exc, target)
+                time.sleep(retry.pause_s)
+
+    def _stream(self, call: rq.Call[T]) -> Iterator[T]:
+        """The replies of a server stream; leaving early cancels it. Not retried."""
+        target = self._leader()
+        stream = getattr(self._stub(target), call.method)(
+            call.request, **self._call_kwargs(call, target)
+        )
+        try:
+            for message in stream:
+                yield call.parse(message)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        finally:
+            stream.cancel()
+
+    def status(self) -> DaemonStatus:
+        """The daemon's identity, state, sessions, models and counters."""
+        return self._unary(rq.status())
+
+    def describe(self, model: ModelRef | str) -> Description:
+        """Facts read from the model file's header (no weights loaded), and what fits."""
+        return self._unary(rq.describe(model))
+
+    def open_session(self, model: ModelRef | str, *, n_ctx: int = 0) -> Session:
+        return Session(self, self._unary(rq.open_session(model, n_ctx)))
+
+    def restore(
+        self, snapshot_id: str, model: ModelRef | str | None = None, *, n_ctx: int = 0
+    ) -> Session:
+        """A new session from a snapshot (by default on the model it was taken on)."""
+        return Session(self, self._unary(rq.restore(snapshot_id, model, n_ctx)))
+
+    def tokenize(self, model: ModelRef | str, text: str, *, add_special: bool = False) -> list[int]:
+        return self._unary(rq.tokenize(text, add_special, model=model))
+
+    def detokenize(self, model: ModelRef | str, ids: Sequence[int]) -> str:
+        return self._unary(rq.detokenize(ids, model=model))
+
+    def close(self) -> None:
+        """Close the connection; the daemon closes the sessions this client opened."""
+        with self._attach_lock:
+            for _, stream in self._attached.values():
+                stream.cancel()
+            self._attached.clear()
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Session(SessionBase):
+    """One session on the daemon: its KV stays resident between calls until ``close()``."""
+
+    def __init__(self, client: Client, info: SessionInfo) -> None:
+        super().__init__(info)
+        self._client = client
+
+    def ensure_prefix(self, prefix: InputLike) -> PrefixResult:
+        """Make exactly ``prefix`` resident, reusing the longest common prefix already there."""
+        return self._client._unary(rq.ensure_prefix(self.handle, prefix))
+
+    def prefill_suffix(self, suffix: InputLike) -> SuffixResult:
+        """Append ``suffix`` to what is resident."""
+        return self._client._unary(rq.prefill_suffix(self.handle, suffix))
+
+    def decode(
+        self,
+        options: DecodeOptions | None = None,
+        *,
+        suffix: InputLike | None = None,
+        **fields: object,
+    ) -> Iterator[DecodeChunk]:
+        """Stream generated chunks; the last one carries ``final``. Leaving early cancels.
+
+        :param options: how to sample; keywords (``max_tokens=16``, ``stop=["\\n"]``, any field
+            of :class:`DecodeOptions`) replace its fields. Checked now, before anything is sent.
+        :param suffix: appended first, as :meth:`prefill_suffix` would, in the same round trip.
+        """
+        return self._client._stream(rq.decode(self.handle, decode_options(options, fields), suffix))
+
+    def generate(
+        self,
+        options: DecodeOptions | None = None,
+        *,
+        suffix: InputLike | None = None,
+        **fields: object,
+    ) -> Completion:
+        """:meth:`decode` collected into one :class:`Completion`."""
+        collector = Collector()
+        for chunk in self.decode(options, suffix=suffix, **fields):
+            collector.add(chunk)
+        return collector.completion()
+
+    def snapshot(self) -> SnapshotInfo:
+        """Persist this session in the data root; restore it with :meth:`Client.restore`."""
+        return self._client._unary(rq.snapshot(self.handle))
+
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        return self._client._unary(rq.tokenize(text, add_special, handle=self.handle))
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._client._unary(rq.detokenize(ids, handle=self.handle))
+
+    def close(self) -> bool:
+        """Free the session (idempotent); True when it was open."""
+        return self._client._unary(rq.close_session(self.handle))
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # the daemon (and the session with it) may be gone already
+        with contextlib.suppress(RemoteError):
+            self.close()
+
+
+_default_clients: dict[str, Client] = {}
+_default_lock = threading.Lock()
+
+
+def _default_client() -> Client:
+    root = str(resolve_data_root())
+    with _default_lock:
+        client = _default_clients.get(root)
+        if client is None:
+            client = _default_clients[root] = Client(data_root=root)
+        return client
+
+
+def describe(model: ModelRef | str) -> Description:
+    """Facts about a model, read by the daemon from the file's header (no weights loaded)."""
+    return _default_client().describe(model)
+
+
+def open_session(model: ModelRef | str, *, n_ctx: int = 0) -> Session:
+    """Open a session on the daemon of this process's data root (see :func:`set_data_root`)."""
+    return _default_client().open_session(model, n_ctx=n_ctx)
