@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from modeld.models._facts import ModelFacts, ModelSpec
-from modeldconn._errors import ContextOverflow
+from modeldconn._errors import ContextOverflow, InvalidArgument
 from modeldconn._types import Capabilities
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "Sampler",
     "SamplingParams",
     "check_room",
+    "check_state_fits",
 ]
 
 
@@ -70,6 +71,18 @@ def check_room(resident: int, adding: int, n_ctx: int) -> None:
         )
 
 
+def check_state_fits(kv_len: int, n_ctx: int) -> None:
+    """:raises InvalidArgument: a saved state of ``kv_len`` tokens cannot be loaded into a
+    session of ``n_ctx`` tokens (its ``kv_len``/``n_ctx`` metadata carry both numbers)."""
+    if kv_len > n_ctx:
+        raise InvalidArgument(
+            f"a saved state of {kv_len} tokens does not fit n_ctx {n_ctx}",
+            field="n_ctx",
+            kv_len=kv_len,
+            n_ctx=n_ctx,
+        )
+
+
 class Sampler(Protocol):
     def sample(self) -> int:
         """Pick the next token from the session's current logits (natively, in the engine)."""
@@ -102,7 +115,25 @@ class EngineSession(Protocol):
     def save_state(self) -> EngineState: ...
 
     def load_state(self, state: EngineState) -> None:
-        """Replace the resident KV (and logits) with ``state`` from :meth:`save_state`."""
+        """Replace the resident KV (and logits) with ``state`` from :meth:`save_state` of a
+        session of the same model, whatever its n_ctx.
+
+        :raises InvalidArgument: ``state.kv_len`` exceeds this session's ``n_ctx``.
+        :raises SnapshotMismatch: the engine refused the state (another model or KV layout).
+        On either error this session's KV is empty (kv_len 0) and it is fully usable.
+        """
+
+    def adopt_prefix(self, donor: EngineSession | EngineState, keep: int) -> bool:
+        """Replace this session's KV with the first ``keep`` tokens of ``donor``'s KV (a live
+        session of the same model, or a state saved from one). Copies only what this session
+        needs and can hold where the engine can. Returns False when the engine cannot copy
+        (context sizes or layouts differ, the engine refused): this session's KV is then empty
+        (kv_len 0), its logits not current, and it is fully usable. Never raises for that.
+
+        After True: ``kv_len == keep``, and the logits are not current (the caller recomputes
+        the last token when it needs them). ``keep`` 0 always succeeds (an empty KV).
+        :raises ValueError: ``keep`` < 0.
+        """
 
     def close(self) -> None: ...
 

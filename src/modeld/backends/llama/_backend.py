@@ -1,7 +1,7 @@
 """The llama.cpp backend, on llama-cpp-python's low-level (ctypes) API.
 
 Each session is a sequence of a llama_context shared with a few other sessions of the same
-model and context size (a *lane*, see ``_llama_lane``): its KV stream is its own, so one
+model and context size (a *lane*, see ``_lane``): its KV stream is its own, so one
 session's work never changes another's numbers, and their decode steps can share one
 llama_decode. Sampling runs in llama.cpp's native sampler chain; Python only sees the chosen
 token id.
@@ -17,12 +17,22 @@ from typing import Any
 import llama_cpp as ll
 import numpy as np
 
-from modeld.backends._base import Capabilities, EngineState, SamplingParams, check_room
+from modeld.backends._base import (
+    Capabilities,
+    EngineSession,
+    EngineState,
+    SamplingParams,
+    check_room,
+    check_state_fits,
+)
 from modeld.backends.llama._lane import Lane, exact_decode_rows
+from modeld.backends.llama._sampler import LlamaSampler
+from modeld.backends.llama._seq_state import cut_to_prefix
 from modeld.models._facts import ModelFacts, ModelSpec
 from modeldconn._errors import (
     ModelLoadFailed,
     SessionFatal,
+    SnapshotMismatch,
     UnsupportedFeature,
 )
 
@@ -65,71 +75,6 @@ def _init_llama_once() -> None:
         ll.llama_log_set(_silent_log, None)
         ll.llama_backend_init()
         _initialised = True
-
-
-class _LlamaSampler:
-    def __init__(self, session: LlamaSession, params: SamplingParams, history: Sequence[int]):
-        self._session = session
-        model = session.model
-        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        self._chain = chain
-        if params.ignore_eos:
-            eog = model.end_of_generation_ids()
-            biases = (ll.llama_logit_bias * len(eog))(
-                *(ll.llama_logit_bias(token=t, bias=float("-inf")) for t in eog)
-            )
-            ll.llama_sampler_chain_add(
-                chain, ll.llama_sampler_init_logit_bias(model.facts.vocab_size, len(eog), biases)
-            )
-        if params.repeat_penalty != 1.0:
-            ll.llama_sampler_chain_add(
-                chain,
-                ll.llama_sampler_init_penalties(
-                    model.facts.vocab_size, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0
-                ),
-            )
-        if params.greedy:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
-        else:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(params.top_k))
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(params.top_p, 1))
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(params.min_p, 1))
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(params.temperature))
-            seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
-        # The penalties sampler must have seen the recent tape, as if it had generated it.
-        if params.repeat_penalty != 1.0 and params.repeat_last_n != 0:
-            window = history if params.repeat_last_n < 0 else history[-params.repeat_last_n :]
-            for token in window:
-                ll.llama_sampler_accept(chain, token)
-
-    def sample(self) -> int:
-        session = self._session
-        row = session.logits_row()
-        if row is not None:
-            return int(ll.llama_sampler_sample(self._chain, session.lane.ctx, row))
-        # The logits are a copy (restored from a saved state, or kept when the shared context
-        # decoded for a neighbour): run the same chain over them, as llama_sampler_sample does
-        # over the context's.
-        saved = session.saved_logits
-        if saved is None:
-            raise SessionFatal("no logits for the last resident token")
-        vocab = session.model.facts.vocab_size
-        candidates = (ll.llama_token_data * vocab)()
-        view = np.ctypeslib.as_array(candidates)
-        view["id"] = np.arange(vocab, dtype=np.int32)
-        view["logit"] = saved[:vocab]
-        view["p"] = 0.0
-        array = ll.llama_token_data_array(data=candidates, size=vocab, selected=-1, sorted=False)
-        ll.llama_sampler_apply(self._chain, ctypes.byref(array))
-        token = int(candidates[array.selected].id)
-        ll.llama_sampler_accept(self._chain, token)
-        return token
-
-    def close(self) -> None:
-        if self._chain is not None:
-            ll.llama_sampler_free(self._chain)
-            self._chain = None
 
 
 class LlamaSession:
@@ -206,22 +151,74 @@ class LlamaSession:
             logits = self.saved_logits.astype(np.float32).tobytes()
         return EngineState(self.lane.save(self.seq), self.kv_len, logits)
 
-    def load_state(self, state: EngineState) -> None:
+    def _clear(self) -> None:
         ll.llama_memory_seq_rm(self.lane.memory, self.seq, -1, -1)
         self.kv_len = 0
         self._drop_logits()
+
+    def load_state(self, state: EngineState) -> None:
+        """Replace the resident KV (and logits) with ``state``.
+
+        :raises InvalidArgument: ``state`` holds more tokens than this session's n_ctx.
+        :raises SnapshotMismatch: llama.cpp refused it (another model or KV layout).
+        Either way the session is left empty (kv_len 0) and usable.
+        """
+        self._clear()
+        check_state_fits(state.kv_len, self.n_ctx)
         if state.kv_len and not self.lane.load(self.seq, state.kv):
-            raise SessionFatal("llama.cpp refused the saved state")
+            self._clear()  # llama.cpp removes what it had read; make sure of it
+            raise SnapshotMismatch(
+                f"llama.cpp refused a saved state of {state.kv_len} tokens "
+                f"({len(state.kv)} bytes) for a sequence of n_ctx {self.n_ctx}",
+                kv_len=state.kv_len,
+                n_ctx=self.n_ctx,
+            )
         self.kv_len = state.kv_len
         if state.logits is not None:
             self.saved_logits = np.frombuffer(state.logits, dtype=np.float32).copy()
             self._logits_for = self.kv_len
 
+    def adopt_prefix(self, donor: EngineSession | EngineState, keep: int) -> bool:
+        """Replace this session's KV with the first ``keep`` tokens of ``donor``'s.
+
+        The donor's per-sequence state is cut to its cells at positions ``0..keep-1`` before
+        it is loaded (``_seq_state``), so a donor holding more tokens than this session's n_ctx
+        still shares the prefix this session can hold, across lanes of any size. The bits are
+        the donor's own: the receiver continues exactly as if it had computed the prefix
+        itself. Logits are not current afterwards. Returns False, leaving this session empty
+        and usable, when the donor is another model's, ``keep`` exceeds what either side has
+        or holds, or llama.cpp refuses the state.
+        """
+        if keep < 0:
+            raise ValueError(f"keep {keep} < 0")
+        if donor is self and keep <= self.kv_len:
+            self.truncate(keep)
+            self._drop_logits()
+            return True
+        if isinstance(donor, LlamaSession) and donor is not self and donor.model is self.model:
+            blob = donor.lane.save(donor.seq) if 0 < keep <= donor.kv_len else b""
+            held = donor.kv_len
+        elif isinstance(donor, EngineState):
+            blob, held = donor.kv, donor.kv_len
+        else:
+            blob, held = b"", 0
+        self._clear()
+        if keep == 0:
+            return True
+        if keep > held or keep > self.n_ctx:
+            return False
+        part = blob if keep == held else cut_to_prefix(blob, keep)
+        if part is None or not self.lane.load(self.seq, part):
+            self._clear()
+            return False
+        self.kv_len = keep
+        return True
+
     def logits_current(self) -> bool:
         return self._logits_for == self.kv_len and self.kv_len > 0
 
-    def sampler(self, params: SamplingParams, history: Sequence[int]) -> _LlamaSampler:
-        return _LlamaSampler(self, params, history)
+    def sampler(self, params: SamplingParams, history: Sequence[int]) -> LlamaSampler:
+        return LlamaSampler(self, params, history)
 
     def close(self) -> None:
         if self.seq >= 0:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import llama_cpp as ll
 import numpy as np
 
+from modeld.backends import _exactness
 from modeldconn._errors import SessionFatal
 
 __all__ = ["Lane", "LogitsHolder", "exact_decode_rows"]
@@ -148,7 +149,7 @@ class _Probe:
 def exact_decode_rows(model: Any, vocab_size: int, up_to: int, n_threads: int) -> int:
     """Up to how many sequences one decode step may batch with every row's logits bit-identical
     to the same row decoded alone (1: batching is never exact here). About a dozen small
-    decodes, once per model load."""
+    decodes, once per model load (the measurement itself: ``modeld.backends._exactness``)."""
     if up_to < 2:
         return 1
     lane = Lane(model, vocab_size, 64, up_to, 64, n_threads)
@@ -159,28 +160,24 @@ def exact_decode_rows(model: Any, vocab_size: int, up_to: int, n_threads: int) -
             lane.decode([(t, i, seq, False) for i, t in enumerate(history)], [])
         step = [((3 + 29 * seq) % vocab_size, 6, seq, True) for seq in range(up_to)]
 
+        def row(i: int) -> np.ndarray:
+            return np.ctypeslib.as_array(lane.row_pointer(i), shape=(vocab_size,))
+
         def alone(seq: int) -> np.ndarray:
             if lane.decode([step[seq]], [probes[seq]]) != 0:
                 raise SessionFatal("llama_decode failed while probing batch sizes")
-            row: np.ndarray = np.ctypeslib.as_array(lane.row_pointer(0), shape=(vocab_size,))
-            ll.llama_memory_seq_rm(lane.memory, seq, 6, -1)
-            copy: np.ndarray = row.copy()
+            copy: np.ndarray = row(0).copy()
             return copy
 
-        solo = [alone(seq) for seq in range(up_to)]
-        exact = 1
-        for rows in range(2, up_to + 1):
+        def together(rows: int) -> list[np.ndarray] | None:
             if lane.decode(step[:rows], probes[:rows]) != 0:
-                break
-            batched = [
-                np.ctypeslib.as_array(lane.row_pointer(i), shape=(vocab_size,)) for i in range(rows)
-            ]
-            same = all(np.array_equal(batched[i], solo[i]) for i in range(rows))
-            for seq in range(rows):
+                return None
+            return [row(i) for i in range(rows)]
+
+        def undo(seqs: Sequence[int]) -> None:
+            for seq in seqs:
                 ll.llama_memory_seq_rm(lane.memory, seq, 6, -1)
-            if not same:
-                break
-            exact = rows
-        return exact
+
+        return _exactness.exact_decode_rows(up_to, alone, together, undo)
     finally:
         lane.close()

@@ -1,0 +1,37 @@
+"""Each token's exact bytes, for streaming: from the detokenizer IR's own vocabulary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+__all__ = ["detokenizer_vocab", "raw_piece"]
+
+
+def detokenizer_vocab(core: ov.Core, ir_dir: Path) -> list[bytes]:
+    """Each token's bytes as the detokenizer IR stores them (its VocabDecoder's constants).
+
+    ``Tokenizer.get_vocab_vector`` cannot return entries that are not valid UTF-8 on their own,
+    and those are exactly the ones a streaming client needs byte-exact.
+    """
+    import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations with OpenVINO)
+
+    # the Core must outlive the model: it owns the extension the model's operations live in
+    model = core.read_model(str(ir_dir / "openvino_detokenizer.xml"))
+    for node in model.get_ordered_ops():
+        if node.get_type_name() == "VocabDecoder":
+            begins, ends, chars = (
+                np.array(node.input_value(i).get_node().get_data()) for i in (1, 2, 3)
+            )
+            raw = chars.tobytes()
+            return [raw[b:e] for b, e in zip(begins.tolist(), ends.tolist(), strict=True)]
+    return []
+
+
+def raw_piece(entry: bytes) -> bytes:
+    """A vocabulary entry as text bytes: SentencePiece byte tokens and word-start marks resolved."""
+    if len(entry) == 6 and entry.startswith(b"<0x") and entry.endswith(b">"):
+        return bytes([int(entry[3:5], 16)])
+    return entry.replace("\u2581".encode(), b" ")
