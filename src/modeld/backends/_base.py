@@ -7,9 +7,10 @@ strings, streaming) lives above this seam and is the same for every backend.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from modeld.models._facts import ModelFacts, ModelSpec
 from modeldconn._errors import ContextOverflow, InvalidArgument
@@ -25,6 +26,7 @@ __all__ = [
     "SamplingParams",
     "check_room",
     "check_state_fits",
+    "rule",
 ]
 
 
@@ -43,16 +45,46 @@ class EngineState:
         return len(self.kv) + len(self.logits or b"")
 
 
+def rule(check: Callable[[Any], bool], text: str) -> dict[str, object]:
+    """A field's range, as dataclass field metadata: ``check(value)`` must hold; ``text`` says
+    what it must be (quoted in the ``invalid_argument`` that refuses a value)."""
+    return {"check": check, "rule": text}
+
+
+def _finite(low: float, high: float, *, open_low: bool = False) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        above = value > low if open_low else value >= low
+        return math.isfinite(value) and above and value <= high
+
+    return check
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float  #: <= 0: greedy
-    top_k: int
-    top_p: float
-    min_p: float
-    repeat_penalty: float
-    repeat_last_n: int
-    seed: int | None
-    ignore_eos: bool
+    """How the sampler picks each token; defaults are what a client gets for an unset field.
+
+    The one place a sampling field is declared: the wire's ``DecodeConfig`` field of the same
+    name is read into it by name, and each field's ``rule`` is checked there.
+    """
+
+    #: <= 0: greedy
+    temperature: float = field(
+        default=0.0, metadata=rule(math.isfinite, "must be finite (<= 0 means greedy)")
+    )
+    top_k: int = field(default=40, metadata=rule(lambda v: v >= 0, "must be >= 0 (0 = off)"))
+    top_p: float = field(
+        default=0.95, metadata=rule(_finite(0, 1, open_low=True), "must be in (0, 1]")
+    )
+    min_p: float = field(default=0.05, metadata=rule(_finite(0, 1), "must be in [0, 1]"))
+    repeat_penalty: float = field(
+        default=1.0,
+        metadata=rule(_finite(0, 10, open_low=True), "must be in (0, 10] (1 = off)"),
+    )
+    repeat_last_n: int = field(
+        default=64, metadata=rule(lambda v: v >= -1, "must be >= -1 (-1 = whole context)")
+    )
+    seed: int | None = None  #: None: a random seed
+    ignore_eos: bool = False
 
     @property
     def greedy(self) -> bool:

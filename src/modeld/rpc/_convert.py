@@ -8,7 +8,7 @@ from modeld.models._facts import ModelFacts
 from modeld.sessions._manager import ResolvedConfig
 from modeld.sessions._types import (
     ChatInput,
-    DecodeRequest,
+    DecodeOptions,
     DecodeStep,
     SessionInput,
     TextInput,
@@ -21,7 +21,7 @@ from modeldconn._types import Capabilities, Capacity, PrefixResult, SuffixResult
 __all__ = [
     "capabilities_to_pb",
     "capacity_to_pb",
-    "decode_request_from_pb",
+    "decode_options_from_pb",
     "facts_to_pb",
     "input_from_pb",
     "prefix_to_pb",
@@ -45,23 +45,16 @@ def input_from_pb(message: pb.Input, what: str) -> SessionInput:
     raise InvalidArgument(f"{what} is empty: set text, tokens or chat", field=what)
 
 
-def decode_request_from_pb(config: pb.DecodeConfig) -> DecodeRequest:
-    def opt(name: str) -> object:
-        return getattr(config, name) if config.HasField(name) else None
+def decode_options_from_pb(config: pb.DecodeConfig) -> DecodeOptions:
+    """Every field the client set, by name (unset optional scalars take the defaults).
 
-    return DecodeRequest.checked(
-        max_tokens=opt("max_tokens"),  # type: ignore[arg-type]
-        temperature=opt("temperature"),  # type: ignore[arg-type]
-        top_k=opt("top_k"),  # type: ignore[arg-type]
-        top_p=opt("top_p"),  # type: ignore[arg-type]
-        min_p=opt("min_p"),  # type: ignore[arg-type]
-        repeat_penalty=opt("repeat_penalty"),  # type: ignore[arg-type]
-        repeat_last_n=opt("repeat_last_n"),  # type: ignore[arg-type]
-        seed=opt("seed"),  # type: ignore[arg-type]
-        stop=tuple(config.stop),
-        stop_token_ids=tuple(config.stop_token_ids),
-        ignore_eos=config.ignore_eos,
-    )
+    :raises InvalidArgument: a value outside its field's rule, naming the field."""
+    values = {
+        # repeated fields arrive as containers: a plain tuple crosses into the dataclass
+        fd.name: value if isinstance(value, (bool, int, float, str)) else tuple(value)
+        for fd, value in config.ListFields()
+    }
+    return DecodeOptions.from_fields(values)
 
 
 def facts_to_pb(facts: ModelFacts) -> pb.ModelFacts:

@@ -16,7 +16,7 @@ from modeld.models._facts import ModelSpec
 from modeld.rpc._convert import (
     capabilities_to_pb,
     capacity_to_pb,
-    decode_request_from_pb,
+    decode_options_from_pb,
     facts_to_pb,
     input_from_pb,
     prefix_to_pb,
@@ -133,7 +133,7 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
     async def Decode(
         self, request: pb.DecodeRequest, context: Context
     ) -> AsyncIterator[pb.DecodeChunk]:
-        decode_request = decode_request_from_pb(request.config)
+        decode_request = decode_options_from_pb(request.config)
         suffix = input_from_pb(request.suffix, "suffix") if request.HasField("suffix") else None
         async for step in self._sessions.decode(request.handle, decode_request, suffix):
             yield step_to_pb(step)

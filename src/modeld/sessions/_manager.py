@@ -35,7 +35,7 @@ from modeld.sessions._session import Session
 from modeld.sessions._snapshots import Snapshot, SnapshotStore
 from modeld.sessions._stats import EngineCounters, LoopCounters, Stats
 from modeld.sessions._table import SessionTable
-from modeld.sessions._types import DecodeRequest, DecodeStep, SessionInput
+from modeld.sessions._types import DecodeOptions, DecodeStep, SessionInput
 from modeldconn._errors import InvalidArgument, SessionNotFound
 from modeldconn._types import Capabilities, Capacity, DecodeFinal, PrefixResult, SuffixResult
 
@@ -275,7 +275,7 @@ class SessionManager:
         return result
 
     async def decode(
-        self, handle: str, request: DecodeRequest, suffix: SessionInput | None = None
+        self, handle: str, request: DecodeOptions, suffix: SessionInput | None = None
     ) -> AsyncIterator[DecodeStep]:
         async with self._admission.operation(handle) as session:
             if not session.tape and suffix is None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
 
-from modeld.backends._base import SamplingParams
+from modeld.backends._base import SamplingParams, rule
 from modeldconn._errors import InvalidArgument
 from modeldconn._types import DecodeFinal
 
 __all__ = [
     "ChatInput",
-    "DecodeRequest",
+    "DecodeOptions",
     "DecodeStep",
     "SessionInput",
     "TextInput",
@@ -43,80 +45,80 @@ class ChatInput:
 SessionInput = TextInput | TokenInput | ChatInput
 
 
+def _stop_strings(value: tuple[str, ...]) -> bool:
+    return len(value) <= MAX_STOP_STRINGS and all(0 < len(s) <= MAX_STOP_CHARS for s in value)
+
+
+def _stop_ids(value: frozenset[int]) -> bool:
+    return len(value) <= MAX_STOP_TOKENS and all(t >= 0 for t in value)
+
+
+T = TypeVar("T")
+
+
+def checked(cls: type[T], values: Mapping[str, object]) -> T:
+    """``cls`` (a dataclass) from the ``values`` given by field name, defaults for the rest.
+
+    Values are coerced to the field's default's collection type (tuple, frozenset), then each
+    field's ``rule`` (see ``backends._base.rule``) is checked.
+
+    :raises InvalidArgument: a value outside its field's rule, naming the field.
+    """
+    kwargs: dict[str, object] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        if isinstance(f.default, (tuple, frozenset)) and isinstance(value, Iterable):
+            value = type(f.default)(value)
+        check = f.metadata.get("check")
+        if check is not None and not check(value):
+            rule_text = f.metadata["rule"]
+            raise InvalidArgument(f"{f.name}={value!r}: {rule_text}", field=f.name)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
 @dataclass(frozen=True)
-class DecodeRequest:
-    max_tokens: int
-    sampling: SamplingParams
-    stop: tuple[str, ...]
-    stop_token_ids: frozenset[int] = frozenset()
+class DecodeOptions:
+    """One Decode's options: the daemon's single decode-options type.
+
+    Built from the wire's ``DecodeConfig`` by field name (:meth:`from_fields`): the fields of
+    ``SamplingParams`` go to ``sampling``, the rest are declared here. Adding a field means the
+    proto and one of these two dataclasses; a test checks every proto field has a home.
+    """
+
+    max_tokens: int = field(
+        default=DEFAULT_MAX_TOKENS, metadata=rule(lambda v: v >= 1, "must be >= 1")
+    )
+    stop: tuple[str, ...] = field(
+        default=(),
+        metadata=rule(
+            _stop_strings,
+            f"at most {MAX_STOP_STRINGS} non-empty strings of at most {MAX_STOP_CHARS} characters",
+        ),
+    )
+    stop_token_ids: frozenset[int] = field(
+        default=frozenset(), metadata=rule(_stop_ids, f"at most {MAX_STOP_TOKENS} ids >= 0")
+    )
+    sampling: SamplingParams = field(default_factory=SamplingParams)
 
     @classmethod
-    def checked(
-        cls,
-        *,
-        max_tokens: int | None,
-        temperature: float | None,
-        top_k: int | None,
-        top_p: float | None,
-        min_p: float | None,
-        repeat_penalty: float | None,
-        repeat_last_n: int | None,
-        seed: int | None,
-        stop: tuple[str, ...],
-        ignore_eos: bool,
-        stop_token_ids: tuple[int, ...] = (),
-    ) -> DecodeRequest:
-        """Apply defaults and refuse out-of-range values with invalid_argument."""
+    def from_fields(cls, values: Mapping[str, object]) -> DecodeOptions:
+        """From wire field values by name, sampling fields flat among them; unset fields take
+        their defaults.
 
-        def bad(field: str, value: object, rule: str) -> InvalidArgument:
-            return InvalidArgument(f"{field}={value!r}: {rule}", field=field)
-
-        temp = 0.0 if temperature is None else temperature
-        if not math.isfinite(temp):
-            raise bad("temperature", temp, "must be finite (<= 0 means greedy)")
-        k = 40 if top_k is None else top_k
-        if k < 0:
-            raise bad("top_k", k, "must be >= 0 (0 = off)")
-        p = 0.95 if top_p is None else top_p
-        if not (math.isfinite(p) and 0 < p <= 1):
-            raise bad("top_p", p, "must be in (0, 1]")
-        mp = 0.05 if min_p is None else min_p
-        if not (math.isfinite(mp) and 0 <= mp <= 1):
-            raise bad("min_p", mp, "must be in [0, 1]")
-        penalty = 1.0 if repeat_penalty is None else repeat_penalty
-        if not (math.isfinite(penalty) and 0 < penalty <= 10):
-            raise bad("repeat_penalty", penalty, "must be in (0, 10] (1 = off)")
-        last_n = 64 if repeat_last_n is None else repeat_last_n
-        if last_n < -1:
-            raise bad("repeat_last_n", last_n, "must be >= -1 (-1 = whole context)")
-        limit = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
-        if limit < 1:
-            raise bad("max_tokens", limit, "must be >= 1")
-        if len(stop) > MAX_STOP_STRINGS or any(not s or len(s) > MAX_STOP_CHARS for s in stop):
-            raise bad(
-                "stop",
-                stop,
-                f"at most {MAX_STOP_STRINGS} non-empty strings of "
-                f"at most {MAX_STOP_CHARS} characters",
-            )
-        if len(stop_token_ids) > MAX_STOP_TOKENS or any(t < 0 for t in stop_token_ids):
-            raise bad("stop_token_ids", stop_token_ids, f"at most {MAX_STOP_TOKENS} ids >= 0")
-        sampling = SamplingParams(
-            temperature=temp,
-            top_k=k,
-            top_p=p,
-            min_p=mp,
-            repeat_penalty=penalty,
-            repeat_last_n=last_n,
-            seed=seed,
-            ignore_eos=ignore_eos,
-        )
-        return cls(
-            max_tokens=limit,
-            sampling=sampling,
-            stop=stop,
-            stop_token_ids=frozenset(stop_token_ids),
-        )
+        :raises InvalidArgument: a value outside its field's rule, or a name with no field.
+        """
+        sampling_names = {f.name for f in dataclasses.fields(SamplingParams)}
+        own_names = {f.name for f in dataclasses.fields(cls)} - {"sampling"}
+        unknown = set(values) - sampling_names - own_names
+        if unknown:
+            name = sorted(unknown)[0]
+            raise InvalidArgument(f"{name}: not a decode option", field=name)
+        sampling = checked(SamplingParams, {k: values[k] for k in sampling_names & set(values)})
+        own = {k: values[k] for k in own_names & set(values)}
+        return dataclasses.replace(checked(cls, own), sampling=sampling)
 
 
 @dataclass(frozen=True)

@@ -12,25 +12,14 @@ from fake_engine import fake_spec, next_token
 
 import modeld.sessions._prefill as prefill_module
 from modeld.sessions._session import SessionState
-from modeld.sessions._types import DecodeRequest, TokenInput
+from modeld.sessions._types import DecodeOptions, TokenInput
 from modeldconn._errors import SessionBusy, SessionNotFound
 
 SPEC = fake_spec()
 
 
-def greedy(max_tokens: int) -> DecodeRequest:
-    return DecodeRequest.checked(
-        max_tokens=max_tokens,
-        temperature=None,
-        top_k=None,
-        top_p=None,
-        min_p=None,
-        repeat_penalty=None,
-        repeat_last_n=None,
-        seed=None,
-        stop=(),
-        ignore_eos=True,
-    )
+def greedy(max_tokens: int) -> DecodeOptions:
+    return DecodeOptions.from_fields({"max_tokens": max_tokens, "ignore_eos": True})
 
 
 async def generate(harness: Harness, handle: str, max_tokens: int) -> list[int]:
