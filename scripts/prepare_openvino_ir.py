@@ -9,12 +9,14 @@ models directory, where ``modeld serve --backend openvino --model gemma3-270m`` 
     python scripts/prepare_openvino_ir.py --models ~/.local/share/modeld/models
 
 Re-running is free while the cache holds the current recipe. Takes ~5 min on 2 cores the first
-time (the build environment ~1.5 min, dequantising and exporting ~3 min).
+time (the build environment ~1.5 min, dequantising and exporting ~3 min). Concurrent runs convert
+once: the others wait on a lock file beside the cache, then find the result.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -56,6 +58,12 @@ def cache_root() -> Path:
     return base / "modeld" / "openvino-ir"
 
 
+def cached() -> Path | None:
+    """The converted IR of the current recipe, if this machine has it (never converts)."""
+    target = cache_root() / RECIPE
+    return target if (target / "openvino_model.xml").is_file() else None
+
+
 def build_python(root: Path) -> Path:
     env_dir = root / "build-venv"
     python = env_dir / "bin" / "python"
@@ -76,17 +84,24 @@ def build_python(root: Path) -> Path:
 def prepare(models: Path | None) -> Path:
     root = cache_root()
     target = root / RECIPE
-    if not (target / "openvino_model.xml").is_file():
-        python = build_python(root)
-        work = Path(tempfile.mkdtemp(prefix=f".{RECIPE}-", dir=root))
-        quiet = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-        try:
-            subprocess.run(
-                [str(python), __file__, "--convert-into", str(work)], check=True, env=quiet
-            )
-            os.replace(work / "ir", target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    # One conversion at a time per machine: a second run (another test session, a user) waits
+    # here and then finds the IR, instead of building a second environment beside the first.
+    with open(root / ".prepare.lock", "w") as lock:
+        if cached() is None:
+            print(f"waiting for the conversion lock {lock.name}", flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cached() is None:
+            python = build_python(root)
+            work = Path(tempfile.mkdtemp(prefix=f".{RECIPE}-", dir=root))
+            quiet = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+            try:
+                subprocess.run(
+                    [str(python), __file__, "--convert-into", str(work)], check=True, env=quiet
+                )
+                os.replace(work / "ir", target)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
     if models is not None:
         models.mkdir(parents=True, exist_ok=True)
         link = models / LINK_NAME

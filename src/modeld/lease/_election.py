@@ -1,8 +1,10 @@
 """Leader election over the data root's lease, kazoo-recipe style.
 
-    election = Election(LeaseStore(root, ttl_s=15), gate)
+    election = Election(LeaseStore(root, ttl_s=DEFAULT_LEASE_TTL_S), gate)
     record = await election.campaign(candidate, stop, standby=True)  # blocks while standing by
-    reason = await election.hold()  # returns when leadership ends
+    held = asyncio.ensure_future(election.hold())  # renews until leadership ends, then says why
+    ...  # load, serve, drain: all while `held` keeps the lease renewed
+    await election.release()
 
 Failure model, in prose:
 
@@ -18,6 +20,10 @@ Failure model, in prose:
   until the margin, then the daemon fences.
 * **The file names someone else** (an operator, a clock-skewed peer): the next renewal sees it and
   the daemon fences at once, without touching the file.
+
+The daemon runs :meth:`Election.hold` from the moment the lease is won until it is released, so
+leadership stays provable through every long phase (loading and converting a model, draining),
+however long it takes; whatever the phase, a loss of leadership ends it and fences the daemon.
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from filelock import Timeout
 
 from modeld._errors import ExitCode, StartupError
 from modeld.daemon._sdnotify import pet_watchdog
-from modeld.lease._gate import Gate
+from modeld.lease._gate import Gate, leadership_window_s
 from modeld.lease._store import Acquired, LeaseStore, RenewOutcome
 from modeldconn._lease import Assessment, LeaseRecord
 
@@ -71,8 +78,7 @@ class Election:
         self._gate = gate
         self._poll_interval_s = poll_interval_s
         self._ttl_s = store.ttl_s
-        #: leadership ends this long before the lease can expire, leaving time to stop
-        self._margin_s = store.ttl_s / 4
+        self._window_s = leadership_window_s(store.ttl_s)
         self._write_lock = asyncio.Lock()
         self._on_renew = on_renew
         self.record: LeaseRecord | None = None
@@ -100,7 +106,7 @@ class Election:
                     won = found  # another contender holds the writers' lock: poll again
                 if isinstance(won, Acquired):
                     self.record = won.record
-                    self._gate.valid_until = started + self._ttl_s - self._margin_s
+                    self._gate.valid_until = started + self._window_s
                     return won.record
                 found = won
             pet_watchdog()  # a standby polling the lease is alive too
@@ -118,20 +124,26 @@ class Election:
                 await asyncio.wait_for(stop.wait(), self._poll_interval_s)
         return None
 
-    async def set_state(self, state: str) -> None:
-        """Publish a new state (serving, draining) through a renewal."""
-        assert self.record is not None
-        await self._renew(dataclasses.replace(self.record, state=state))
+    async def publish(self, **changes: Any) -> RenewOutcome:
+        """Publish new record fields (``state``, ``model``) through a renewal. A renewal that
+        fails now keeps them: the renew loop writes them next time."""
+        return await self._renew(changes)
 
-    async def _renew(self, wanted: LeaseRecord) -> RenewOutcome:
+    async def _renew(self, changes: dict[str, Any] | None = None) -> RenewOutcome:
         async with self._write_lock:
+            assert self.record is not None
+            if changes:
+                # under the write lock: no renewal in flight can put the old fields back
+                self.record = dataclasses.replace(self.record, **changes)
+            wanted = self.record
             started = time.monotonic()
-            budget = self._gate.valid_until - started
+            valid_until = self._gate.valid_until
+            budget = valid_until - started
             if budget <= 0:
                 return RenewOutcome.BUSY
             try:
                 outcome, written = await asyncio.wait_for(
-                    asyncio.to_thread(self._store.renew, wanted), budget
+                    asyncio.to_thread(self._store.renew, wanted, valid_until), budget
                 )
             except (TimeoutError, OSError) as exc:
                 log.warning("lease renewal failed: %s", exc or type(exc).__name__)
@@ -141,7 +153,7 @@ class Election:
                 pet_watchdog()
                 self._on_renew(time.monotonic() - started)
                 self.record = written
-                self._gate.valid_until = started + self._ttl_s - self._margin_s
+                self._gate.valid_until = started + self._window_s
             return outcome
 
     async def hold(self) -> str:
@@ -153,17 +165,34 @@ class Election:
             now = time.monotonic()
             await asyncio.sleep(max(0.0, min(next_renewal, self._gate.valid_until) - now))
             if time.monotonic() >= self._gate.valid_until:
-                return f"the lease could not be renewed within {self._ttl_s - self._margin_s:g} s"
-            outcome = await self._renew(self.record)
+                return f"the lease could not be renewed within {self._window_s:g} s"
+            began = time.monotonic()
+            outcome = await self._renew()
             if outcome is RenewOutcome.LOST:
                 found = self._store.assess()
                 return f"the lease was taken over: it now names {describe_holder(found)}"
-            next_renewal = time.monotonic() + (
-                interval if outcome is RenewOutcome.RENEWED else min(interval, 0.2)
+            # Counted from when this renewal began, not ended: a renewal slowed by a busy machine
+            # must not push the next one towards the end of the window it opened.
+            next_renewal = (
+                began + interval
+                if outcome is RenewOutcome.RENEWED
+                else time.monotonic() + min(interval, 0.2)
             )
 
-    def release(self) -> bool:
-        """Remove the lease file if it is still ours (clean shutdown only)."""
+    async def release(self) -> bool:
+        """Remove the lease file if it is still ours (clean shutdown only); no renewal follows.
+
+        Stop :meth:`hold` first. The store serialises this with a renewal thread still running
+        after its coroutine was cancelled, so that thread cannot write the file back.
+        """
         if self.record is None:
             return False
-        return self._store.release(self.record.instance_id)
+        async with self._write_lock:
+            try:
+                # bounded: a stuck disk must not hang shutdown; the lease then simply expires
+                return await asyncio.wait_for(
+                    asyncio.to_thread(self._store.release, self.record.instance_id), self._ttl_s
+                )
+            except (TimeoutError, OSError) as exc:
+                log.warning("lease release failed: %s", exc or type(exc).__name__)
+                return False

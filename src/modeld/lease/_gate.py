@@ -7,7 +7,15 @@ import time
 
 from modeldconn._errors import Draining, NotReady, StaleFence
 
-__all__ = ["Gate", "Phase"]
+__all__ = ["LEASE_MARGIN_FRACTION", "Gate", "Phase", "leadership_window_s"]
+
+#: leadership ends this fraction of the TTL before the lease can expire, leaving time to stop
+LEASE_MARGIN_FRACTION = 0.25
+
+
+def leadership_window_s(ttl_s: float) -> float:
+    """How long one successful renewal keeps a daemon's leadership provable."""
+    return ttl_s * (1 - LEASE_MARGIN_FRACTION)
 
 
 class Phase(enum.Enum):

@@ -10,6 +10,11 @@ can overwrite a new holder's record when it wakes; then both fence (its clock sa
 leadership ended; the new holder's next renewal finds a foreign record), never both serve, and
 a standby takes over from whichever process the file names once that one exits.
 
+Release (a clean shutdown) does take the contenders' lock: it reads the file and removes it only
+if it still names us, and no contender can write a new record between that read and the unlink.
+Within the process, renewals and the release are serialised, and nothing is written after the
+release: a renewal thread still running when its caller gave up on it cannot recreate the file.
+
 Readers (the probe, ``lease show``, standbys polling) read the file without any lock, which is
 safe because every write replaces the file atomically. A renewal that finds another instance id
 in the file means the lease was lost: the caller must fence itself at once.
@@ -19,11 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
+import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from modeld._atomic import write_atomically
 from modeldconn._lease import (
@@ -36,7 +44,29 @@ from modeldconn._lease import (
 
 __all__ = ["LeaseStore", "RenewOutcome"]
 
+log = logging.getLogger("modeld.election")
+
 LOCK_FILE_NAME = "modeld.lease.lock"
+
+
+def _replace_unsynced(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically without fsync, for renewals only.
+
+    Readers share the page cache, so they see the old record or the new one either way. What the
+    fsyncs would buy is the new ``renewed_at`` surviving a crash of this host, which also ends
+    this holder: an older ``renewed_at`` (or, worse, a torn file, which counts as corrupt and ages
+    by mtime) only lets a successor in sooner. Meanwhile an fsync on a disk that others keep busy
+    can take longer than a short TTL's margin, and fence a healthy leader.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.renew")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class RenewOutcome(enum.Enum):
@@ -70,6 +100,9 @@ class LeaseStore:
             # held for a few ms at a time: poll often so a standby is not slowed by the poll
             poll_interval=0.01,
         )
+        #: this process's own writes (renewals, the release) one at a time, never after release
+        self._own_writes = threading.Lock()
+        self._released = False
 
     def assess(self) -> Assessment:
         return assess_lease(read_lease(self.root), default_ttl_s=self.ttl_s)
@@ -94,21 +127,43 @@ class LeaseStore:
                 return self.assess()
             return Acquired(mine)
 
-    def renew(self, record: LeaseRecord) -> tuple[RenewOutcome, LeaseRecord]:
+    def renew(
+        self, record: LeaseRecord, valid_until: float = float("inf")
+    ) -> tuple[RenewOutcome, LeaseRecord]:
         """Rewrite our record with a fresh ``renewed_at`` if the file is still ours (no lock:
-        see the module docstring). Call it only while leadership is valid."""
-        current = read_lease(self.root).record
-        if current is None or current.instance_id != record.instance_id:
-            return RenewOutcome.LOST, record
-        fresh = dataclasses.replace(record, renewed_at=time.time())
-        write_atomically(self.path, fresh.to_json().encode())
-        return RenewOutcome.RENEWED, fresh
+        see the module docstring).
+
+        :param valid_until: the monotonic instant our leadership ends; a renewal that only gets
+            to run after it (a stalled thread) writes nothing, since a contender may own the file.
+        """
+        with self._own_writes:
+            if self._released:
+                return RenewOutcome.LOST, record
+            current = read_lease(self.root).record
+            if current is None or current.instance_id != record.instance_id:
+                return RenewOutcome.LOST, record
+            if time.monotonic() >= valid_until:
+                return RenewOutcome.BUSY, record
+            fresh = dataclasses.replace(record, renewed_at=time.time())
+            _replace_unsynced(self.path, fresh.to_json().encode())
+            return RenewOutcome.RENEWED, fresh
 
     def release(self, instance_id: str) -> bool:
-        """Remove the file if it still names ``instance_id``; True when removed. Call it only
-        while leadership is valid (a clean shutdown), so no contender may be writing."""
-        current = read_lease(self.root).record
-        if current is None or current.instance_id != instance_id:
-            return False
-        self.path.unlink(missing_ok=True)
-        return True
+        """Remove the file if it still names ``instance_id``; True when removed.
+
+        The read and the unlink happen under the contenders' lock, so a record a new leader has
+        just written is never removed. If that lock is held past ``lock_timeout_s`` (a frozen
+        contender), the file is left to expire instead. Renewals stop for good either way.
+        """
+        with self._own_writes:
+            self._released = True
+            try:
+                with self._lock:
+                    current = read_lease(self.root).record
+                    if current is None or current.instance_id != instance_id:
+                        return False
+                    self.path.unlink(missing_ok=True)
+                    return True
+            except Timeout:
+                log.warning("the contenders' lock is held elsewhere: the lease is left to expire")
+                return False
