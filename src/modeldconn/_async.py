@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -111,7 +111,7 @@ class AsyncClient(ClientBase):
                 target = retry.after(exc, target)
                 await asyncio.sleep(retry.pause_s)
 
-    async def _stream(self, call: rq.Call[T]) -> AsyncIterator[T]:
+    async def _stream(self, call: rq.Call[T]) -> AsyncGenerator[T, None]:
         """The replies of a server stream; leaving early cancels it. Not retried."""
         target = self._leader()
         stream = getattr(await self._stub(target), call.method)(
@@ -177,11 +177,36 @@ class AsyncSession(SessionBase):
 
     async def ensure_prefix(self, prefix: InputLike) -> PrefixResult:
         """Make exactly ``prefix`` resident, reusing the longest common prefix already there."""
-        return await self._client._unary(rq.ensure_prefix(self.handle, prefix))
+        result = await self._on_tape(rq.ensure_prefix(self.handle, prefix, self._tape.to_send()))
+        self._tape.answered(result.prefix_tokens)
+        return result
 
     async def prefill_suffix(self, suffix: InputLike) -> SuffixResult:
         """Append ``suffix`` to what is resident."""
-        return await self._client._unary(rq.prefill_suffix(self.handle, suffix))
+        result = await self._on_tape(rq.prefill_suffix(self.handle, suffix, self._tape.to_send()))
+        self._tape.answered(result.resident)
+        return result
+
+    async def _on_tape(self, call: rq.Call[T]) -> T:
+        try:
+            return await self._client._unary(call)
+        except RemoteError as error:
+            self._tape.refused(error)
+            raise
+
+    async def _taped(
+        self, chunks: AsyncGenerator[tuple[DecodeChunk, int], None]
+    ) -> AsyncIterator[DecodeChunk]:
+        """The chunks, keeping count of what this client holds (see ``TapeClaim``)."""
+        try:
+            async for chunk, tape_tokens in chunks:
+                self._tape.chunk_read(tape_tokens, chunk.final is not None)
+                yield chunk
+        except RemoteError as error:
+            self._tape.refused(error)
+            raise
+        finally:
+            await chunks.aclose()  # left early: cancel the call now
 
     def decode(
         self,
@@ -192,7 +217,9 @@ class AsyncSession(SessionBase):
     ) -> AsyncIterator[DecodeChunk]:
         """Stream generated chunks (``async for``); the last one carries ``final``. Leaving
         early cancels. Options as for :meth:`Session.decode`, checked now."""
-        return self._client._stream(rq.decode(self.handle, decode_options(options, fields), suffix))
+        call = rq.decode(self.handle, decode_options(options, fields), suffix, self._tape.to_send())
+        self._tape.decode_started()
+        return self._taped(self._client._stream(call))
 
     async def generate(
         self,

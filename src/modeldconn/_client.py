@@ -15,14 +15,32 @@ from dataclasses import fields, replace
 from typing import Any
 
 from ._dataroot import resolve_data_root
-from ._errors import NotReady, Overloaded, RemoteError, StaleFence, Unavailable, error_from_rpc
+from ._errors import (
+    InvalidArgument,
+    NotReady,
+    Overloaded,
+    RemoteError,
+    StaleFence,
+    Unavailable,
+    UnknownClient,
+    UnsupportedProtocol,
+    error_from_rpc,
+)
 from ._probe import probe
 from ._requests import Call
 from ._tls import find_tls_ca, open_channel
 from ._types import Completion, DecodeChunk, DecodeFinal, DecodeOptions, SessionInfo
-from ._wire import AUTH_METADATA_KEY, CLIENT_METADATA_KEY, INSTANCE_METADATA_KEY, find_auth_token
+from ._wire import (
+    AUTH_METADATA_KEY,
+    CLIENT_METADATA_KEY,
+    INSTANCE_METADATA_KEY,
+    MIN_PROTOCOL,
+    PROTOCOL,
+    PROTOCOL_METADATA_KEY,
+    find_auth_token,
+)
 
-__all__ = ["ClientBase", "Collector", "Retry", "SessionBase", "decode_options"]
+__all__ = ["ClientBase", "Collector", "Retry", "SessionBase", "TapeClaim", "decode_options"]
 
 _OPTION_NAMES = frozenset(spec.name for spec in fields(DecodeOptions))
 
@@ -81,6 +99,15 @@ class ClientBase:
             if self._target is None or refresh:
                 result = probe(data_root=self._data_root).raise_for_state()
                 assert result.lease is not None
+                if result.lease.protocol < MIN_PROTOCOL:
+                    # checked before dialling: this build cannot speak to that daemon
+                    raise UnsupportedProtocol(
+                        f"the daemon speaks protocol {result.lease.protocol}; this modeldconn "
+                        f"speaks {MIN_PROTOCOL}..{PROTOCOL}",
+                        protocol=result.lease.protocol,
+                        min_protocol=MIN_PROTOCOL,
+                        client_protocol=PROTOCOL,
+                    )
                 self._target = (result.lease.endpoint, result.lease.instance_id)
                 if result.lease.tls:
                     self._tls_endpoints.add(result.lease.endpoint)
@@ -95,13 +122,21 @@ class ClientBase:
         return open_channel(endpoint, tls, ca, aio=aio)
 
     def _metadata(self, instance: str, client_id: str = "") -> tuple[tuple[str, str], ...]:
-        if client_id:
-            return (
-                (INSTANCE_METADATA_KEY, instance),
-                (CLIENT_METADATA_KEY, client_id),
-                *self._auth,
-            )
-        return ((INSTANCE_METADATA_KEY, instance), *self._auth)
+        # the instance is "" only for a daemon dialled by endpoint (no lease names one): the
+        # header is then left out, and the session handles still fence every session call
+        return (
+            (PROTOCOL_METADATA_KEY, str(PROTOCOL)),
+            *(((INSTANCE_METADATA_KEY, instance),) if instance else ()),
+            *(((CLIENT_METADATA_KEY, client_id),) if client_id else ()),
+            *self._auth,
+        )
+
+    def _forget_attach(self, target: tuple[str, str]) -> Any:
+        """Drop our Attach id on ``target`` (the daemon no longer knows it); returns its
+        stream, for the caller to cancel, or None. (One dict pop: atomic, so it needs neither
+        twin's attach lock.)"""
+        entry = self._attached.pop(target, None)
+        return None if entry is None else entry[1]
 
     def _call_kwargs(
         self, call: Call[Any], target: tuple[str, str], client_id: str = ""
@@ -131,6 +166,7 @@ class Retry:
         self._client = client
         self._instance_hint = instance_hint
         self._redialled = False
+        self._reattached = False
         self._ready_by = time.monotonic() + client._wait_ready_s
 
     def after(self, exc: Exception, target: tuple[str, str]) -> tuple[str, str]:
@@ -154,6 +190,15 @@ class Retry:
         ):
             self.pause_s = 0.1
             return self._client._leader(refresh=True)
+        if isinstance(error, UnknownClient) and not self._reattached:
+            # our lifeline ended (the daemon closed its stream) while we still held its id:
+            # attach again, once, so the session gets a lifeline rather than none
+            self._reattached = True
+            self.pause_s = 0.0
+            stale = self._client._forget_attach(target)
+            if stale is not None:
+                stale.cancel()  # sync and asyncio streams alike: cancel() does not block
+            return target
         if isinstance(error, Overloaded) and time.monotonic() < self._ready_by:
             # busy for a moment (a full queue, every live session busy): retry when it says
             try:
@@ -164,12 +209,55 @@ class Retry:
         raise error from cause
 
 
+class TapeClaim:
+    """What this client holds of a session's tape, so that the call after an abandoned Decode
+    stream can say so (``tape_tokens``) and the daemon cuts away the tokens it generated before
+    it noticed the cancel, which this client never received.
+
+    ``known`` is the tape length as of the last reply read (EnsurePrefix: prefix_tokens;
+    PrefillSuffix: resident; each Decode chunk: its tape_tokens); None when this client cannot
+    know it (a restored session before its first call). A Decode counts as unfinished from the
+    moment it is made until its final chunk is read, so a stream left early claims ``known`` on
+    the next call even before the garbage collector (or the event loop, for async generators)
+    has closed it.
+    """
+
+    def __init__(self) -> None:
+        self.known: int | None = None
+        self._unfinished = False
+
+    def to_send(self) -> int | None:
+        """The ``tape_tokens`` for the next EnsurePrefix / PrefillSuffix / Decode."""
+        return self.known if self._unfinished else None
+
+    def decode_started(self) -> None:
+        self._unfinished = True
+
+    def chunk_read(self, tape_tokens: int, final: bool) -> None:
+        self.known = tape_tokens
+        if final:
+            self._unfinished = False
+
+    def answered(self, tape_tokens: int) -> None:
+        """A unary call succeeded: the claim (if any) was applied, the tape is this long."""
+        self.known = tape_tokens
+        self._unfinished = False
+
+    def refused(self, error: RemoteError) -> None:
+        """A call failed; a refused claim (the tape is shorter than we thought, e.g. another
+        holder of the handle cut it) is forgotten rather than sent again and again."""
+        if isinstance(error, InvalidArgument) and error.metadata.get("field") == "tape_tokens":
+            self.known = None
+            self._unfinished = False
+
+
 class SessionBase:
     """What a session is on either side: its handle and what opening it said."""
 
     def __init__(self, info: SessionInfo) -> None:
         self.info = info
         self.handle = info.handle
+        self._tape = TapeClaim()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.handle!r})"

@@ -30,8 +30,15 @@ On the wire an error is a ``google.rpc.Status`` whose single detail is an
           ├── SnapshotNotFound      snapshot_not_found   NOT_FOUND
           ├── SnapshotFailed        snapshot_failed      RESOURCE_EXHAUSTED
           ├── Unauthenticated       unauthenticated      UNAUTHENTICATED
+          ├── UnknownClient         unknown_client       FAILED_PRECONDITION
+          ├── UnsupportedProtocol   unsupported_protocol FAILED_PRECONDITION
           ├── Unavailable           unavailable          UNAVAILABLE   (no answer at all)
           └── InternalError         internal             INTERNAL      (a daemon bug; logged there)
+
+The same table is written, with each reason's metadata keys, as ``enum ErrorReason`` in
+``proto/modeld/v1/modeld.proto`` for clients in other languages; a test keeps the two equal.
+An ``invalid_argument`` whose metadata names a ``field`` also carries the standard
+``google.rpc.BadRequest`` detail with one ``FieldViolation`` for it.
 """
 
 from __future__ import annotations
@@ -72,7 +79,9 @@ __all__ = [
     "StaleFence",
     "Unauthenticated",
     "Unavailable",
+    "UnknownClient",
     "UnsupportedFeature",
+    "UnsupportedProtocol",
     "error_from_rpc",
     "reason_table",
 ]
@@ -134,6 +143,13 @@ class RemoteError(ModeldError):
         info.metadata.update(self.metadata)
         status = status_pb2.Status(code=self.grpc_code.value[0], message=str(self))
         status.details.add().Pack(info)
+        field = self.metadata.get("field")
+        if field and self.grpc_code is grpc.StatusCode.INVALID_ARGUMENT:
+            # the standard detail, so generic gRPC tooling shows which field was refused
+            violation = error_details_pb2.BadRequest.FieldViolation(
+                field=field, description=self.message
+            )
+            status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
         return status
 
 
@@ -283,6 +299,21 @@ class Unauthenticated(RemoteError):
 
     reason = "unauthenticated"
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class UnknownClient(RemoteError):
+    """``x-modeld-client`` names no live Attach stream of this instance; nothing was opened."""
+
+    reason = "unknown_client"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class UnsupportedProtocol(RemoteError):
+    """The client's protocol is older than the daemon's ``min_protocol`` (or the daemon's is
+    older than the client speaks)."""
+
+    reason = "unsupported_protocol"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class Unavailable(RemoteError):

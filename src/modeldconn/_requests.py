@@ -134,22 +134,43 @@ def detokenize(
     return Call("Detokenize", request, lambda r: str(r.text), instance=instance_of(handle))
 
 
-def ensure_prefix(handle: str, prefix: InputLike) -> Call[PrefixResult]:
-    request = pb.EnsurePrefixRequest(handle=handle, prefix=input_to_pb(prefix))
+# ``tape_tokens``: the tape length the client holds, sent after a Decode stream it abandoned
+# (see ``_client.TapeClaim``); None sends nothing and the daemon keeps the tape as it is.
+
+
+def ensure_prefix(
+    handle: str, prefix: InputLike, tape_tokens: int | None = None
+) -> Call[PrefixResult]:
+    request = pb.EnsurePrefixRequest(
+        handle=handle, prefix=input_to_pb(prefix), tape_tokens=tape_tokens
+    )
     return Call("EnsurePrefix", request, prefix_result_from_pb, instance=instance_of(handle))
 
 
-def prefill_suffix(handle: str, suffix: InputLike) -> Call[SuffixResult]:
-    request = pb.PrefillSuffixRequest(handle=handle, suffix=input_to_pb(suffix))
+def prefill_suffix(
+    handle: str, suffix: InputLike, tape_tokens: int | None = None
+) -> Call[SuffixResult]:
+    request = pb.PrefillSuffixRequest(
+        handle=handle, suffix=input_to_pb(suffix), tape_tokens=tape_tokens
+    )
     return Call("PrefillSuffix", request, suffix_result_from_pb, instance=instance_of(handle))
 
 
-def decode(handle: str, options: DecodeOptions, suffix: InputLike | None) -> Call[DecodeChunk]:
-    """A server stream of chunks; the options are checked here, before anything is sent."""
-    request = pb.DecodeRequest(handle=handle, config=decode_config_to_pb(options))
+def _taped_chunk(message: pb.DecodeChunk) -> tuple[DecodeChunk, int]:
+    return decode_chunk_from_pb(message), int(message.tape_tokens)
+
+
+def decode(
+    handle: str, options: DecodeOptions, suffix: InputLike | None, tape_tokens: int | None = None
+) -> Call[tuple[DecodeChunk, int]]:
+    """A server stream of (chunk, the tape's length once its tokens are on it); the options are
+    checked here, before anything is sent."""
+    request = pb.DecodeRequest(
+        handle=handle, config=decode_config_to_pb(options), tape_tokens=tape_tokens
+    )
     if suffix is not None:
         request.suffix.CopyFrom(input_to_pb(suffix))
-    return Call("Decode", request, decode_chunk_from_pb, instance=instance_of(handle))
+    return Call("Decode", request, _taped_chunk, instance=instance_of(handle))
 
 
 def snapshot(handle: str) -> Call[SnapshotInfo]:

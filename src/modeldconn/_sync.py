@@ -18,7 +18,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -118,7 +118,7 @@ class Client(ClientBase):
                 target = retry.after(exc, target)
                 time.sleep(retry.pause_s)
 
-    def _stream(self, call: rq.Call[T]) -> Iterator[T]:
+    def _stream(self, call: rq.Call[T]) -> Generator[T, None, None]:
         """The replies of a server stream; leaving early cancels it. Not retried."""
         target = self._leader()
         stream = getattr(self._stub(target), call.method)(
@@ -182,11 +182,36 @@ class Session(SessionBase):
 
     def ensure_prefix(self, prefix: InputLike) -> PrefixResult:
         """Make exactly ``prefix`` resident, reusing the longest common prefix already there."""
-        return self._client._unary(rq.ensure_prefix(self.handle, prefix))
+        result = self._on_tape(rq.ensure_prefix(self.handle, prefix, self._tape.to_send()))
+        self._tape.answered(result.prefix_tokens)
+        return result
 
     def prefill_suffix(self, suffix: InputLike) -> SuffixResult:
         """Append ``suffix`` to what is resident."""
-        return self._client._unary(rq.prefill_suffix(self.handle, suffix))
+        result = self._on_tape(rq.prefill_suffix(self.handle, suffix, self._tape.to_send()))
+        self._tape.answered(result.resident)
+        return result
+
+    def _on_tape(self, call: rq.Call[T]) -> T:
+        try:
+            return self._client._unary(call)
+        except RemoteError as error:
+            self._tape.refused(error)
+            raise
+
+    def _taped(
+        self, chunks: Generator[tuple[DecodeChunk, int], None, None]
+    ) -> Iterator[DecodeChunk]:
+        """The chunks, keeping count of what this client holds (see ``TapeClaim``)."""
+        try:
+            for chunk, tape_tokens in chunks:
+                self._tape.chunk_read(tape_tokens, chunk.final is not None)
+                yield chunk
+        except RemoteError as error:
+            self._tape.refused(error)
+            raise
+        finally:
+            chunks.close()  # left early: cancel the call now, not when collected
 
     def decode(
         self,
@@ -201,7 +226,9 @@ class Session(SessionBase):
             of :class:`DecodeOptions`) replace its fields. Checked now, before anything is sent.
         :param suffix: appended first, as :meth:`prefill_suffix` would, in the same round trip.
         """
-        return self._client._stream(rq.decode(self.handle, decode_options(options, fields), suffix))
+        call = rq.decode(self.handle, decode_options(options, fields), suffix, self._tape.to_send())
+        self._tape.decode_started()
+        return self._taped(self._client._stream(call))
 
     def generate(
         self,

@@ -14,6 +14,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "MIN_PROTOCOL",
     "PROTOCOL",
+    "PROTOCOL_METADATA_KEY",
     "channel_options",
     "find_auth_token",
 ]
@@ -22,11 +23,14 @@ __all__ = [
 PROTOCOL = 1
 #: Oldest client protocol a daemon of this build still answers.
 MIN_PROTOCOL = 1
-#: Every call but health carries the lease's instance id under this key: the fencing token.
+#: The fencing token: the lease's instance id. Optional (see the proto's header for why a
+#: handle's instance id suffices); when sent, it must name the answering instance.
 INSTANCE_METADATA_KEY = "x-modeld-instance"
 #: OpenSession / Restore carry the caller's Attach id under this key, binding the session's life
-#: to the client's.
+#: to the client's; an id no live Attach stream issued is refused (unknown_client).
 CLIENT_METADATA_KEY = "x-modeld-client"
+#: The client's protocol (decimal); absent means 1. Older than MIN_PROTOCOL: unsupported_protocol.
+PROTOCOL_METADATA_KEY = "x-modeld-protocol"
 #: A daemon started with --auth-token-file wants ``Bearer <token>`` under this key.
 AUTH_METADATA_KEY = "authorization"
 #: Where local clients find the token when none is passed: ``<data root>/auth.token``.

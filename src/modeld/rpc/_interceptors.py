@@ -20,8 +20,13 @@ from grpc_status import rpc_status
 from modeld._logging import REQUEST_ID, SESSION_ID
 from modeld._metrics import Metrics
 from modeld.lease._gate import Gate
-from modeldconn._errors import InternalError, RemoteError
-from modeldconn._wire import INSTANCE_METADATA_KEY
+from modeldconn._errors import InternalError, InvalidArgument, RemoteError, UnsupportedProtocol
+from modeldconn._wire import (
+    INSTANCE_METADATA_KEY,
+    MIN_PROTOCOL,
+    PROTOCOL,
+    PROTOCOL_METADATA_KEY,
+)
 
 __all__ = ["GateInterceptor"]
 
@@ -29,15 +34,40 @@ log = logging.getLogger("modeld.rpc")
 
 #: Health and reflection answer in every phase and need no fencing token.
 _OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-#: Answered in any phase (standbys too), but still fenced: the handshake.
+#: Answered in any phase (standbys too) and to any protocol, but still fenced: the handshake,
+#: which is how a client learns the daemon's protocol and min_protocol in the first place.
 _ALWAYS_ANSWERED = frozenset({"/modeld.v1.Modeld/Status"})
+#: what a client that does not say its protocol is taken to speak: the one before negotiation
+_UNSAID_PROTOCOL = 1
 
 
-def _claimed_instance(context: grpc.aio.ServicerContext) -> str | None:
+def _header(context: grpc.aio.ServicerContext, name: str) -> str | None:
     for key, value in context.invocation_metadata() or ():
-        if key == INSTANCE_METADATA_KEY:
+        if key == name:
             return str(value)
     return None
+
+
+def check_protocol(said: str | None) -> None:
+    """:raises UnsupportedProtocol: a client protocol older than MIN_PROTOCOL.
+    :raises InvalidArgument: a header that is not a decimal integer, naming it."""
+    if said is None:
+        client = _UNSAID_PROTOCOL
+    else:
+        try:
+            client = int(said.strip())
+        except ValueError:
+            raise InvalidArgument(
+                f"{PROTOCOL_METADATA_KEY} {said!r} is not a protocol number",
+                field=PROTOCOL_METADATA_KEY,
+            ) from None
+    if client < MIN_PROTOCOL:
+        raise UnsupportedProtocol(
+            f"client protocol {client} is older than this daemon's min_protocol {MIN_PROTOCOL}",
+            client_protocol=client,
+            min_protocol=MIN_PROTOCOL,
+            protocol=PROTOCOL,
+        )
 
 
 def _tag_call(request: Any) -> None:
@@ -60,8 +90,11 @@ class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def _admit(self, method: str, context: grpc.aio.ServicerContext) -> None:
-        self._gate.check_fence(_claimed_instance(context))
+        # an empty x-modeld-instance counts as absent: see the proto's header for why a call
+        # may go without it (session calls are fenced by the instance their handle names)
+        self._gate.check_fence(_header(context, INSTANCE_METADATA_KEY))
         if method not in _ALWAYS_ANSWERED:
+            check_protocol(_header(context, PROTOCOL_METADATA_KEY))
             self._gate.check_serving()
 
     async def intercept_service(

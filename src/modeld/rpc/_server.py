@@ -1,4 +1,5 @@
-"""Build the gRPC server: the modeld service, standard health, reflection, one interceptor."""
+"""Build the gRPC server: the modeld service, standard health, reflection (v1 and v1alpha),
+the interceptors."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from modeld._errors import StartupError
 from modeld._metrics import Metrics
@@ -23,8 +24,35 @@ from modeldconn._wire import channel_options
 __all__ = ["BoundServer", "bind_server"]
 
 _MODELD_SERVICE = modeld_pb2.DESCRIPTOR.services_by_name["Modeld"].full_name
+#: grpcio-reflection ships only v1alpha; current grpcurl (and other tools) ask v1 first. The two
+#: protocols are the same messages under another package name, so v1 is the v1alpha servicer
+#: behind a second service name, reading and writing the same bytes.
+REFLECTION_V1_SERVICE = "grpc.reflection.v1.ServerReflection"
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def _add_reflection(server: grpc.aio.Server) -> None:
+    names = (
+        _MODELD_SERVICE,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        REFLECTION_V1_SERVICE,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(names, server)
+    v1 = reflection.aio.ReflectionServicer(names)
+    handler = grpc.stream_stream_rpc_method_handler(
+        v1.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                REFLECTION_V1_SERVICE, {"ServerReflectionInfo": handler}
+            ),
+        )
+    )
 
 
 @dataclass
@@ -66,14 +94,7 @@ async def bind_server(
     modeld_pb2_grpc.add_ModeldServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (
-            _MODELD_SERVICE,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    _add_reflection(server)
     listener.prepare()
     try:
         if tls is None:

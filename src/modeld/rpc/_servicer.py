@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from modeld.lease._gate import Gate
@@ -44,6 +45,38 @@ def _client_of(context: Context) -> str:
     return ""
 
 
+def _input_paths(root: str) -> dict[str, str]:
+    """Where the session layer's input field names sit in a request whose Input is ``root``
+    (an error without a field is about the input as a whole, e.g. one that is empty)."""
+    return {"": root, "tokens": f"{root}.tokens.ids", "messages": f"{root}.chat.messages"}
+
+
+_CONFIG_PATHS = {name: f"config.{name}" for name in pb.DecodeConfig.DESCRIPTOR.fields_by_name}
+_DECODE_PATHS = {**_CONFIG_PATHS, **_input_paths("suffix")}
+_PREFIX_PATHS = _input_paths("prefix")
+_SUFFIX_PATHS = _input_paths("suffix")
+_OPEN_PATHS = {"": "model", "n_ctx": "config.n_ctx"}
+_MODEL_PATHS = {"": "model"}
+
+
+@contextlib.contextmanager
+def _fields(paths: Mapping[str, str]) -> Iterator[None]:
+    """Name a refused field as its path from the request message (what BadRequest's
+    FieldViolation carries): the session layer names fields as it knows them ("tokens",
+    "temperature"), or not at all when the whole input is refused."""
+    try:
+        yield
+    except InvalidArgument as error:
+        field = error.metadata.get("field", "")
+        error.metadata["field"] = paths.get(field, field)
+        raise
+
+
+def _held(request: Any) -> int | None:
+    """The tape length the client says it holds, when it says one."""
+    return int(request.tape_tokens) if request.HasField("tape_tokens") else None
+
+
 class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
     def __init__(
         self,
@@ -62,7 +95,8 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         self._started = time.monotonic()
 
     async def _spec(self, ref: pb.ModelRef) -> ModelSpec:
-        return await self._sessions.resolve(ref.name, ref.type, ref.digest, ref.path)
+        with _fields(_MODEL_PATHS):
+            return await self._sessions.resolve(ref.name, ref.type, ref.digest, ref.path)
 
     async def Status(self, request: pb.StatusRequest, context: Context) -> pb.StatusResponse:
         models = [
@@ -96,19 +130,23 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
     async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:
         spec = await self._spec(request.model)
         return pb.DescribeResponse(
-            facts=facts_to_pb(spec.facts), capacity=capacity_to_pb(self._sessions.capacity(spec))
+            facts=facts_to_pb(spec.facts),
+            capacity=capacity_to_pb(self._sessions.capacity(spec)),
+            # only when the weights are in: Describe never loads them
+            end_of_generation_ids=await self._sessions.end_of_generation_ids(spec),
         )
 
     async def OpenSession(
         self, request: pb.OpenSessionRequest, context: Context
     ) -> pb.OpenSessionResponse:
         spec = await self._spec(request.model)
-        session, resolved = await self._sessions.open(
-            spec, request.config.n_ctx, _client_of(context)
-        )
-        return self._opened(session.handle, resolved, spec)
+        with _fields(_OPEN_PATHS):
+            session, resolved = await self._sessions.open(
+                spec, request.config.n_ctx, _client_of(context)
+            )
+        return await self._opened(session.handle, resolved, spec)
 
-    def _opened(
+    async def _opened(
         self, handle: str, resolved: ResolvedConfig, spec: ModelSpec
     ) -> pb.OpenSessionResponse:
         return pb.OpenSessionResponse(
@@ -116,27 +154,36 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             config=resolved_to_pb(resolved),
             facts=facts_to_pb(spec.facts),
             capabilities=capabilities_to_pb(self._sessions.capabilities),
+            end_of_generation_ids=await self._sessions.end_of_generation_ids(spec),
         )
 
     async def EnsurePrefix(
         self, request: pb.EnsurePrefixRequest, context: Context
     ) -> pb.EnsurePrefixResponse:
-        value = input_from_pb(request.prefix, "prefix")
-        return prefix_to_pb(await self._sessions.ensure_prefix(request.handle, value))
+        with _fields(_PREFIX_PATHS):
+            value = input_from_pb(request.prefix, "prefix")
+            result = await self._sessions.ensure_prefix(request.handle, value, _held(request))
+        return prefix_to_pb(result)
 
     async def PrefillSuffix(
         self, request: pb.PrefillSuffixRequest, context: Context
     ) -> pb.PrefillSuffixResponse:
-        value = input_from_pb(request.suffix, "suffix")
-        return suffix_to_pb(await self._sessions.prefill_suffix(request.handle, value))
+        with _fields(_SUFFIX_PATHS):
+            value = input_from_pb(request.suffix, "suffix")
+            result = await self._sessions.prefill_suffix(request.handle, value, _held(request))
+        return suffix_to_pb(result)
 
     async def Decode(
         self, request: pb.DecodeRequest, context: Context
     ) -> AsyncIterator[pb.DecodeChunk]:
-        decode_request = decode_options_from_pb(request.config)
-        suffix = input_from_pb(request.suffix, "suffix") if request.HasField("suffix") else None
-        async for step in self._sessions.decode(request.handle, decode_request, suffix):
-            yield step_to_pb(step)
+        with _fields(_DECODE_PATHS):
+            decode_request = decode_options_from_pb(request.config)
+            suffix = input_from_pb(request.suffix, "suffix") if request.HasField("suffix") else None
+            steps = self._sessions.decode(request.handle, decode_request, suffix, _held(request))
+            async for step in steps:
+                chunk = step_to_pb(step)
+                chunk.tape_tokens = step.tape_tokens
+                yield chunk
 
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: Context
@@ -155,10 +202,11 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
                 raise SnapshotNotFound(f"no snapshot {request.snapshot_id}")
             ref = pb.ModelRef(path=recorded)
         spec = await self._spec(ref)
-        session, resolved = await self._sessions.restore(
-            spec, request.snapshot_id, request.config.n_ctx, _client_of(context)
-        )
-        return self._opened(session.handle, resolved, spec)
+        with _fields(_OPEN_PATHS):
+            session, resolved = await self._sessions.restore(
+                spec, request.snapshot_id, request.config.n_ctx, _client_of(context)
+            )
+        return await self._opened(session.handle, resolved, spec)
 
     async def Attach(
         self, request: pb.AttachRequest, context: Context
@@ -197,5 +245,5 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         if handle:
             return None
         if not (ref.name or ref.path):
-            raise InvalidArgument("name a session handle or a model")
+            raise InvalidArgument("name a session handle or a model", field="model")
         return await self._spec(ref)

@@ -19,7 +19,7 @@ from modeld.sessions._inputs import check_ids
 from modeld.sessions._models import ModelPool
 from modeld.sessions._prefill import Prefill
 from modeld.sessions._residency import Residency
-from modeld.sessions._session import Session
+from modeld.sessions._session import Session, SessionState
 from modeld.sessions._stats import EngineCounters
 from modeld.sessions._stop_strings import StopScanner
 from modeld.sessions._table import SessionTable
@@ -76,6 +76,9 @@ class Generation:
         generated, ttft_ms, first_at = 0, 0.0, received
         try:
             while generated < request.max_tokens:
+                if session.state is SessionState.CLOSING:  # CloseSession: stop within a step
+                    stop_reason = "cancelled"
+                    break
                 if len(session.tape) >= session.n_ctx:
                     stop_reason = "context_full"
                     break

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -36,13 +36,33 @@ from modeld.sessions._snapshots import Snapshot, SnapshotStore
 from modeld.sessions._stats import EngineCounters, LoopCounters, Stats
 from modeld.sessions._table import SessionTable
 from modeld.sessions._types import DecodeOptions, DecodeStep, SessionInput
-from modeldconn._errors import InvalidArgument, SessionNotFound
+from modeldconn._errors import InvalidArgument, SessionNotFound, UnknownClient
 from modeldconn._types import Capabilities, Capacity, DecodeFinal, PrefixResult, SuffixResult
 
-__all__ = ["ResolvedConfig", "SessionManager"]
+__all__ = ["CLOSE_WAIT_S", "ResolvedConfig", "SessionManager", "TapedStep"]
 
 log = logging.getLogger("modeld.sessions")
 T = TypeVar("T")
+
+#: how long CloseSession waits for a running operation's engine work to stop (a Decode stops
+#: within one engine step; this bounds the wait for a long prefill, or a stream nobody reads)
+CLOSE_WAIT_S = 2.0
+
+
+@dataclass(frozen=True)
+class TapedStep(DecodeStep):
+    """A Decode step with the tape's length once its tokens are on it, read on the engine thread
+    as the step was made: what a client that stops reading after this step holds."""
+
+    tape_tokens: int = 0
+
+
+def _end_of_generation(model: EngineModel) -> list[int]:
+    """Engine thread: the ids that end a Decode as ``eos``."""
+    listed: Callable[[], list[int]] | None = getattr(model, "end_of_generation_ids", None)
+    if listed is not None:  # both engines keep the set (their samplers use it)
+        return [int(t) for t in listed()]
+    return [t for t in range(model.facts.vocab_size) if model.is_end_of_generation(t)]
 
 
 @dataclass(frozen=True)
@@ -89,6 +109,9 @@ class SessionManager:
             metrics,
         )
         self._clients: set[str] = set()
+        #: per decoding session: set (from the engine thread) once its Decode's engine work has
+        #: ended, so CloseSession can wait for exactly that
+        self._decode_done: dict[str, asyncio.Event] = {}
         self._admission = Admission(self._table, scheduler, self._free)
         self._engine_stats = Stats()
         self._publish()
@@ -144,6 +167,19 @@ class SessionManager:
     def capacity(self, spec: ModelSpec) -> Capacity:
         return self._pool.capacity(spec)
 
+    async def end_of_generation_ids(self, spec: ModelSpec) -> list[int]:
+        """The ids that end a Decode as ``eos``, when the model's weights are in; [] otherwise
+        (this loads nothing)."""
+        loaded = next((m for m in self._pool.loaded() if m.spec.key == spec.key), None)
+        if loaded is None:
+            return []
+
+        def read() -> list[int]:
+            engine = loaded.engine  # read on the engine thread, which is what unloads it
+            return [] if engine is None else _end_of_generation(engine)
+
+        return await self._scheduler.call(read)
+
     async def preload(self, spec: ModelSpec) -> None:
         await self._pool.load(spec)
 
@@ -187,12 +223,23 @@ class SessionManager:
 
     # -- open / close -------------------------------------------------------------------------
 
+    def _check_owner(self, owner: str) -> None:
+        """:raises UnknownClient: ``owner`` is not the id of a live Attach stream. Binding a
+        session to an id nobody holds would give it no lifeline: it would idle for a day."""
+        if owner and owner not in self._clients:
+            raise UnknownClient(
+                f"client id {owner!r} was not issued by a live Attach stream of this instance",
+                client_id=owner,
+            )
+
     async def open(
         self, spec: ModelSpec, requested_n_ctx: int, owner: str = ""
     ) -> tuple[Session, ResolvedConfig]:
         """:raises InvalidArgument: ``n_ctx`` over the model's trained context.
         :raises InsufficientMemory: the KV (and weights, if not in) do not fit, with the sums.
-        :raises ModelLoadFailed: the engine could not load the model."""
+        :raises ModelLoadFailed: the engine could not load the model.
+        :raises UnknownClient: ``owner`` names no live Attach stream (before or after opening)."""
+        self._check_owner(owner)
         n_ctx, capacity = self._pool.admit(spec, requested_n_ctx)
         loaded = await self._pool.load(spec)
         engine = await self._admission.waiting_for_room(
@@ -202,9 +249,13 @@ class SessionManager:
         assert engine_model is not None  # open_context loaded it
         session_id = uuid.uuid4().hex
         session = Session(session_id, self._table.handle_for(session_id), loaded, engine, n_ctx)
-        session.owner = owner if owner in self._clients else ""
+        session.owner = owner
         self._table.add(session)
         loaded.sessions += 1
+        if owner and owner not in self._clients:
+            # its client went away while the model loaded: nobody would ever close it
+            self._close(session)
+            self._check_owner(owner)
         log.info("opened session %s on %s, n_ctx %d", session_id, spec.facts.name, n_ctx)
         resolved = ResolvedConfig(
             n_ctx=n_ctx,
@@ -230,7 +281,22 @@ class SessionManager:
         if self._close(session):
             await self._scheduler.call(lambda: None)  # its release (queued first) has run
             log.info("closed session %s", session.id)
+        else:
+            await self._until_stopped(session)
         return True
+
+    async def _until_stopped(self, session: Session) -> None:
+        """Wait (up to CLOSE_WAIT_S) until the operation running on ``session`` has stopped
+        its engine work: a Decode sees CLOSING at its next step and ends with ``cancelled``."""
+        waits = [asyncio.ensure_future(session.idle.wait())]
+        done = self._decode_done.get(session.id)
+        if done is not None:
+            waits.append(asyncio.ensure_future(done.wait()))
+        _, pending = await asyncio.wait(
+            waits, timeout=CLOSE_WAIT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiting in pending:
+            waiting.cancel()
 
     def _close(self, session: Session) -> bool:
         """Loop: close now, or when its running operation ends; True if freed now."""
@@ -255,10 +321,15 @@ class SessionManager:
 
     # -- EnsurePrefix / PrefillSuffix / Decode ------------------------------------------------
 
-    async def ensure_prefix(self, handle: str, value: SessionInput) -> PrefixResult:
+    # ``held``: the tape length the client says it holds (see ``Prefill.hold``); None keeps the
+    # tape as it is.
+
+    async def ensure_prefix(
+        self, handle: str, value: SessionInput, held: int | None = None
+    ) -> PrefixResult:
         async with self._admission.operation(handle) as session:
             result = await self._admission.waiting_for_room(
-                lambda: self._admission.in_turns(self._prefill.ensure_prefix(session, value))
+                lambda: self._admission.in_turns(self._prefill.ensure_prefix(session, value, held))
             )
         tokens = self._metrics.tokens
         tokens.labels("prefilled").inc(result.prefilled)
@@ -266,35 +337,78 @@ class SessionManager:
         tokens.labels("shared").inc(result.shared)
         return result
 
-    async def prefill_suffix(self, handle: str, value: SessionInput) -> SuffixResult:
+    async def prefill_suffix(
+        self, handle: str, value: SessionInput, held: int | None = None
+    ) -> SuffixResult:
         async with self._admission.operation(handle) as session:
             result = await self._admission.waiting_for_room(
-                lambda: self._admission.in_turns(self._prefill.prefill_suffix(session, value))
+                lambda: self._admission.in_turns(self._prefill.prefill_suffix(session, value, held))
             )
         self._metrics.tokens.labels("prefilled").inc(result.prefilled)
         return result
 
     async def decode(
-        self, handle: str, request: DecodeOptions, suffix: SessionInput | None = None
-    ) -> AsyncIterator[DecodeStep]:
+        self,
+        handle: str,
+        request: DecodeOptions,
+        suffix: SessionInput | None = None,
+        held: int | None = None,
+    ) -> AsyncIterator[TapedStep]:
         async with self._admission.operation(handle) as session:
-            if not session.tape and suffix is None:
-                raise InvalidArgument("nothing to continue: EnsurePrefix or PrefillSuffix first")
-            # live before streaming (waiting for room if every live session is busy); busy from
-            # here on, it cannot be parked mid-Decode
+            # live before streaming (waiting for room if every live session is busy), and cut
+            # to what the client holds first of all; busy from here on, it cannot be parked
+            # mid-Decode
             await self._admission.waiting_for_room(
-                lambda: self._scheduler.call(self._residency.live, session)
+                lambda: self._scheduler.call(self._live_holding, session, held)
             )
-            steps = self._generation.steps(session, request, suffix)
-            # closed here, not by the garbage collector: the operation ends only once its
-            # generator has been closed on the engine thread
-            async with contextlib.aclosing(self._scheduler.stream(steps)) as stream:
-                async for step in stream:
-                    if step is None:
-                        continue
-                    if step.final is not None:
-                        self._observe(step.final)
-                    yield step
+            if not session.tape and suffix is None:
+                raise InvalidArgument(
+                    "nothing to continue: EnsurePrefix or PrefillSuffix first", field="suffix"
+                )
+            done = self._decode_done[session.id] = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            steps = self._taped(
+                session,
+                self._generation.steps(session, request, suffix),
+                lambda: loop.call_soon_threadsafe(done.set),
+            )
+            try:
+                # closed here, not by the garbage collector: the operation ends only once its
+                # generator has been closed on the engine thread
+                async with contextlib.aclosing(self._scheduler.stream(steps)) as stream:
+                    async for step in stream:
+                        if step is None:
+                            continue
+                        if step.final is not None:
+                            self._observe(step.final)
+                        yield step
+            finally:
+                del self._decode_done[session.id]
+
+    def _live_holding(self, session: Session, held: int | None) -> None:
+        self._residency.live(session)
+        self._prefill.hold(session, held)
+
+    @staticmethod
+    def _taped(
+        session: Session,
+        steps: Generator[DecodeStep | None, None, None],
+        stopped: Callable[[], object],
+    ) -> Generator[TapedStep | None, None, None]:
+        """Engine thread: ``steps`` with the tape's length read as each step is made (the loop
+        could not: by the time it reads, the next step may have added a token). ``stopped`` is
+        called once the Decode's engine work is over."""
+        try:
+            for step in steps:
+                if step is None:
+                    yield None
+                    continue
+                if step.final is not None:
+                    stopped()  # the engine work is over; only delivering the final is left
+                yield TapedStep(step.text, step.token_ids, step.final, len(session.tape))
+        finally:
+            steps.close()  # closing this one (a cancelled client) closes the Decode's too
+            stopped()
 
     def _observe(self, final: DecodeFinal) -> None:
         self._metrics.tokens.labels("generated").inc(final.completion_tokens)
@@ -335,7 +449,9 @@ class SessionManager:
 
         :raises SnapshotNotFound / SnapshotMismatch: unknown, corrupt, or of another model or
             runtime.
-        :raises InvalidArgument: ``n_ctx`` smaller than the snapshot's tape."""
+        :raises InvalidArgument: ``n_ctx`` smaller than the snapshot's tape.
+        :raises UnknownClient: ``owner`` names no live Attach stream."""
+        self._check_owner(owner)
         snapshot = await asyncio.to_thread(
             self.snapshots.load,
             snapshot_id,

@@ -4,7 +4,9 @@ prefill in turns.
 Each operation is a generator the scheduler steps: it yields None between prefill batches (so
 other sessions' work goes in between) and its result last. Every fallible step (tokenizing,
 validation, the context check) comes before the KV is touched, so a refused request leaves the
-session exactly as it was.
+session exactly as it was, with one deliberate exception: the tape length a client says it
+holds (``hold``) is applied first of all, since it removes only tokens that client never
+received (those a cancelled Decode generated before it noticed the cancel).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from modeld.sessions._session import Session
 from modeld.sessions._stats import EngineCounters
 from modeld.sessions._table import SessionTable
 from modeld.sessions._types import SessionInput
-from modeldconn._errors import ContextOverflow
+from modeldconn._errors import ContextOverflow, InvalidArgument
 from modeldconn._types import PrefixResult, SuffixResult
 
 __all__ = ["MIN_SHARED_TOKENS", "Prefill", "prefix_hash"]
@@ -53,6 +55,29 @@ class Prefill:
         self._residency = residency
         self._counters = counters
 
+    def hold(self, session: Session, tape_tokens: int | None) -> None:
+        """Engine thread: cut the tape back to the ``tape_tokens`` the client holds (None: keep
+        it). Cheap: a KV truncation, no computation; the logits of the kept end are recomputed
+        by whatever needs them next.
+
+        :raises InvalidArgument: a claim longer than the tape (nothing is changed)."""
+        if tape_tokens is None or tape_tokens == len(session.tape):
+            return
+        if tape_tokens > len(session.tape):
+            raise InvalidArgument(
+                f"the client claims {tape_tokens} tokens; the tape holds {len(session.tape)}",
+                field="tape_tokens",
+                tape_tokens=len(session.tape),
+                claimed=tape_tokens,
+            )
+        engine = self._residency.live(session)
+        if engine.kv_len > tape_tokens:
+            engine.truncate(tape_tokens)
+        session.tape = session.tape[:tape_tokens]
+        session.prefix_len = min(session.prefix_len, tape_tokens)
+        session.turn_reused = min(session.turn_reused, tape_tokens)
+        session.model.index.update(session.id, session.tape)
+
     def in_turns(self, session: Session, full: list[int]) -> Generator[None, None, None]:
         """Compute ``full[kv_len:]`` a batch at a time, the tape always matching the KV."""
         engine = self._residency.live(session)
@@ -68,8 +93,9 @@ class Prefill:
             session.model.index.update(session.id, session.tape)
 
     def ensure_prefix(
-        self, session: Session, value: SessionInput
+        self, session: Session, value: SessionInput, held: int | None = None
     ) -> Generator[PrefixResult | None, None, None]:
+        self.hold(session, held)
         engine = self._residency.live(session)
         tokens = to_tokens(self._pool.engine_of(session.model), value, start=True)
         if len(tokens) > session.n_ctx:
@@ -145,8 +171,9 @@ class Prefill:
         return best
 
     def prefill_suffix(
-        self, session: Session, value: SessionInput
+        self, session: Session, value: SessionInput, held: int | None = None
     ) -> Generator[SuffixResult | None, None, None]:
+        self.hold(session, held)
         engine = self._residency.live(session)
         tokens = to_tokens(self._pool.engine_of(session.model), value, start=not session.tape)
         pending = session.tape[engine.kv_len :]

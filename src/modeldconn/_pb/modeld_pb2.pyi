@@ -12,8 +12,61 @@ class ProtocolVersion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PROTOCOL_VERSION_UNSPECIFIED: _ClassVar[ProtocolVersion]
     PROTOCOL_VERSION_CURRENT: _ClassVar[ProtocolVersion]
+
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_REASON_UNSPECIFIED: _ClassVar[ErrorReason]
+    ERROR_REASON_STALE_FENCE: _ClassVar[ErrorReason]
+    ERROR_REASON_SESSION_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_SESSION_BUSY: _ClassVar[ErrorReason]
+    ERROR_REASON_SESSION_FATAL: _ClassVar[ErrorReason]
+    ERROR_REASON_CONTEXT_OVERFLOW: _ClassVar[ErrorReason]
+    ERROR_REASON_INSUFFICIENT_MEMORY: _ClassVar[ErrorReason]
+    ERROR_REASON_BACKEND_MISMATCH: _ClassVar[ErrorReason]
+    ERROR_REASON_DIGEST_MISMATCH: _ClassVar[ErrorReason]
+    ERROR_REASON_MODEL_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_MODEL_LOAD_FAILED: _ClassVar[ErrorReason]
+    ERROR_REASON_MODEL_PATH_FORBIDDEN: _ClassVar[ErrorReason]
+    ERROR_REASON_INVALID_ARGUMENT: _ClassVar[ErrorReason]
+    ERROR_REASON_OVERLOADED: _ClassVar[ErrorReason]
+    ERROR_REASON_UNSUPPORTED_FEATURE: _ClassVar[ErrorReason]
+    ERROR_REASON_NOT_READY: _ClassVar[ErrorReason]
+    ERROR_REASON_DRAINING: _ClassVar[ErrorReason]
+    ERROR_REASON_SNAPSHOT_MISMATCH: _ClassVar[ErrorReason]
+    ERROR_REASON_SNAPSHOT_NOT_FOUND: _ClassVar[ErrorReason]
+    ERROR_REASON_SNAPSHOT_FAILED: _ClassVar[ErrorReason]
+    ERROR_REASON_UNAUTHENTICATED: _ClassVar[ErrorReason]
+    ERROR_REASON_UNKNOWN_CLIENT: _ClassVar[ErrorReason]
+    ERROR_REASON_UNSUPPORTED_PROTOCOL: _ClassVar[ErrorReason]
+    ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
+    ERROR_REASON_UNAVAILABLE: _ClassVar[ErrorReason]
 PROTOCOL_VERSION_UNSPECIFIED: ProtocolVersion
 PROTOCOL_VERSION_CURRENT: ProtocolVersion
+ERROR_REASON_UNSPECIFIED: ErrorReason
+ERROR_REASON_STALE_FENCE: ErrorReason
+ERROR_REASON_SESSION_NOT_FOUND: ErrorReason
+ERROR_REASON_SESSION_BUSY: ErrorReason
+ERROR_REASON_SESSION_FATAL: ErrorReason
+ERROR_REASON_CONTEXT_OVERFLOW: ErrorReason
+ERROR_REASON_INSUFFICIENT_MEMORY: ErrorReason
+ERROR_REASON_BACKEND_MISMATCH: ErrorReason
+ERROR_REASON_DIGEST_MISMATCH: ErrorReason
+ERROR_REASON_MODEL_NOT_FOUND: ErrorReason
+ERROR_REASON_MODEL_LOAD_FAILED: ErrorReason
+ERROR_REASON_MODEL_PATH_FORBIDDEN: ErrorReason
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason
+ERROR_REASON_OVERLOADED: ErrorReason
+ERROR_REASON_UNSUPPORTED_FEATURE: ErrorReason
+ERROR_REASON_NOT_READY: ErrorReason
+ERROR_REASON_DRAINING: ErrorReason
+ERROR_REASON_SNAPSHOT_MISMATCH: ErrorReason
+ERROR_REASON_SNAPSHOT_NOT_FOUND: ErrorReason
+ERROR_REASON_SNAPSHOT_FAILED: ErrorReason
+ERROR_REASON_UNAUTHENTICATED: ErrorReason
+ERROR_REASON_UNKNOWN_CLIENT: ErrorReason
+ERROR_REASON_UNSUPPORTED_PROTOCOL: ErrorReason
+ERROR_REASON_INTERNAL: ErrorReason
+ERROR_REASON_UNAVAILABLE: ErrorReason
 
 class ModelRef(_message.Message):
     __slots__ = ("name", "type", "digest", "path")
@@ -188,12 +241,14 @@ class DescribeRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("facts", "capacity")
+    __slots__ = ("facts", "capacity", "end_of_generation_ids")
     FACTS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    END_OF_GENERATION_IDS_FIELD_NUMBER: _ClassVar[int]
     facts: ModelFacts
     capacity: Capacity
-    def __init__(self, facts: _Optional[_Union[ModelFacts, _Mapping]] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ...) -> None: ...
+    end_of_generation_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, facts: _Optional[_Union[ModelFacts, _Mapping]] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., end_of_generation_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SessionConfig(_message.Message):
     __slots__ = ("n_ctx",)
@@ -226,16 +281,18 @@ class OpenSessionRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., config: _Optional[_Union[SessionConfig, _Mapping]] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
-    __slots__ = ("handle", "config", "facts", "capabilities")
+    __slots__ = ("handle", "config", "facts", "capabilities", "end_of_generation_ids")
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     FACTS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    END_OF_GENERATION_IDS_FIELD_NUMBER: _ClassVar[int]
     handle: str
     config: ResolvedSessionConfig
     facts: ModelFacts
     capabilities: Capabilities
-    def __init__(self, handle: _Optional[str] = ..., config: _Optional[_Union[ResolvedSessionConfig, _Mapping]] = ..., facts: _Optional[_Union[ModelFacts, _Mapping]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ...) -> None: ...
+    end_of_generation_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, handle: _Optional[str] = ..., config: _Optional[_Union[ResolvedSessionConfig, _Mapping]] = ..., facts: _Optional[_Union[ModelFacts, _Mapping]] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., end_of_generation_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ("handle",)
@@ -308,12 +365,14 @@ class Input(_message.Message):
     def __init__(self, text: _Optional[str] = ..., tokens: _Optional[_Union[TokenIds, _Mapping]] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ...) -> None: ...
 
 class EnsurePrefixRequest(_message.Message):
-    __slots__ = ("handle", "prefix")
+    __slots__ = ("handle", "prefix", "tape_tokens")
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
+    TAPE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     handle: str
     prefix: Input
-    def __init__(self, handle: _Optional[str] = ..., prefix: _Optional[_Union[Input, _Mapping]] = ...) -> None: ...
+    tape_tokens: int
+    def __init__(self, handle: _Optional[str] = ..., prefix: _Optional[_Union[Input, _Mapping]] = ..., tape_tokens: _Optional[int] = ...) -> None: ...
 
 class EnsurePrefixResponse(_message.Message):
     __slots__ = ("reused", "prefilled", "dropped", "prefix_tokens", "resident", "available", "prefix_hash", "shared")
@@ -336,12 +395,14 @@ class EnsurePrefixResponse(_message.Message):
     def __init__(self, reused: _Optional[int] = ..., prefilled: _Optional[int] = ..., dropped: _Optional[int] = ..., prefix_tokens: _Optional[int] = ..., resident: _Optional[int] = ..., available: _Optional[int] = ..., prefix_hash: _Optional[str] = ..., shared: _Optional[int] = ...) -> None: ...
 
 class PrefillSuffixRequest(_message.Message):
-    __slots__ = ("handle", "suffix")
+    __slots__ = ("handle", "suffix", "tape_tokens")
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     SUFFIX_FIELD_NUMBER: _ClassVar[int]
+    TAPE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     handle: str
     suffix: Input
-    def __init__(self, handle: _Optional[str] = ..., suffix: _Optional[_Union[Input, _Mapping]] = ...) -> None: ...
+    tape_tokens: int
+    def __init__(self, handle: _Optional[str] = ..., suffix: _Optional[_Union[Input, _Mapping]] = ..., tape_tokens: _Optional[int] = ...) -> None: ...
 
 class PrefillSuffixResponse(_message.Message):
     __slots__ = ("suffix_tokens", "prefilled", "resident", "available")
@@ -382,14 +443,16 @@ class DecodeConfig(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., repeat_penalty: _Optional[float] = ..., repeat_last_n: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ..., stop_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("handle", "config", "suffix")
+    __slots__ = ("handle", "config", "suffix", "tape_tokens")
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     SUFFIX_FIELD_NUMBER: _ClassVar[int]
+    TAPE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     handle: str
     config: DecodeConfig
     suffix: Input
-    def __init__(self, handle: _Optional[str] = ..., config: _Optional[_Union[DecodeConfig, _Mapping]] = ..., suffix: _Optional[_Union[Input, _Mapping]] = ...) -> None: ...
+    tape_tokens: int
+    def __init__(self, handle: _Optional[str] = ..., config: _Optional[_Union[DecodeConfig, _Mapping]] = ..., suffix: _Optional[_Union[Input, _Mapping]] = ..., tape_tokens: _Optional[int] = ...) -> None: ...
 
 class DecodeTimings(_message.Message):
     __slots__ = ("prefill_ms", "ttft_ms", "decode_ms", "tokens_per_s")
@@ -432,14 +495,16 @@ class DecodeFinal(_message.Message):
     def __init__(self, stop_reason: _Optional[str] = ..., usage: _Optional[_Union[DecodeUsage, _Mapping]] = ..., timings: _Optional[_Union[DecodeTimings, _Mapping]] = ..., resident: _Optional[int] = ..., available: _Optional[int] = ..., stop_string: _Optional[str] = ..., stop_token: _Optional[int] = ...) -> None: ...
 
 class DecodeChunk(_message.Message):
-    __slots__ = ("text", "token_ids", "final")
+    __slots__ = ("text", "token_ids", "final", "tape_tokens")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    TAPE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     text: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     final: DecodeFinal
-    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., final: _Optional[_Union[DecodeFinal, _Mapping]] = ...) -> None: ...
+    tape_tokens: int
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., final: _Optional[_Union[DecodeFinal, _Mapping]] = ..., tape_tokens: _Optional[int] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
     __slots__ = ("handle",)

@@ -136,7 +136,8 @@ class ModeldServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Decode(self, request, context):
-        """Generate; the last chunk carries stop_reason, usage and timings.
+        """Generate; the last chunk carries stop_reason, usage and timings. CloseSession during a
+        Decode ends it within one engine step with a last chunk whose stop_reason is "cancelled".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +145,8 @@ class ModeldServicer:
 
     def CloseSession(self, request, context):
         """Free the session; closing a closed or unknown handle of this instance is not an error.
+        A running operation is stopped first (a Decode within one engine step); the reply comes
+        once its engine work has ended (waiting at most 2 s for a stream nobody reads).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
