@@ -33,6 +33,7 @@ from ._types import (
 )
 
 __all__ = [
+    "checked_text",
     "daemon_status_from_pb",
     "decode_chunk_from_pb",
     "decode_config_to_pb",
@@ -59,14 +60,42 @@ def _by_name(message: Any, cls: type[D], **overrides: Any) -> D:
     return cls(**values, **overrides)
 
 
+def checked_text(value: str, field: str) -> str:
+    """``value``, which a protobuf ``string`` field can carry (it must have a UTF-8 form).
+
+    :raises InvalidArgument: ``value`` holds a lone surrogate (``"\\ud800"``), named by
+        ``field`` and position; protobuf would raise ``UnicodeEncodeError`` instead.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            f"{field} holds a lone surrogate (U+{ord(value[exc.start]):04X} at character "
+            f"{exc.start}), which has no UTF-8 form",
+            field=field,
+        ) from None
+    return value
+
+
 def model_ref_to_pb(model: ModelRef | str) -> pb.ModelRef:
     ref = ModelRef.of(model)
-    return pb.ModelRef(name=ref.name, type=ref.type, digest=ref.digest, path=ref.path)
+    return pb.ModelRef(
+        name=checked_text(ref.name, "model.name"),
+        type=checked_text(ref.type, "model.type"),
+        digest=checked_text(ref.digest, "model.digest"),
+        path=checked_text(ref.path, "model.path"),
+    )
 
 
 def input_to_pb(value: InputLike) -> pb.Input:
+    """Text, token ids or chat messages as the wire's ``Input``; NULs are sent as text.
+
+    :raises InvalidArgument: a lone surrogate in text, a role or a content (named, e.g.
+        ``messages[1].content``); token ids that are not int32.
+    :raises TypeError: a value that is none of the three kinds.
+    """
     if isinstance(value, str):
-        return pb.Input(text=value)
+        return pb.Input(text=checked_text(value, "text"))
     if isinstance(value, Chat):
         chat = value
     elif value and all(isinstance(v, Mapping) for v in value):
@@ -78,7 +107,13 @@ def input_to_pb(value: InputLike) -> pb.Input:
             raise TypeError("input must be text, token ids, or chat messages") from None
         except ValueError as exc:
             raise InvalidArgument(f"token ids: {exc}", field="tokens") from None
-    messages = [pb.ChatMessage(role=m["role"], content=m["content"]) for m in chat.messages]
+    messages = [
+        pb.ChatMessage(
+            role=checked_text(m["role"], f"messages[{i}].role"),
+            content=checked_text(m["content"], f"messages[{i}].content"),
+        )
+        for i, m in enumerate(chat.messages)
+    ]
     return pb.Input(
         chat=pb.ChatMessages(messages=messages, add_generation_prompt=chat.add_generation_prompt)
     )

@@ -87,7 +87,7 @@ class DecodeOptions:
     """
 
     max_tokens: int | None = None  #: default 256
-    temperature: float | None = None  #: <= 0 or unset: greedy
+    temperature: float | None = None  #: unset or below 1e-4 (the limit): greedy
     top_k: int | None = None  #: default 40; 0 = off
     top_p: float | None = None  #: default 0.95; 1 = off
     min_p: float | None = None  #: default 0.05; 0 = off

@@ -17,6 +17,9 @@ from modeldconn._errors import ContextOverflow, InvalidArgument
 from modeldconn._types import Capabilities
 
 __all__ = [
+    "MAX_SEED",
+    "MIN_REPEAT_PENALTY",
+    "MIN_TEMPERATURE",
     "Backend",
     "Capabilities",
     "EngineModel",
@@ -26,7 +29,9 @@ __all__ = [
     "SamplingParams",
     "check_room",
     "check_state_fits",
+    "check_text",
     "rule",
+    "without_double_bos",
 ]
 
 
@@ -59,6 +64,20 @@ def _finite(low: float, high: float, *, open_low: bool = False) -> Callable[[Any
     return check
 
 
+#: temperatures below this sample as their limit, greedy: logits divided by a subnormal
+#: temperature overflow float32 (every candidate becomes +inf and the draw picks garbage), and
+#: at 1e-4 a logit gap of 0.01 already leaves the runner-up a chance of e**-100
+MIN_TEMPERATURE = 1e-4
+#: repeat penalties below this are refused: dividing a logit by a smaller one can overflow
+MIN_REPEAT_PENALTY = 1e-3
+#: the wire's seed is a uint64; every value in 0..MAX_SEED is its own reproducible stream
+MAX_SEED = 2**64 - 1
+
+
+def _seed(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and 0 <= value <= MAX_SEED)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How the sampler picks each token; defaults are what a client gets for an unset field.
@@ -67,9 +86,10 @@ class SamplingParams:
     name is read into it by name, and each field's ``rule`` is checked there.
     """
 
-    #: <= 0: greedy
+    #: < MIN_TEMPERATURE (0 and below included): greedy
     temperature: float = field(
-        default=0.0, metadata=rule(math.isfinite, "must be finite (<= 0 means greedy)")
+        default=0.0,
+        metadata=rule(math.isfinite, f"must be finite (< {MIN_TEMPERATURE:g} means greedy)"),
     )
     top_k: int = field(default=40, metadata=rule(lambda v: v >= 0, "must be >= 0 (0 = off)"))
     top_p: float = field(
@@ -78,17 +98,61 @@ class SamplingParams:
     min_p: float = field(default=0.05, metadata=rule(_finite(0, 1), "must be in [0, 1]"))
     repeat_penalty: float = field(
         default=1.0,
-        metadata=rule(_finite(0, 10, open_low=True), "must be in (0, 10] (1 = off)"),
+        metadata=rule(
+            _finite(MIN_REPEAT_PENALTY, 10), f"must be in [{MIN_REPEAT_PENALTY:g}, 10] (1 = off)"
+        ),
     )
+    #: tokens of the tape the penalty looks back over; -1 (or more than the context): all of it
     repeat_last_n: int = field(
         default=64, metadata=rule(lambda v: v >= -1, "must be >= -1 (-1 = whole context)")
     )
-    seed: int | None = None  #: None: a random seed
+    #: None: a random seed
+    seed: int | None = field(default=None, metadata=rule(_seed, f"must be in 0..{MAX_SEED}"))
     ignore_eos: bool = False
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0
+        """Sampled as the limit of a vanishing temperature: the most likely token."""
+        return self.temperature < MIN_TEMPERATURE
+
+    def penalty_window(self, n_ctx: int) -> int:
+        """How many of the last tokens the repeat penalty sees: ``repeat_last_n``, where -1 (and
+        anything longer) is the whole context, ``n_ctx``; 0 when the penalty is off."""
+        if self.repeat_penalty == 1.0 or self.repeat_last_n == 0:
+            return 0
+        return n_ctx if self.repeat_last_n < 0 else min(self.repeat_last_n, n_ctx)
+
+
+def check_text(value: str, field: str, *, allow_nul: bool = True) -> None:
+    """Text that is about to cross into C (a tokenizer, a chat template) must be exactly
+    representable there.
+
+    :raises InvalidArgument: ``value`` holds a lone surrogate (no UTF-8 form), or a NUL where
+        ``allow_nul`` is False (a NUL-terminated C string would end there); ``field`` names it.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            f"{field} holds a lone surrogate (U+{ord(value[exc.start]):04X} at character "
+            f"{exc.start}), which has no UTF-8 form",
+            field=field,
+        ) from None
+    if not allow_nul and "\x00" in value:
+        raise InvalidArgument(
+            f"{field} holds a NUL character (at {value.index(chr(0))})", field=field
+        )
+
+
+def without_double_bos(
+    ids: list[int], bos: int, add_special: bool, starts_with_bos: Callable[[], bool]
+) -> list[int]:
+    """``ids`` of a text tokenized with ``add_special``, less the BOS the tokenizer added when
+    the text itself already starts with one (``starts_with_bos()``: tokenized without specials
+    added, its first id is ``bos``; only asked when the ids start with two BOS)."""
+    if add_special and bos >= 0 and ids[:2] == [bos, bos] and starts_with_bos():
+        return ids[1:]
+    return ids
 
 
 def check_room(resident: int, adding: int, n_ctx: int) -> None:
@@ -180,7 +244,17 @@ class EngineModel(Protocol):
     #: operator asked for wider batches than that (--decode-batch-rows)
     decode_batch_exact: bool
 
-    def tokenize(self, text: str, add_special: bool) -> list[int]: ...
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text``. ``add_special``: the model's BOS (never a second one when the
+        text starts with its own); ``parse_special``: control-token text (``<start_of_turn>``)
+        becomes control tokens, else it is plain text and no id is a control token. NULs are
+        text.
+
+        :raises InvalidArgument: a lone surrogate in ``text``.
+        """
+
+    def is_control(self, token: int) -> bool:
+        """A control token: template markup (BOS, turn markers), never produced by plain text."""
 
     def detokenize(self, ids: Sequence[int]) -> str: ...
 
@@ -190,7 +264,12 @@ class EngineModel(Protocol):
     def is_end_of_generation(self, token: int) -> bool: ...
 
     def render_chat(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
-        """Render with the model's own template; raises UnsupportedFeature when it has none."""
+        """Render ``(role, content)`` pairs with the model's own template (``sessions._inputs``
+        passes markers as content and tokenizes the real content itself).
+
+        :raises UnsupportedFeature: the model has no template, or the engine cannot render it.
+        :raises InvalidArgument: a role with a NUL or a lone surrogate.
+        """
 
     def open_session(self, n_ctx: int) -> EngineSession: ...
 

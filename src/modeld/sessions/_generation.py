@@ -29,6 +29,11 @@ from modeldconn._types import DecodeFinal
 __all__ = ["Generation"]
 
 
+def _tape_end(tape: list[int]) -> tuple[int, tuple[int, ...]]:
+    """Where a tape ends: its length and last tokens (a UTF-8 character spans at most four)."""
+    return len(tape), tuple(tape[-4:])
+
+
 class Generation:
     def __init__(
         self,
@@ -71,7 +76,11 @@ class Generation:
             engine.prefill(session.tape[-1:])
         prefill_ms = (time.perf_counter() - received) * 1000
         sampler = engine.sampler(request.sampling, session.tape)
-        scanner = StopScanner(request.stop)
+        # bytes the last Decode left unsent continue here, unless the tape has moved since
+        # (another prefix or a suffix): then they belong to text that was cut off
+        carry = session.pending_bytes if session.pending_at == _tape_end(session.tape) else b""
+        session.pending_bytes = b""
+        scanner = StopScanner(request.stop, carry)
         stop_reason, stop_string, stop_token = "max_tokens", "", None
         generated, ttft_ms, first_at = 0, 0.0, received
         try:
@@ -132,6 +141,9 @@ class Generation:
             )
             yield DecodeStep(tail, (), final)
         finally:
+            # max_tokens, eos, cancelled: the start of a split character waits for the next call
+            session.pending_bytes = b"" if stop_reason == "stop" else scanner.remainder()
+            session.pending_at = _tape_end(session.tape)
             session.set_decoding(False)
             sampler.close()
             session.model.index.update(session.id, session.tape)

@@ -11,12 +11,17 @@ __all__ = ["StopScanner"]
 class StopScanner:
     """Feed each token's bytes; get the text that is safe to send, and the stop string if one
     completed. Text that could still be the start of a stop string (or half a UTF-8 character)
-    is held back until it cannot."""
+    is held back until it cannot.
 
-    def __init__(self, stops: Sequence[str]) -> None:
+    ``carry``: bytes a previous Decode of the same tape generated but did not send (the first
+    bytes of a character split over tokens, see :meth:`remainder`); they come out before (and
+    joined with) the bytes fed here.
+    """
+
+    def __init__(self, stops: Sequence[str], carry: bytes = b"") -> None:
         self._stops = [s for s in stops if s]
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""
+        self._pending = self._decoder.decode(carry)
 
     def feed(self, data: bytes) -> tuple[str, str | None]:
         self._pending += self._decoder.decode(data)
@@ -24,6 +29,7 @@ class StopScanner:
         if found:
             index, stop = min(found)
             out, self._pending = self._pending[:index], ""
+            self._decoder.reset()  # what follows a stop string is never sent
             return out, stop
         hold = self._longest_stop_prefix_suffix()
         cut = len(self._pending) - hold
@@ -31,9 +37,16 @@ class StopScanner:
         return out, None
 
     def flush(self) -> str:
-        rest = self._pending + self._decoder.decode(b"", final=True)
-        self._pending = ""
+        """The text held back for a stop string, now that no more tokens come in this Decode.
+        The bytes of a character that is not complete yet stay (see :meth:`remainder`)."""
+        rest, self._pending = self._pending, ""
         return rest
+
+    def remainder(self) -> bytes:
+        """What was fed and not sent: held-back text and the bytes of an incomplete character,
+        as UTF-8 bytes, for the next Decode of the same tape to start from."""
+        undecoded: bytes = self._decoder.getstate()[0]
+        return self._pending.encode("utf-8", errors="surrogatepass") + undecoded
 
     def _longest_stop_prefix_suffix(self) -> int:
         best = 0

@@ -24,6 +24,8 @@ from modeld.backends._base import (
     SamplingParams,
     check_room,
     check_state_fits,
+    check_text,
+    without_double_bos,
 )
 from modeld.backends.llama._lane import Lane, exact_decode_rows
 from modeld.backends.llama._sampler import LlamaSampler
@@ -247,17 +249,34 @@ class LlamaModel:
         self._eog: list[int] | None = None
         self._piece = ctypes.create_string_buffer(256)
 
-    def tokenize(self, text: str, add_special: bool) -> list[int]:
-        raw = text.encode("utf-8")
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
+        """See ``EngineModel.tokenize``. The text crosses as bytes with their length, never as a
+        NUL-terminated string, so NULs stay text."""
+        check_text(text, "text")
+        ids = self._tokenize(text.encode("utf-8"), add_special, parse_special)
+        return without_double_bos(
+            ids,
+            self.facts.bos_token_id,
+            add_special,
+            lambda: (
+                self._tokenize(text.encode("utf-8"), False, parse_special)[:1]
+                == [self.facts.bos_token_id]
+            ),
+        )
+
+    def _tokenize(self, raw: bytes, add_special: bool, parse_special: bool) -> list[int]:
         capacity = len(raw) + 8
         while True:
             buffer = (ll.llama_token * capacity)()
             count = ll.llama_tokenize(
-                self.vocab, raw, len(raw), buffer, capacity, add_special, True
+                self.vocab, raw, len(raw), buffer, capacity, add_special, parse_special
             )
             if count >= 0:
                 return list(buffer[:count])
             capacity = -count
+
+    def is_control(self, token: int) -> bool:
+        return bool(ll.llama_vocab_get_attr(self.vocab, token) & ll.LLAMA_TOKEN_ATTR_CONTROL)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         tokens = (ll.llama_token * len(ids))(*ids)
@@ -289,6 +308,10 @@ class LlamaModel:
         template = self.facts.chat_template
         if not template:
             raise UnsupportedFeature("this model has no chat template; send text or token ids")
+        for i, (role, content) in enumerate(messages):
+            # llama_chat_message holds NUL-terminated strings: a NUL would end the text there
+            check_text(role, f"messages[{i}].role", allow_nul=False)
+            check_text(content, f"messages[{i}].content", allow_nul=False)
         keep = [(role.encode(), content.encode()) for role, content in messages]
         chat = (ll.llama_chat_message * len(keep))(
             *(ll.llama_chat_message(role=r, content=c) for r, c in keep)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,21 @@ from modeldconn._errors import SessionFatal
 if TYPE_CHECKING:
     from modeld.backends.llama._backend import LlamaSession
 
-__all__ = ["LlamaSampler"]
+__all__ = ["LlamaSampler", "engine_seed"]
+
+#: llama_sampler_init_dist takes 32 bits, and this value of them means "pick a random seed"
+_RANDOM_SEED = ll.LLAMA_DEFAULT_SEED
+
+
+def engine_seed(seed: int) -> int:
+    """A wire seed (0..2**64-1) as llama.cpp's 32-bit seed, never its random marker.
+
+    All 64 bits are hashed (so 7 and 7 + 2**32 are different streams) and reduced modulo the
+    marker, which leaves 0..2**32-2: every seed is reproducible. Distinct seeds share a stream
+    only by a hash collision (about one pair in 2**32), not by a pattern.
+    """
+    digest = hashlib.blake2b(seed.to_bytes(8, "little"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % _RANDOM_SEED
 
 
 class LlamaSampler:
@@ -32,11 +47,13 @@ class LlamaSampler:
             ll.llama_sampler_chain_add(
                 chain, ll.llama_sampler_init_logit_bias(model.facts.vocab_size, len(eog), biases)
             )
-        if params.repeat_penalty != 1.0:
+        # llama.cpp reads a penalty_last_n of -1 as 0, "off": the whole context is n_ctx here
+        window = params.penalty_window(session.n_ctx)
+        if window:
             ll.llama_sampler_chain_add(
                 chain,
                 ll.llama_sampler_init_penalties(
-                    model.facts.vocab_size, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0
+                    model.facts.vocab_size, window, params.repeat_penalty, 0.0, 0.0
                 ),
             )
         if params.greedy:
@@ -46,12 +63,11 @@ class LlamaSampler:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(params.top_p, 1))
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(params.min_p, 1))
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(params.temperature))
-            seed = ll.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+            seed = _RANDOM_SEED if params.seed is None else engine_seed(params.seed)
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
         # The penalties sampler must have seen the recent tape, as if it had generated it.
-        if params.repeat_penalty != 1.0 and params.repeat_last_n != 0:
-            window = history if params.repeat_last_n < 0 else history[-params.repeat_last_n :]
-            for token in window:
+        if window:
+            for token in history[-window:]:
                 ll.llama_sampler_accept(chain, token)
 
     def sample(self) -> int:

@@ -14,6 +14,7 @@ Tokenizer and detokenizer are the openvino-tokenizers IRs, through ``openvino_ge
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,13 @@ import openvino as ov
 import openvino_genai as ov_genai
 
 from modeld.backends import _exactness
-from modeld.backends._base import Capabilities, check_room
+from modeld.backends._base import Capabilities, check_room, check_text, without_double_bos
 from modeld.backends.openvino._block_pool import BLOCK_SIZE, BlockPool
 from modeld.backends.openvino._ir import IR_MODEL, ir_from_gguf, paged_model
 from modeld.backends.openvino._session import OpenVinoSession
 from modeld.backends.openvino._vocab import detokenizer_vocab, raw_piece
 from modeld.models._facts import ModelFacts, ModelSpec
-from modeldconn._errors import ModelLoadFailed, SessionFatal, UnsupportedFeature
+from modeldconn._errors import InvalidArgument, ModelLoadFailed, SessionFatal, UnsupportedFeature
 
 __all__ = ["BLOCK_SIZE", "OpenVinoBackend", "ir_from_gguf"]
 
@@ -60,6 +61,7 @@ class OpenVinoModel:
         self.ir_dir = ir_dir
         self._vocab: list[bytes] | None = None
         self._pieces: dict[int, bytes] = {}
+        self._control: dict[int, bool] = {}
         self._eog = sorted({*facts.eos_token_ids, int(tokenizer.get_eos_token_id())} - {-1})
         exact = self._exact_decode_rows(MAX_DECODE_ROWS)
         #: rows per batched decode: the exact limit, unless the operator asked for more
@@ -130,9 +132,66 @@ class OpenVinoModel:
         for (session, _), row in zip(runs, rows, strict=True):
             session.accept(row, session.kv_len + 1)
 
-    def tokenize(self, text: str, add_special: bool) -> list[int]:
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
+        """See ``EngineModel.tokenize``."""
+        check_text(text, "text")  # pybind11 cannot pass a lone surrogate to C++ at all
+        bos = self.facts.bos_token_id
+        if not parse_special:
+            ids = self._plain(text)
+            return [bos, *ids] if add_special and self.facts.add_bos and bos >= 0 else ids
+        return without_double_bos(
+            self._encode(text, add_special),
+            bos,
+            add_special,
+            lambda: self._encode(text, False)[:1] == [bos],
+        )
+
+    def _encode(self, text: str, add_special: bool) -> list[int]:
         encoded = self.tokenizer.encode(text, add_special_tokens=add_special)
         return [int(t) for t in encoded.input_ids.data[0]]
+
+    def _plain(self, text: str) -> list[int]:
+        """``text`` as plain text: no control token comes out of it.
+
+        openvino-tokenizers' IR always matches special-token text (in its split step and again
+        inside its BPE step), so the text is cut right after the first character of every
+        control token's text it holds and the pieces are tokenized apart: no piece holds a
+        whole control text. Text without control text (nearly all) is one piece, so its ids
+        are the tokenizer's own; at a cut, merges across the cut cannot happen, so ids there
+        can differ from llama.cpp's plain tokenization, never into a control token.
+        """
+        pieces: list[tuple[str, list[int]]] = [(text, self._encode(text, False))]
+        while any(self.is_control(t) for _, ids in pieces for t in ids):
+            cut: list[tuple[str, list[int]]] = []
+            for piece, ids in pieces:
+                controls = {t for t in ids if self.is_control(t)}
+                if not controls:
+                    cut.append((piece, ids))
+                    continue
+                marks = [self.detokenize([t]) for t in controls]
+                at = sorted(
+                    {i + 1 for mark in marks if mark for i in _occurrences(piece, mark)}
+                    - {len(piece)}
+                )
+                if not at:  # a control token without its own text in the piece: one per char
+                    if len(piece) == 1:
+                        raise InvalidArgument(f"{piece!r} is a control token of this model")
+                    at = list(range(1, len(piece)))
+                bounds = [0, *at, len(piece)]
+                cut.extend(
+                    (part, self._encode(part, False))
+                    for part in (piece[a:b] for a, b in itertools.pairwise(bounds))
+                )
+            pieces = cut
+        return [t for _, ids in pieces for t in ids]
+
+    def is_control(self, token: int) -> bool:
+        """A token with text that the detokenizer skips as special: BOS, EOS, turn markers."""
+        known = self._control.get(token)
+        if known is None:
+            skipped = str(self.tokenizer.decode([token], skip_special_tokens=True)) == ""
+            known = self._control[token] = skipped and self.detokenize([token]) != ""
+        return known
 
     def detokenize(self, ids: Sequence[int]) -> str:
         if not ids:
@@ -151,7 +210,7 @@ class OpenVinoModel:
             return text.encode("utf-8")
         # a token that is part of a UTF-8 sequence: its bytes come from the vocabulary entry
         if self._vocab is None:
-            self._vocab = detokenizer_vocab(self._core, self.ir_dir)
+            self._vocab = detokenizer_vocab(self.ir_dir)
         return raw_piece(self._vocab[token]) if token < len(self._vocab) else b""
 
     def is_end_of_generation(self, token: int) -> bool:
@@ -163,6 +222,9 @@ class OpenVinoModel:
     def render_chat(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
         if not self.facts.chat_template:
             raise UnsupportedFeature("this model has no chat template; send text or token ids")
+        for i, (role, content) in enumerate(messages):
+            check_text(role, f"messages[{i}].role")
+            check_text(content, f"messages[{i}].content")
         history = [{"role": role, "content": content} for role, content in messages]
         try:
             return str(
@@ -181,6 +243,15 @@ class OpenVinoModel:
     def close(self) -> None:
         self.request = None
         self.compiled = None
+
+
+def _occurrences(text: str, mark: str) -> list[int]:
+    """Every index where ``mark`` starts in ``text``, overlapping ones included."""
+    found, at = [], text.find(mark)
+    while at >= 0:
+        found.append(at)
+        at = text.find(mark, at + 1)
+    return found
 
 
 class OpenVinoBackend:

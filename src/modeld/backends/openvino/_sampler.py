@@ -4,6 +4,10 @@ The steps and their order are llama.cpp's default chain (logit bias, repetition 
 greedy, or top-k, top-p, min-p, temperature and a seeded draw), so one SamplingParams means the
 same thing on every backend. Each step is one vectorised pass; nothing loops over the vocabulary
 in Python.
+
+Seeds: numpy's generator takes the whole 64-bit seed, so every wire value is its own stream.
+Temperatures below ``MIN_TEMPERATURE`` are greedy (``SamplingParams.greedy``): dividing by a
+subnormal one would overflow every logit to +inf.
 """
 
 from __future__ import annotations
@@ -25,14 +29,17 @@ class NumpySampler:
         params: SamplingParams,
         history: Sequence[int],
         end_of_generation: Sequence[int],
+        *,
+        n_ctx: int,
     ) -> None:
+        """``logits``: the current float32 logits row, (vocab,); ``history``: the tape so far;
+        ``n_ctx``: the session's context, what ``repeat_last_n = -1`` looks back over."""
         self._logits = logits
         self._params = params
         self._banned = np.asarray(end_of_generation if params.ignore_eos else [], np.int64)
-        window = params.repeat_last_n
-        self._penalised = params.repeat_penalty != 1.0 and window != 0
-        keep = None if window < 0 else window
-        self._recent: deque[int] = deque(history[-keep:] if keep else history, maxlen=keep)
+        window = params.penalty_window(n_ctx)
+        self._penalised = window > 0
+        self._recent: deque[int] = deque(history[-window:] if window else (), maxlen=window or 1)
         self._rng = np.random.default_rng(params.seed)
 
     def sample(self) -> int:

@@ -92,7 +92,11 @@ class OpenVinoSession:
 
     def sampler(self, params: SamplingParams, history: Sequence[int]) -> NumpySampler:
         return NumpySampler(
-            self.current_logits, params, history, self.model.end_of_generation_ids()
+            self.current_logits,
+            params,
+            history,
+            self.model.end_of_generation_ids(),
+            n_ctx=self.n_ctx,
         )
 
     def save_state(self) -> EngineState:

@@ -10,7 +10,7 @@ import openvino as ov
 __all__ = ["detokenizer_vocab", "raw_piece"]
 
 
-def detokenizer_vocab(core: ov.Core, ir_dir: Path) -> list[bytes]:
+def detokenizer_vocab(ir_dir: Path) -> list[bytes]:
     """Each token's bytes as the detokenizer IR stores them (its VocabDecoder's constants).
 
     ``Tokenizer.get_vocab_vector`` cannot return entries that are not valid UTF-8 on their own,
@@ -18,7 +18,10 @@ def detokenizer_vocab(core: ov.Core, ir_dir: Path) -> list[bytes]:
     """
     import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations with OpenVINO)
 
-    # the Core must outlive the model: it owns the extension the model's operations live in
+    # A Core made before that import (the backend's own) cannot read the tokenizer operations:
+    # openvino_tokenizers adds its extension to each Core as it is created. This one must
+    # outlive the model, whose operations live in that extension.
+    core = ov.Core()
     model = core.read_model(str(ir_dir / "openvino_detokenizer.xml"))
     for node in model.get_ordered_ops():
         if node.get_type_name() == "VocabDecoder":
