@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -70,6 +71,62 @@ def check_protocol(said: str | None) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """A request body that is not a valid message of the method's type."""
+
+    error: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, but a body that does not parse (bad wire format, invalid UTF-8 in a
+    string field) becomes an :class:`_Undecodable` the wrapped method refuses as
+    ``invalid_argument``, instead of grpc's untyped UNKNOWN and a logged traceback."""
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Undecodable(f"{type(exc).__name__}: {exc}"[:200])
+
+    return decode
+
+
+class _RateLimitedLog:
+    """At most one warning line per ``interval_s`` (anyone who can reach the socket can send
+    garbage; the log must not be theirs to flood). The next line counts what it left out."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self._interval_s = interval_s
+        self._next_at = 0.0
+        self._suppressed = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next_at:
+            self._suppressed += 1
+            return
+        self._next_at = now + self._interval_s
+        if self._suppressed:
+            message += f" ({self._suppressed} more like it not logged)"
+            self._suppressed = 0
+        log.warning(message, *args)
+
+
+_garbage_log = _RateLimitedLog()
+
+
+def _refuse_undecodable(method: str, request: Any) -> None:
+    """:raises InvalidArgument: the body did not parse as the method's request message."""
+    if isinstance(request, _Undecodable):
+        _garbage_log.warning("undecodable request to %s: %s", method, request.error)
+        raise InvalidArgument(
+            f"the request body is not a valid {method} request: {request.error}", field="request"
+        )
+
+
 def _tag_call(request: Any) -> None:
     """Give this call's log lines a request id, and the session id when it names a session.
     (Each RPC runs in its own asyncio task, so the context variables stay with it.)"""
@@ -116,13 +173,13 @@ class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -137,6 +194,7 @@ class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             _tag_call(request)
             try:
                 self._admit(method, context)
+                _refuse_undecodable(method, request)
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 code = "ABORTED_BY_HANDLER"
@@ -162,6 +220,7 @@ class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             _tag_call(request)
             try:
                 self._admit(method, context)
+                _refuse_undecodable(method, request)
                 async for item in behavior(request, context):
                     yield item
             except grpc.aio.AbortError:
