@@ -35,7 +35,9 @@ from ._errors import (
     StaleFence,
     Unauthenticated,
     Unavailable,
+    UnknownClient,
     UnsupportedFeature,
+    UnsupportedProtocol,
 )
 from ._lease import LeaseRecord
 from ._probe import ProbeResult, ProbeState, available, backend, probe
@@ -110,7 +112,9 @@ __all__ = [
     "SuffixResult",
     "Unauthenticated",
     "Unavailable",
+    "UnknownClient",
     "UnsupportedFeature",
+    "UnsupportedProtocol",
     "available",
     "backend",
     "describe",

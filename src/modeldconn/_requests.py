@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from google.protobuf.message import Message
 
 from ._convert import (
+    checked_text,
     daemon_status_from_pb,
     decode_chunk_from_pb,
     decode_config_to_pb,
@@ -119,6 +120,7 @@ def tokenize(
     text: str, add_special: bool, *, model: ModelRef | str | None = None, handle: str = ""
 ) -> Call[list[int]]:
     """By a model's tokenizer, or (``handle``) by a session's."""
+    text = checked_text(text, "text")  # a lone surrogate is refused typed, not by protobuf
     request = pb.TokenizeRequest(handle=handle, text=text, add_special=add_special)
     if model is not None:
         request.model.CopyFrom(model_ref_to_pb(model))
