@@ -16,7 +16,9 @@ from typing import Any
 
 from ._dataroot import resolve_data_root
 from ._errors import (
+    DaemonNotRunning,
     InvalidArgument,
+    LeaseStale,
     NotReady,
     Overloaded,
     RemoteError,
@@ -173,23 +175,31 @@ class Retry:
         """The target to retry on (after ``pause_s``); raises the typed error when done."""
         error = exc if isinstance(exc, RemoteError) else error_from_rpc(exc)
         cause = exc.__cause__ if isinstance(exc, RemoteError) else exc
-        if (
-            not self._instance_hint
-            and not self._redialled
-            and isinstance(error, (Unavailable, StaleFence))
-        ):
-            fresh = self._client._leader(refresh=True)
-            if fresh != target:
-                self._redialled = True
-                self.pause_s = 0.0
-                return fresh
-        if (
-            isinstance(error, NotReady)
-            and not self._instance_hint
-            and time.monotonic() < self._ready_by
-        ):
+        try:
+            if (
+                not self._instance_hint
+                and not self._redialled
+                and isinstance(error, (Unavailable, StaleFence))
+            ):
+                fresh = self._client._leader(refresh=True)
+                if fresh != target:
+                    self._redialled = True
+                    self.pause_s = 0.0
+                    return fresh
+            if (
+                isinstance(error, NotReady)
+                and not self._instance_hint
+                and time.monotonic() < self._ready_by
+            ):
+                self.pause_s = 0.1
+                return self._client._leader(refresh=True)
+        except (LeaseStale, DaemonNotRunning):
+            # a takeover under way: the old leader is gone and its successor has not written
+            # the lease yet (~one standby poll); wait for it as for a starting daemon
+            if time.monotonic() >= self._ready_by:
+                raise
             self.pause_s = 0.1
-            return self._client._leader(refresh=True)
+            return target
         if isinstance(error, UnknownClient) and not self._reattached:
             # our lifeline ended (the daemon closed its stream) while we still held its id:
             # attach again, once, so the session gets a lifeline rather than none

@@ -105,8 +105,10 @@ def test_leader_fences_itself_when_the_lease_names_another_instance(
     record = lease_json(daemons.root)
     lease = daemons.root / "modeld.lease"
     usurper = lease.read_text().replace(record["instance_id"], "usurper-instance")
+    staged = lease.with_name("usurper.tmp")
+    staged.write_text(usurper)
     replaced_at = time.monotonic()
-    lease.write_text(usurper)
+    staged.replace(lease)  # atomically, as a writer following the protocol would
     code = daemon.wait(10)
     stopped_after = time.monotonic() - replaced_at
     assert code == 5, daemon.log()

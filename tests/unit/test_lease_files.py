@@ -165,3 +165,126 @@ def test_health_probe_reports_no_answer(data_root: Path) -> None:
     assert (result.state, result.reason) == (ProbeState.UNREACHABLE, "no-answer")
     with pytest.raises(modeldconn.DaemonUnreachable):
         result.raise_for_state()
+
+
+# --- issue 13, fault 2: what else may sit at the lease path. Each is a typed corrupt lease for
+# the probe, available(), Client().status() and `modeld lease show`; none raises, hangs, or
+# reads without bound.
+
+
+def _make_dir(path: Path) -> None:
+    path.mkdir()
+
+
+def _make_dev_zero_link(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def _make_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _make_loop(path: Path) -> None:
+    path.symlink_to(path.name)
+
+
+def _make_deep(path: Path) -> None:
+    path.write_text("[" * 200_000)
+
+
+def _make_deep_under_the_cap(path: Path) -> None:
+    path.write_text("[" * 60_000 + "]" * 60_000)
+
+
+def _make_nan(path: Path) -> None:
+    path.write_text(live_record().to_json().replace('"renewed_at": ', '"renewed_at": NaN, "_": '))
+
+
+def _make_infinite(path: Path) -> None:
+    text = live_record().to_json().replace('"renewed_at": ', '"renewed_at": 1e999, "_": ')
+    path.write_text(text)
+
+
+def _make_huge_time(path: Path) -> None:
+    path.write_text(live_record(renewed_at=1e300).to_json())
+
+
+BROKEN = {
+    "directory": _make_dir,
+    "symlink-to-dev-zero": _make_dev_zero_link,
+    "fifo": _make_fifo,
+    "symlink-loop": _make_loop,
+    "200k-nested": _make_deep,
+    "60k-nested": _make_deep_under_the_cap,
+    "nan-renewed-at": _make_nan,
+    "infinite-renewed-at": _make_infinite,
+    "year-1e292": _make_huge_time,
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_broken_lease_files_are_corrupt_never_a_traceback(data_root: Path, name: str) -> None:
+    from click.testing import CliRunner
+
+    from modeld.cli._main import cli
+
+    BROKEN[name](lease_path(data_root))
+    started = time.perf_counter()
+    result = modeldconn.probe(data_root=data_root)
+    took = time.perf_counter() - started
+    assert (result.state, result.reason) == (ProbeState.STALE, "corrupt"), result
+    assert took < 0.1, took
+    assert not modeldconn.available(data_root=data_root)
+    assert modeldconn.backend(data_root=data_root) == ""
+    client = modeldconn.Client(data_root=data_root, wait_ready_s=0)
+    with pytest.raises(modeldconn.LeaseStale, match="corrupt"):
+        client.status()
+    client.close()
+    shown = CliRunner().invoke(cli, ["lease", "show", "--json", "--data-root", str(data_root)])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["probe_state"] == "stale"
+
+
+def test_an_unreadable_lease_is_corrupt_for_a_user_who_cannot_read_it(data_root: Path) -> None:
+    """Mode 000, read by a process the mode applies to (root without DAC override)."""
+    write(data_root, live_record().to_json())
+    lease_path(data_root).chmod(0)
+    code = (
+        "import modeldconn, sys; r = modeldconn.probe(data_root=sys.argv[1]); "
+        "print(r.state.value, r.reason, r.detail)"
+    )
+    command = [sys.executable, "-c", code, str(data_root)]
+    if os.getuid() == 0:
+        dropped = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--inh-caps={dropped}", f"--bounding-set={dropped}", *command]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("stale corrupt") and "Permission denied" in out.stdout
+
+
+def test_a_standby_campaign_survives_an_unwritable_lease_path(data_root: Path) -> None:
+    """The daemon's side of a directory at the lease path: old enough to be taken, it cannot
+    be replaced; the campaign keeps standing by, and wins once the path is free."""
+    import asyncio
+
+    from modeld.lease._election import Election
+    from modeld.lease._gate import Gate
+    from modeld.lease._store import LeaseStore
+
+    path = lease_path(data_root)
+    path.mkdir()
+    os.utime(path, (time.time() - 3600, time.time() - 3600))
+
+    async def campaign() -> None:
+        election = Election(LeaseStore(data_root, ttl_s=TTL), Gate("me"), poll_interval_s=0.02)
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(
+            election.campaign(live_record(instance_id="me"), stop, standby=True)
+        )
+        await asyncio.sleep(0.3)
+        assert not running.done()  # neither won nor crashed
+        path.rmdir()
+        won = await asyncio.wait_for(running, 5)
+        assert won is not None and won.instance_id == "me"
+
+    asyncio.run(campaign())

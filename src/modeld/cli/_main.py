@@ -24,7 +24,9 @@ __all__ = ["main"]
 
 _data_root_option = click.option(
     "--data-root",
-    type=click.Path(path_type=Path),
+    # readable=False: an unreadable root is the daemon's to report (exit 3, or wait for it
+    # under systemd), and `lease show` reports it as a corrupt lease, not a usage error
+    type=click.Path(path_type=Path, readable=False),
     default=None,
     help=f"Data root (default: ${ENV_DATA_ROOT}, else $XDG_STATE_HOME/modeld).",
 )
@@ -124,6 +126,13 @@ def cli() -> None:
     "--snapshot-budget", default="4GiB", show_default=True, help="Bytes of snapshots kept."
 )
 @click.option(
+    "--disk-reserve",
+    default="64MiB",
+    show_default=True,
+    help="Free space parking and snapshots leave on the data root's file system, so the lease "
+    "can always be written.",
+)
+@click.option(
     "--idle-park",
     type=float,
     default=600.0,
@@ -197,6 +206,7 @@ def serve(
     park_ram: str,
     park_disk: str,
     snapshot_budget: str,
+    disk_reserve: str,
     idle_park: float,
     idle_close: float,
     unload_after: float,
@@ -215,9 +225,11 @@ def serve(
         _fail(f"backend {backend} needs {module}: pip install 'modeld[{extra}]'", ExitCode.USAGE)
     park_ram_bytes, park_disk_bytes = parse_bytes(park_ram), parse_bytes(park_disk)
     snapshot_bytes = parse_bytes(snapshot_budget)
-    if park_ram_bytes is None or park_disk_bytes is None or snapshot_bytes is None:
+    reserve_bytes = parse_bytes(disk_reserve)
+    if None in (park_ram_bytes, park_disk_bytes, snapshot_bytes, reserve_bytes):
         _fail(
-            "--park-ram / --park-disk / --snapshot-budget: expected bytes like 800MB or 4GiB",
+            "--park-ram / --park-disk / --snapshot-budget / --disk-reserve: expected bytes like "
+            "800MB or 4GiB",
             ExitCode.USAGE,
         )
     limit = parse_bytes(memory_limit)
@@ -242,6 +254,7 @@ def serve(
         park_ram_bytes=park_ram_bytes or 0,
         park_disk_bytes=park_disk_bytes or 0,
         snapshot_budget_bytes=snapshot_bytes or 0,
+        disk_reserve_bytes=reserve_bytes or 0,
         idle_park_s=idle_park,
         idle_close_s=idle_close,
         unload_after_s=unload_after,

@@ -58,6 +58,9 @@ class ServeSettings:
     park_disk_bytes: int = 8 << 30
     #: bytes of snapshots kept under <data root>/snapshots/ (least recently used go first)
     snapshot_budget_bytes: int = 4 << 30
+    #: bytes of the data root's file system that parking and snapshots leave free, so the
+    #: lease can always be renewed and taken over
+    disk_reserve_bytes: int = 64 << 20
     #: park a session idle this long, seconds (0: only when room is needed)
     idle_park_s: float = 600.0
     #: close a session idle this long, seconds (0: never)

@@ -3,6 +3,18 @@
 From the moment the lease is won until it is released, one task renews it (:meth:`Election.hold`):
 through loading (and converting) the ``--model``, serving and draining alike. Any phase, however
 long, keeps leadership provable, and a loss of leadership in any of them fences the daemon.
+
+Failure model of the process as a whole:
+
+* every failure a user can cause before serving is a :class:`StartupError`: one line, its exit
+  code. Under systemd (``$NOTIFY_SOCKET`` set) an unusable data root is retried every second
+  instead, with a STATUS line, so a daemon restarted after a fence waits for the root to come
+  back rather than exhausting systemd's start limit;
+* a loss of leadership fences: exit 5, whatever the clean-up meets afterwards (an unwritable
+  data root cannot turn it into a traceback and exit 1: each clean-up step logs and carries on);
+* background tasks (the idle reaper) survive every failure of one round, log it, and run the
+  next round;
+* on winning the lease, parked KV left by dead instances is removed and what remains counted.
 """
 
 from __future__ import annotations
@@ -93,7 +105,9 @@ def _standing_by(holder: str) -> None:
 
 
 async def _reap_idle(sessions: SessionManager, settings: ServeSettings) -> None:
-    """Park, then close, sessions nobody has used for a while."""
+    """Park, then close, sessions nobody has used for a while; a round that fails (no room to
+    park, a full disk, a bug) is logged and the next one runs: this task ends only when
+    cancelled."""
     limits = [
         t for t in (settings.idle_park_s, settings.idle_close_s, settings.unload_after_s) if t > 0
     ]
@@ -110,6 +124,8 @@ async def _reap_idle(sessions: SessionManager, settings: ServeSettings) -> None:
                 await sessions.unload_idle_models(settings.unload_after_s)
         except RemoteError as exc:  # e.g. no room to park: try again next round
             log.warning("idle reaper: %s", exc)
+        except Exception:  # anything else: said in full, and the reaper lives on
+            log.exception("idle reaper: this round failed; trying again in %g s", interval)
 
 
 async def _cancel(task: asyncio.Future[Any]) -> None:
@@ -155,6 +171,56 @@ async def _fence(gate: Gate, bound: BoundServer, reason: str) -> int:
     await bound.server.stop(0)
     log.error("fenced, not serving: %s", reason)
     return ExitCode.FENCED
+
+
+async def _cleanup(what: str, step: Awaitable[Any] | None = None) -> None:
+    """Run one clean-up step; a failure is logged, never raised: the exit code stays the one
+    the daemon's life earned (0, or 5 when fenced)."""
+    try:
+        if step is not None:
+            await step
+    except Exception as exc:
+        log.warning("while stopping, %s failed: %s", what, exc)
+
+
+def _withdraw(listener: Any) -> None:
+    try:
+        listener.withdraw()
+    except OSError as exc:
+        log.warning("while stopping, removing the socket failed: %s", exc.strerror or exc)
+
+
+async def _data_root(settings: ServeSettings, stop: asyncio.Event) -> Path | None:
+    """The prepared data root; None if stopped while waiting for it.
+
+    :raises StartupError: the root is unusable (outside systemd: at once).
+    """
+    said = ""
+    while True:
+        try:
+            return prepare_data_root(settings.data_root)
+        except StartupError as exc:
+            if not os.environ.get("NOTIFY_SOCKET"):
+                raise
+            if str(exc) != said:
+                said = str(exc)
+                notify(f"STATUS={said}; retrying every second")
+                log.error("%s; retrying every second", said)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+        if stop.is_set():
+            return None
+
+
+def _sweep_parked(lot: ParkingLot) -> None:
+    files, size = lot.sweep()
+    if files:
+        log.info("removed %d parked files (%d bytes) left by earlier instances", files, size)
+    if lot.disk_bytes:
+        log.warning(
+            "%d bytes of parked files could not be removed; counted against --park-disk",
+            lot.disk_bytes,
+        )
 
 
 def _socket_dir(requested: Path | None) -> Path | None:
@@ -214,7 +280,12 @@ async def serve(settings: ServeSettings) -> int:
         be set up.
     """
     settings.validate()
-    root = prepare_data_root(settings.data_root)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    prepared = await _data_root(settings, stop)
+    if prepared is None:
+        return ExitCode.OK  # stopped while waiting for the data root
+    root = prepared
     identity = Identity.of_this_process()
     token = read_token_file(settings.auth_token_file) if settings.auth_token_file else None
     tls = read_tls_identity(settings.tls_cert_file, settings.tls_key_file)
@@ -229,11 +300,16 @@ async def serve(settings: ServeSettings) -> int:
     if listener.remote and tls is None:
         log.warning("the bearer token crosses the network in the clear: add --tls-cert/--tls-key")
     gate = Gate(identity.instance_id)
-    stop = asyncio.Event()
-    _stop_on_signals(stop)
     endpoint = ""
     metrics = Metrics()
     scheduler = EngineScheduler()
+    lot = ParkingLot(
+        max_live=settings.max_live_sessions,
+        ram_budget=settings.park_ram_bytes,
+        disk_dir=root / "parked",
+        disk_budget=settings.park_disk_bytes,
+        disk_reserve=settings.disk_reserve_bytes,
+    )
     sessions = SessionManager(
         instance_id=identity.instance_id,
         catalog=ModelCatalog(root, settings.backend, _model_roots(settings)),
@@ -246,13 +322,10 @@ async def serve(settings: ServeSettings) -> int:
         ),
         scheduler=scheduler,
         budget=MemoryBudget(limit_bytes=settings.memory_limit_bytes),
-        lot=ParkingLot(
-            max_live=settings.max_live_sessions,
-            ram_budget=settings.park_ram_bytes,
-            disk_dir=root / "parked",
-            disk_budget=settings.park_disk_bytes,
+        lot=lot,
+        snapshots=SnapshotStore(
+            root / "snapshots", settings.snapshot_budget_bytes, settings.disk_reserve_bytes
         ),
-        snapshots=SnapshotStore(root / "snapshots", settings.snapshot_budget_bytes),
         metrics=metrics,
     )
     metrics.watch_sessions(sessions.stats, sessions.queue_depth)
@@ -289,6 +362,7 @@ async def serve(settings: ServeSettings) -> int:
         gate.phase = Phase.STARTING
         metrics.leadership.labels("won").inc()
         log.info("leader: instance %s on %s", identity.instance_id, endpoint)
+        _sweep_parked(lot)  # before anything of ours is parked
         # From here until the lease is released, `held` renews it, whatever the phase.
         held = asyncio.ensure_future(election.hold())
         try:
@@ -305,7 +379,10 @@ async def serve(settings: ServeSettings) -> int:
                     log.info("stopped while loading; lease released")
                     return ExitCode.OK
             # 4. Serve, until a signal or a loss of leadership.
-            listener.publish_stable_name()
+            try:
+                listener.publish_stable_name()
+            except OSError as exc:  # for people and tools only: clients dial the lease's endpoint
+                log.warning("cannot point modeld.sock at this instance: %s", exc.strerror or exc)
             await election.publish(state="serving", **({"model": model} if model else {}))
             gate.phase = Phase.SERVING
             await bound.set_serving(True)
@@ -325,7 +402,10 @@ async def serve(settings: ServeSettings) -> int:
         finally:
             await _cancel(held)
     finally:
-        await bound.server.stop(0)
-        listener.withdraw()
-        await sessions.close_all()
-        scheduler.close()
+        await _cleanup("stopping the server", bound.server.stop(0))
+        _withdraw(listener)
+        await _cleanup("closing the sessions", sessions.close_all())
+        try:
+            scheduler.close()
+        except Exception as exc:
+            log.warning("while stopping, closing the engine failed: %s", exc)

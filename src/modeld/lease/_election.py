@@ -20,6 +20,14 @@ Failure model, in prose:
   until the margin, then the daemon fences.
 * **The file names someone else** (an operator, a clock-skewed peer): the next renewal sees it and
   the daemon fences at once, without touching the file.
+* **The file is deleted or replaced** (``rm``, a record forged to name a dead pid): the gate
+  compares the file's identity with what this process wrote on every call, and :meth:`hold`
+  every ``IDENTITY_CHECK_PERIOD_S``; either fences at once. A standby that had seen a live holder
+  does not take such a lease while that holder still runs until ``ABSENT_LEASE_GRACE_S`` (ten
+  check periods) has passed, so the holder has stopped serving first. A holder seen to die
+  (``kill -9``) is taken over at once.
+* **The lease path cannot be written** (a directory, a full disk, an unreadable root): a
+  contender's write fails, is logged once per distinct reason, and it keeps standing by.
 
 The daemon runs :meth:`Election.hold` from the moment the lease is won until it is released, so
 leadership stays provable through every long phase (loading and converting a model, draining),
@@ -40,9 +48,14 @@ from filelock import Timeout
 
 from modeld._errors import ExitCode, StartupError
 from modeld.daemon._sdnotify import pet_watchdog
-from modeld.lease._gate import Gate, leadership_window_s
+from modeld.lease._gate import (
+    ABSENT_LEASE_GRACE_S,
+    IDENTITY_CHECK_PERIOD_S,
+    Gate,
+    leadership_window_s,
+)
 from modeld.lease._store import Acquired, LeaseStore, RenewOutcome
-from modeldconn._lease import Assessment, LeaseRecord
+from modeldconn._lease import Assessment, LeaseRecord, LeaseStatus, holder_is_alive, this_host
 
 __all__ = ["Election"]
 
@@ -82,6 +95,16 @@ class Election:
         self._write_lock = asyncio.Lock()
         self._on_renew = on_renew
         self.record: LeaseRecord | None = None
+        # every gated call compares the lease file with the files this store wrote
+        gate.lease_file = store.own
+
+    @staticmethod
+    def _may_still_serve(seen: LeaseRecord | None) -> bool:
+        """Whether the holder we last saw live may still be serving: it runs (on this host),
+        or it is on another host, where we cannot tell."""
+        if seen is None:
+            return False
+        return seen.host != this_host() or holder_is_alive(seen.pid, seen.pid_start_time)
 
     async def campaign(
         self,
@@ -96,14 +119,41 @@ class Election:
         :raises StartupError: with ``standby=False`` when another instance holds the lease.
         """
         last_holder = ""
+        last_failure = ""
+        #: the last live holder we saw, and since when its lease has looked takeable
+        seen_live: LeaseRecord | None = None
+        takeable_since: float | None = None
         while not stop.is_set():
             found = self._store.assess()  # lock-free read: cheap enough to poll
-            if found.status.takeable:
+            wait_s = self._poll_interval_s
+            if found.status is LeaseStatus.LIVE:
+                seen_live, takeable_since = found.record, None
+            elif found.status.takeable and self._may_still_serve(seen_live):
+                # Gone or replaced under a holder that still runs: it fences within one check
+                # period of noticing; wait ten before taking, so it no longer serves when we do.
+                now = time.monotonic()
+                takeable_since = now if takeable_since is None else takeable_since
+                left = takeable_since + ABSENT_LEASE_GRACE_S - now
+                if left > 0:
+                    wait_s = min(wait_s, left)
+                    found = dataclasses.replace(
+                        found,
+                        detail=f"{found.detail}; its holder still runs, taking it in {left:.2f} s",
+                    )
+            if found.status.takeable and wait_s == self._poll_interval_s:
                 started = time.monotonic()
                 try:
                     won = await asyncio.to_thread(self._store.try_acquire, candidate)
                 except Timeout:
                     won = found  # another contender holds the writers' lock: poll again
+                except OSError as exc:
+                    # the path cannot be written (a directory, a full disk, no permission):
+                    # not won; say so once per reason and keep standing by
+                    failure = str(exc.strerror or exc)
+                    if failure != last_failure:
+                        log.warning("cannot take the lease at %s: %s", self._store.path, failure)
+                        last_failure = failure
+                    won = found
                 if isinstance(won, Acquired):
                     self.record = won.record
                     self._gate.valid_until = started + self._window_s
@@ -121,7 +171,7 @@ class Election:
                 on_wait(holder)
                 last_holder = holder
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._poll_interval_s)
+                await asyncio.wait_for(stop.wait(), wait_s)
         return None
 
     async def publish(self, **changes: Any) -> RenewOutcome:
@@ -148,6 +198,9 @@ class Election:
             except (TimeoutError, OSError) as exc:
                 log.warning("lease renewal failed: %s", exc or type(exc).__name__)
                 return RenewOutcome.BUSY
+            except Exception:  # a bug must not end the renewals silently: the window fences
+                log.exception("lease renewal failed")
+                return RenewOutcome.BUSY
             if outcome is RenewOutcome.RENEWED:
                 # systemd's watchdog is fed by renewals: a daemon that cannot renew is not well
                 pet_watchdog()
@@ -163,9 +216,15 @@ class Election:
         next_renewal = time.monotonic() + interval
         while True:
             now = time.monotonic()
-            await asyncio.sleep(max(0.0, min(next_renewal, self._gate.valid_until) - now))
+            wake = min(next_renewal, self._gate.valid_until, now + IDENTITY_CHECK_PERIOD_S)
+            await asyncio.sleep(max(0.0, wake - now))
+            if self._gate.lease_file_problem() and self._gate.lost:
+                found = self._store.assess()
+                return f"{self._gate.lost}: it now names {describe_holder(found)}"
             if time.monotonic() >= self._gate.valid_until:
                 return f"the lease could not be renewed within {self._window_s:g} s"
+            if time.monotonic() < next_renewal:
+                continue
             began = time.monotonic()
             outcome = await self._renew()
             if outcome is RenewOutcome.LOST:

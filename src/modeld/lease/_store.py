@@ -17,7 +17,12 @@ release: a renewal thread still running when its caller gave up on it cannot rec
 
 Readers (the probe, ``lease show``, standbys polling) read the file without any lock, which is
 safe because every write replaces the file atomically. A renewal that finds another instance id
-in the file means the lease was lost: the caller must fence itself at once.
+in the file means the lease was lost: the caller must fence itself at once. So does a file that
+names us but is not a file we wrote (its identity is not one :class:`OwnLeaseFile` knows): a
+record forged with our instance id and a dead pid would let a standby in.
+
+A lease path that cannot be written (a directory, a full disk, a root made unreadable) makes a
+contender's write raise ``OSError``; the election treats that as "not won" and stands by.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from modeld._atomic import write_atomically
+from modeld.lease._gate import OwnLeaseFile
 from modeldconn._lease import (
     Assessment,
+    FileIdentity,
     LeaseRecord,
     assess_lease,
     lease_path,
@@ -49,7 +56,7 @@ log = logging.getLogger("modeld.election")
 LOCK_FILE_NAME = "modeld.lease.lock"
 
 
-def _replace_unsynced(path: Path, data: bytes) -> None:
+def _replace_unsynced(path: Path, data: bytes, own: OwnLeaseFile) -> None:
     """Replace ``path`` atomically without fsync, for renewals only.
 
     Readers share the page cache, so they see the old record or the new one either way. What the
@@ -59,14 +66,23 @@ def _replace_unsynced(path: Path, data: bytes) -> None:
     can take longer than a short TTL's margin, and fence a healthy leader.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.renew")
+    identity: FileIdentity | None = None
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            # the identity the renamed file will have (a rename keeps inode, size and mtime):
+            # known to the gate before the rename, so no stat can find a file it does not know
+            identity = FileIdentity.of(os.fstat(handle.fileno()))
+        own.expect(identity)
         os.replace(tmp, path)
     except BaseException:
+        if identity is not None:
+            own.drop(identity)
         tmp.unlink(missing_ok=True)
         raise
+    own.settle(identity)
 
 
 class RenewOutcome(enum.Enum):
@@ -103,6 +119,8 @@ class LeaseStore:
         #: this process's own writes (renewals, the release) one at a time, never after release
         self._own_writes = threading.Lock()
         self._released = False
+        #: which files at the lease path are ours; the gate compares the path with it
+        self.own = OwnLeaseFile(self.path)
 
     def assess(self) -> Assessment:
         return assess_lease(read_lease(self.root), default_ttl_s=self.ttl_s)
@@ -122,9 +140,14 @@ class LeaseStore:
             mine = dataclasses.replace(record, acquired_at=now, renewed_at=now, ttl_s=self.ttl_s)
             write_atomically(self.path, mine.to_json().encode())
             # Belt and braces: another writer that ignored the lock would show up here.
-            back = read_lease(self.root).record
-            if back is None or back.instance_id != mine.instance_id:
+            back = read_lease(self.root)
+            if (
+                back.record is None
+                or back.record.instance_id != mine.instance_id
+                or back.identity is None
+            ):
                 return self.assess()
+            self.own.settle(back.identity)
             return Acquired(mine)
 
     def renew(
@@ -139,13 +162,21 @@ class LeaseStore:
         with self._own_writes:
             if self._released:
                 return RenewOutcome.LOST, record
-            current = read_lease(self.root).record
+            reading = read_lease(self.root)
+            if not reading.readable:
+                # nothing known of the file (permissions, I/O): not proof that it is another's;
+                # renewals keep failing until the window ends, which fences
+                raise OSError(f"cannot read the lease: {reading.problem}")
+            current = reading.record
             if current is None or current.instance_id != record.instance_id:
+                return RenewOutcome.LOST, record
+            if self.own.held and reading.identity not in self.own.ours:
+                # our instance id in a file we did not write: forged (a dead pid, say)
                 return RenewOutcome.LOST, record
             if time.monotonic() >= valid_until:
                 return RenewOutcome.BUSY, record
             fresh = dataclasses.replace(record, renewed_at=time.time())
-            _replace_unsynced(self.path, fresh.to_json().encode())
+            _replace_unsynced(self.path, fresh.to_json().encode(), self.own)
             return RenewOutcome.RENEWED, fresh
 
     def release(self, instance_id: str) -> bool:
@@ -157,6 +188,7 @@ class LeaseStore:
         """
         with self._own_writes:
             self._released = True
+            self.own.settle(None)
             try:
                 with self._lock:
                     current = read_lease(self.root).record

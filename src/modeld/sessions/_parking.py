@@ -8,26 +8,53 @@ restored (a new context, the saved state loaded back) the next time it is used; 
 the same tape and the same numbers, only a few milliseconds later.
 
 Everything here runs on the engine worker thread.
+
+Failure model. Disk parking is refused, never half-done, when it would exceed ``--park-disk``,
+eat into the file system's free-space reserve (``--disk-reserve``: the lease must stay writable),
+or when the write itself fails (``ENOSPC`` from a disk someone else filled, an unwritable
+directory). Then the state stays in RAM if the RAM tier has room; otherwise the session that
+needed room is refused with :class:`ParkingFull` (``overloaded``, retryable), whose message and
+``why`` metadata say which limit stopped it. Nothing else is lost: the victim stays live.
+
+A parked file is useless without the session table of the process that wrote it, and only the
+leader parks, so when a daemon wins the lease it removes everything under ``parked/``
+(:meth:`ParkingLot.sweep`): a crashed (``kill -9``) leader's parked KV does not leak. What it
+cannot remove is counted against ``--park-disk``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from modeld.backends._base import EngineSession, EngineState
-from modeld.sessions._state_file import StateFileError, read_state_file, write_state_file
+from modeld.sessions._state_file import (
+    StateFileError,
+    read_state_file,
+    room_problem,
+    state_file_size,
+    write_state_file,
+)
 from modeldconn._errors import Overloaded, SessionFatal
 
-__all__ = ["NoRoom", "Parkable", "ParkedState", "ParkingLot"]
+__all__ = ["NoRoom", "Parkable", "ParkedState", "ParkingFull", "ParkingLot"]
+
+log = logging.getLogger("modeld.parking")
 
 
 class NoRoom(Overloaded):
     """Every live session is busy: nothing can be parked to make room right now."""
+
+
+class ParkingFull(Overloaded):
+    """No tier can take a session's state: RAM is full and the disk may not be used (budget,
+    reserve, or a failed write); ``metadata['why']`` says which."""
 
 
 @dataclass
@@ -51,15 +78,59 @@ class Parkable(Protocol):
 class ParkingLot:
     """:param max_live: sessions that may hold an engine context at once."""
 
-    def __init__(self, *, max_live: int, ram_budget: int, disk_dir: Path, disk_budget: int):
+    def __init__(
+        self,
+        *,
+        max_live: int,
+        ram_budget: int,
+        disk_dir: Path,
+        disk_budget: int,
+        disk_reserve: int = 0,
+    ):
         self.max_live = max_live
         self.ram_budget = ram_budget
         self.disk_dir = disk_dir
         self.disk_budget = disk_budget
+        #: bytes of the file system that parking leaves free (the lease must stay writable)
+        self.disk_reserve = disk_reserve
         self.ram_bytes = 0
         self.disk_bytes = 0
         self.parks = 0
         self.restores = 0
+
+    def sweep(self) -> tuple[int, int]:
+        """Remove what earlier (dead) instances parked in ``disk_dir``; call once on winning
+        the lease, before this instance parks anything.
+
+        Only a leader parks, and a leader that lost the lease has stopped serving, so nothing
+        in the directory at that moment belongs to a session anyone can reach.
+
+        :returns: (files, bytes) removed. Whatever cannot be removed is counted in
+            ``disk_bytes``, against the disk budget.
+        """
+        assert self.disk_bytes == 0, "sweep before parking"
+        removed_files = removed_bytes = 0
+        try:
+            entries = list(self.disk_dir.iterdir())
+        except FileNotFoundError:
+            return 0, 0
+        except OSError as exc:
+            log.warning("cannot list %s to clean it: %s", self.disk_dir, exc.strerror or exc)
+            return 0, 0
+        for entry in entries:
+            for path, size in _files_under(entry):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    self.disk_bytes += size  # still there: it takes room all the same
+                    continue
+                removed_files += 1
+                removed_bytes += size
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+        return removed_files, removed_bytes
 
     def make_room(self, sessions: Iterable[Parkable], keep: Parkable | None) -> None:
         """Park least recently used idle sessions until one more context fits.
@@ -78,22 +149,45 @@ class ParkingLot:
             live.remove(victim)
 
     def park(self, session: Parkable) -> None:
+        """Save the session's state to RAM, else disk, and free its context.
+
+        :raises ParkingFull: neither tier can take it; the session stays live.
+        """
         engine = session.engine
         assert engine is not None
         state = engine.save_state()
         if self.ram_bytes + state.size <= self.ram_budget:
             session.parked = ParkedState(state.kv_len, state.size, state, None)
             self.ram_bytes += state.size
-        elif self.disk_bytes + state.size <= self.disk_budget:
-            self.disk_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path = self.disk_dir / f"{session.id}.kv"
-            write_state_file(path, state, {"session": session.id})
-            session.parked = ParkedState(state.kv_len, state.size, None, path)
-            self.disk_bytes += state.size
         else:
-            raise Overloaded(
-                "no room left to park a session (RAM and disk tiers are full)", retry_after_s=5
-            )
+            meta = {"session": session.id}
+            need = state_file_size(state, meta)
+            why, problem = "", ""
+            if self.disk_bytes + need > self.disk_budget:
+                why = "disk_budget"
+                problem = (
+                    f"parked files take {self.disk_bytes} of {self.disk_budget} bytes "
+                    f"(--park-disk), {need} more needed"
+                )
+            elif problem := room_problem(self.disk_dir, need, self.disk_reserve):
+                why = "disk_reserve"
+            else:
+                path = self.disk_dir / f"{session.id}.kv"
+                try:
+                    self.disk_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    size = write_state_file(path, state, meta)
+                except OSError as exc:
+                    why, problem = "disk_error", f"writing {path} failed: {exc.strerror or exc}"
+                else:
+                    session.parked = ParkedState(state.kv_len, size, None, path)
+                    self.disk_bytes += size
+            if session.parked is None:
+                raise ParkingFull(
+                    f"cannot park a session to make room: the RAM tier is full ({self.ram_bytes} "
+                    f"of {self.ram_budget} bytes, --park-ram) and {problem}",
+                    retry_after_s=5,
+                    why=why,
+                )
         engine.close()
         session.engine = None
         self.parks += 1
@@ -131,5 +225,21 @@ class ParkingLot:
             self.ram_bytes -= parked.size
         if parked.path is not None:
             self.disk_bytes -= parked.size
-            with contextlib.suppress(FileNotFoundError):
+            # an unwritable directory must not stop a close; the next leader's sweep retries
+            with contextlib.suppress(OSError):
                 os.unlink(parked.path)
+
+
+def _files_under(entry: Path) -> list[tuple[Path, int]]:
+    """Every file at or under ``entry`` with its size (links are not followed)."""
+    found: list[tuple[Path, int]] = []
+    with contextlib.suppress(OSError):
+        if entry.is_dir() and not entry.is_symlink():
+            for dirpath, _, names in os.walk(entry):
+                for name in names:
+                    path = Path(dirpath) / name
+                    with contextlib.suppress(OSError):
+                        found.append((path, path.lstat().st_size))
+        else:
+            found.append((entry, entry.lstat().st_size))
+    return found

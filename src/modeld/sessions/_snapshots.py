@@ -4,6 +4,10 @@ Each snapshot is one state file (see ``_state_file``) whose header records the m
 runtime fingerprint (backend, engine version, KV layout) and the tape. Restore refuses a snapshot
 taken on another model or runtime (``snapshot_mismatch``) and a corrupt one, never loading it.
 The directory is kept under a byte budget; the least recently used snapshots go first.
+
+A snapshot that would eat into the file system's free-space reserve (``--disk-reserve``) is
+refused before anything is written (``snapshot_failed``, saying so), as is one whose write fails
+(``ENOSPC``): the lease must stay writable whatever sessions ask for.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from modeld.sessions._state_file import (
     StateFileError,
     read_state_file,
     read_state_header,
+    room_problem,
+    state_file_size,
     write_state_file,
 )
 from modeldconn._errors import SnapshotFailed, SnapshotMismatch, SnapshotNotFound
@@ -43,9 +49,11 @@ class Snapshot:
 
 
 class SnapshotStore:
-    def __init__(self, directory: Path, budget_bytes: int) -> None:
+    def __init__(self, directory: Path, budget_bytes: int, reserve_bytes: int = 0) -> None:
         self.directory = directory
         self.budget_bytes = budget_bytes
+        #: bytes of the file system that snapshots leave free (the lease must stay writable)
+        self.reserve_bytes = reserve_bytes
 
     def _path(self, snapshot_id: str) -> Path:
         return self.directory / f"{snapshot_id}.snap"
@@ -64,6 +72,11 @@ class SnapshotStore:
             "prefix_len": snapshot.prefix_len,
             "n_ctx": snapshot.n_ctx,
         }
+        problem = room_problem(
+            self.directory, state_file_size(snapshot.state, meta), self.reserve_bytes
+        )
+        if problem:
+            raise SnapshotFailed(f"cannot write the snapshot: {problem}", why="disk_reserve")
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             size = write_state_file(self._path(snapshot.id), snapshot.state, meta)

@@ -7,21 +7,62 @@
 The header carries what the payload is (sizes, token count, its sha256) and, for snapshots, whose
 it is (model digest, runtime fingerprint, tape). A payload that does not match its header's
 sha256 is corrupt and is refused, never loaded.
+
+Writers keep a free-space reserve (:func:`room_problem`): parked KV and snapshots may never take
+the last bytes of the file system the data root is on, so the lease can still be renewed and
+written by a successor. A write that fails anyway (``ENOSPC`` from another process filling the
+disk) leaves nothing behind and raises ``OSError`` for the caller to type.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from modeld._atomic import write_atomically
 from modeld.backends._base import EngineState
 
-__all__ = ["StateFileError", "read_state_file", "read_state_header", "write_state_file"]
+__all__ = [
+    "StateFileError",
+    "read_state_file",
+    "read_state_header",
+    "room_problem",
+    "state_file_size",
+    "write_state_file",
+]
 
 _MAGIC = b"MODELD-STATE 1\n"
+#: what a header adds to the payload, beyond the metadata's own JSON, at most
+_HEADER_SLACK = 1024
+
+
+def state_file_size(state: EngineState, meta: dict[str, Any]) -> int:
+    """An upper bound on the size :func:`write_state_file` will write."""
+    logits = len(state.logits or b"")
+    return len(_MAGIC) + len(json.dumps(meta)) + _HEADER_SLACK + len(state.kv) + logits
+
+
+def room_problem(directory: Path, need: int, reserve: int) -> str:
+    """Why ``need`` more bytes under ``directory`` would eat into ``reserve``; "" if they fit.
+
+    Measured on the nearest existing ancestor (the directory may not exist yet).
+    """
+    probe_at = directory
+    while not probe_at.exists() and probe_at != probe_at.parent:
+        probe_at = probe_at.parent
+    try:
+        free = shutil.disk_usage(probe_at).free
+    except OSError as exc:
+        return f"cannot measure free space under {directory}: {exc.strerror or exc}"
+    if free - need < reserve:
+        return (
+            f"{free} bytes free under {directory}, {need} needed, and {reserve} are kept in "
+            "reserve (--disk-reserve) so the lease can always be written"
+        )
+    return ""
 
 
 class StateFileError(ValueError):
