@@ -8,6 +8,13 @@ on the engine thread (its ``finally`` blocks run there), which is how a client t
 mid-Decode leaves its session consistent; the cancelled side waits for that close, so when it
 goes on, nothing of the stream is still running.
 
+Turns are fair between *tenants* (clients), not only between jobs: every tenant with work
+waiting has its own FIFO queue, and the engine thread takes one job from each tenant in turn.
+A client running 200 Decodes has 200 jobs in its queue; another client's job waits for at most
+one of them (one decode step, or one prefill chunk), not for all 200. The tenant of a job is
+the ``TENANT`` context variable where it was submitted (the RPC layer sets it to the caller's
+client id; "" for callers that say none, who share one queue).
+
 After every job, before its result reaches the loop, the scheduler calls ``after_job`` on the
 engine thread: that is where engine-side statistics are published (as llama.cpp's server
 answers ``/metrics`` from its queue thread), so a reply is never ahead of the figures.
@@ -16,16 +23,20 @@ answers ``/metrics`` from its queue thread), so a reply is never ahead of the fi
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import contextvars
 import logging
-import queue
 import threading
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any, TypeVar
 
 from modeldconn._errors import Overloaded
 
-__all__ = ["EngineScheduler"]
+__all__ = ["TENANT", "EngineScheduler"]
+
+#: who the work submitted from this context is for (the RPC layer sets the client id)
+TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("modeld_tenant", default="")
 
 log = logging.getLogger("modeld.engine")
 T = TypeVar("T")
@@ -33,8 +44,11 @@ _DONE = object()
 
 
 class _Stream:
-    def __init__(self, generator: Generator[Any, None, None], loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self, generator: Generator[Any, None, None], loop: asyncio.AbstractEventLoop, tenant: str
+    ):
         self.generator = generator
+        self.tenant = tenant
         self.loop = loop
         self.items: asyncio.Queue[Any] = asyncio.Queue()
         self.cancelled = False
@@ -55,8 +69,52 @@ class _Stream:
         self.loop.call_soon_threadsafe(settle)
 
 
+class _FairQueue:
+    """Per-tenant FIFO queues served round-robin; safe between the loop and the engine thread."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        self._queues: dict[str, collections.deque[Any]] = {}
+        #: tenants with work waiting, in the order of their next turn
+        self._turns: collections.deque[str] = collections.deque()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def waiting(self, tenant: str) -> int:
+        queue = self._queues.get(tenant)
+        return len(queue) if queue is not None else 0
+
+    def put(self, tenant: str, job: Any) -> None:
+        with self._ready:
+            queue = self._queues.get(tenant)
+            if queue is None:
+                queue = self._queues[tenant] = collections.deque()
+                self._turns.append(tenant)
+            queue.append(job)
+            self._size += 1
+            self._ready.notify()
+
+    def get(self) -> Any:
+        """The next job: the head of the queue of the tenant whose turn it is."""
+        with self._ready:
+            while not self._turns:
+                self._ready.wait()
+            tenant = self._turns.popleft()
+            queue = self._queues[tenant]
+            job = queue.popleft()
+            self._size -= 1
+            if queue:
+                self._turns.append(tenant)  # its next job waits for everyone else's turn
+            else:
+                del self._queues[tenant]
+            return job
+
+
 class EngineScheduler:
-    """:param max_pending: new work is refused (overloaded) once this many jobs wait.
+    """:param max_pending: a tenant's new work is refused (overloaded) once this many of its
+        jobs wait.
     :param after_job: called on the engine thread after every job, before its result is
         delivered; must not raise (errors are logged)."""
 
@@ -68,38 +126,42 @@ class EngineScheduler:
     ) -> None:
         self.max_pending = max_pending
         self.after_job = after_job
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._jobs = _FairQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     @property
     def depth(self) -> int:
-        """Jobs waiting now (safe from any thread)."""
-        return self._jobs.qsize()
+        """Jobs waiting now, all tenants (safe from any thread)."""
+        return len(self._jobs)
 
     def on_engine_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
-    def _admit(self) -> None:
-        if self._jobs.qsize() >= self.max_pending:
+    def _admit(self) -> str:
+        tenant = TENANT.get()
+        waiting = self._jobs.waiting(tenant)
+        if waiting >= self.max_pending:
             raise Overloaded(
-                f"{self._jobs.qsize()} engine jobs are waiting; retry shortly", retry_after_s=1
+                f"{waiting} of this client's engine jobs are waiting; retry shortly",
+                retry_after_s=1,
             )
+        return tenant
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the engine thread and return its result (or raise its error).
 
         :raises Overloaded: the queue is full.
         """
-        self._admit()
+        tenant = self._admit()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(("call", fn, args, future, loop))
+        self._jobs.put(tenant, ("call", fn, args, future, loop))
         return await future
 
     def submit(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` on the engine thread, fire and forget (errors are logged)."""
-        self._jobs.put(("submit", fn))
+        self._jobs.put(TENANT.get(), ("submit", fn))
 
     async def stream(self, generator: Generator[T, None, None]) -> AsyncGenerator[T, None]:
         """Iterate ``generator`` on the engine thread; leaving early closes it there and waits
@@ -107,9 +169,9 @@ class EngineScheduler:
 
         :raises Overloaded: the queue is full.
         """
-        self._admit()
-        job = _Stream(generator, asyncio.get_running_loop())
-        self._jobs.put(("stream", job))
+        tenant = self._admit()
+        job = _Stream(generator, asyncio.get_running_loop(), tenant)
+        self._jobs.put(tenant, ("stream", job))
         try:
             while True:
                 item = await job.items.get()
@@ -126,7 +188,8 @@ class EngineScheduler:
                     await asyncio.shield(job.closed)
 
     def close(self) -> None:
-        self._jobs.put(None)
+        """Stop the engine thread once the jobs queued so far from this context have run."""
+        self._jobs.put(TENANT.get(), None)
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
@@ -193,4 +256,4 @@ class EngineScheduler:
             return
         self._after()
         job.deliver(item)
-        self._jobs.put(("stream", job))
+        self._jobs.put(job.tenant, ("stream", job))

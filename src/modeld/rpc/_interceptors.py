@@ -20,9 +20,11 @@ from grpc_status import rpc_status
 
 from modeld._logging import REQUEST_ID, SESSION_ID
 from modeld._metrics import Metrics
+from modeld.engine._scheduler import TENANT
 from modeld.lease._gate import Gate
 from modeldconn._errors import InternalError, InvalidArgument, RemoteError, UnsupportedProtocol
 from modeldconn._wire import (
+    CLIENT_METADATA_KEY,
     INSTANCE_METADATA_KEY,
     MIN_PROTOCOL,
     PROTOCOL,
@@ -127,11 +129,13 @@ def _refuse_undecodable(method: str, request: Any) -> None:
         )
 
 
-def _tag_call(request: Any) -> None:
-    """Give this call's log lines a request id, and the session id when it names a session.
+def _tag_call(request: Any, context: grpc.aio.ServicerContext) -> None:
+    """Give this call's log lines a request id, and the session id when it names a session;
+    give its engine work the caller's client id, so the engine takes turns between clients.
     (Each RPC runs in its own asyncio task, so the context variables stay with it.)"""
     REQUEST_ID.set(uuid.uuid4().hex[:12])
     SESSION_ID.set(str(getattr(request, "handle", "")).rpartition("/")[2])
+    TENANT.set(_header(context, CLIENT_METADATA_KEY) or "")
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: RemoteError) -> None:
@@ -191,7 +195,7 @@ class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             code = "OK"
             started = time.perf_counter()
-            _tag_call(request)
+            _tag_call(request, context)
             try:
                 self._admit(method, context)
                 _refuse_undecodable(method, request)
@@ -217,7 +221,7 @@ class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             code = "OK"
-            _tag_call(request)
+            _tag_call(request, context)
             try:
                 self._admit(method, context)
                 _refuse_undecodable(method, request)
