@@ -19,7 +19,7 @@ from modeld.engine._scheduler import EngineScheduler
 from modeld.sessions._parking import NoRoom
 from modeld.sessions._session import Session
 from modeld.sessions._table import SessionTable
-from modeldconn._errors import SessionBusy
+from modeldconn._errors import Overloaded, SessionBusy
 
 __all__ = ["BUSY_GRACE_S", "ROOM_WAIT_S", "Admission"]
 
@@ -32,14 +32,23 @@ ROOM_WAIT_S = 120.0
 
 
 class Admission:
-    """:param free: frees a session closed while its operation ran, once that operation ends."""
+    """:param free: frees a session closed while its operation ran, once that operation ends.
+    :param share: how many sessions of one client may be busy at once (None: no limit); a
+        client at its share waits (its session stays idle, so parkable) until one of its
+        operations ends: one client's Decodes cannot hold every live context while another
+        client waits for one."""
 
     def __init__(
-        self, table: SessionTable, scheduler: EngineScheduler, free: Callable[[Session], None]
+        self,
+        table: SessionTable,
+        scheduler: EngineScheduler,
+        free: Callable[[Session], None],
+        share: Callable[[], int | None] = lambda: None,
     ) -> None:
         self._table = table
         self._scheduler = scheduler
         self._free = free
+        self._share = share
         #: notified whenever an operation ends, so calls waiting for a live context retry
         self._room = asyncio.Condition()
 
@@ -52,18 +61,33 @@ class Admission:
         """
         session = self._table.get(handle)
         deadline = time.monotonic() + BUSY_GRACE_S
-        while session.busy:
-            # A Decode the client just cancelled takes a moment to unwind here; a caller that
-            # hung up and called again must not be refused for that. A real overlap still is.
-            remaining = deadline - time.monotonic()
-            try:
-                if remaining <= 0:
-                    raise TimeoutError
-                await asyncio.wait_for(session.idle.wait(), remaining)
-            except TimeoutError:
-                raise SessionBusy(
-                    f"session {session.id} is busy with another operation", handle=handle
-                ) from None
+        room_deadline = time.monotonic() + ROOM_WAIT_S
+        while True:
+            if session.busy:
+                # A Decode the client just cancelled takes a moment to unwind here; a caller
+                # that hung up and called again must not be refused for that. A real overlap
+                # still is.
+                remaining = deadline - time.monotonic()
+                try:
+                    if remaining <= 0:
+                        raise TimeoutError
+                    await asyncio.wait_for(session.idle.wait(), remaining)
+                except TimeoutError:
+                    raise SessionBusy(
+                        f"session {session.id} is busy with another operation", handle=handle
+                    ) from None
+            elif self._over_share(session):
+                if time.monotonic() > room_deadline:
+                    raise Overloaded(
+                        "this client's other sessions hold its share of the live contexts; "
+                        "retry shortly",
+                        retry_after_s=1,
+                    )
+                async with self._room:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), 0.5)
+            else:
+                break
             session = self._table.get(handle)  # it may have been closed meanwhile
         session.begin()
         try:
@@ -73,6 +97,13 @@ class Admission:
                 self._free(session)
             async with self._room:
                 self._room.notify_all()
+
+    def _over_share(self, session: Session) -> bool:
+        share = self._share()
+        if share is None:
+            return False
+        mine = sum(1 for s in self._table if s.busy and s.owner == session.owner)
+        return mine >= share
 
     async def waiting_for_room(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run ``attempt``; while every live session is busy (nothing can be parked), wait for

@@ -23,7 +23,7 @@ from modeld.sessions._session import Session, SessionState
 from modeld.sessions._stats import EngineCounters
 from modeld.sessions._stop_strings import StopScanner
 from modeld.sessions._table import SessionTable
-from modeld.sessions._types import DecodeOptions, DecodeStep, SessionInput
+from modeld.sessions._types import DecodeOptions, DecodeStep
 from modeldconn._types import DecodeFinal
 
 __all__ = ["Generation"]
@@ -52,7 +52,7 @@ class Generation:
         self._metrics = metrics
 
     def steps(
-        self, session: Session, request: DecodeOptions, suffix: SessionInput | None
+        self, session: Session, request: DecodeOptions, suffix: list[int] | None
     ) -> Generator[DecodeStep | None, None, None]:
         """Engine thread, one token per step.
 

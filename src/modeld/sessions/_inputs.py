@@ -20,9 +20,14 @@ from collections.abc import Sequence
 
 from modeld.backends._base import EngineModel, check_text
 from modeld.sessions._types import ChatInput, SessionInput, TokenInput
-from modeldconn._errors import InvalidArgument
+from modeldconn._errors import ContextOverflow, InvalidArgument
 
-__all__ = ["chat_tokens", "check_ids", "to_tokens"]
+__all__ = ["MAX_TOKEN_BYTES", "chat_tokens", "check_ids", "check_size", "to_tokens"]
+
+#: no token of a served vocabulary stands for more bytes than this (Gemma 3's longest: 48,
+#: the tiny fixture's: under 16; a test checks both), so an input of B bytes is at least
+#: B / MAX_TOKEN_BYTES tokens: an input far over the context is refused before tokenizing it
+MAX_TOKEN_BYTES = 256
 
 #: rendered around every marker: where the template keeps it, content keeps its outer
 #: whitespace; where the template strips it (Gemma's ``trim``), content is stripped the same way
@@ -43,8 +48,46 @@ def check_ids(ids: list[int], vocab_size: int, field: str = "tokens") -> None:
         )
 
 
+def check_size(value: SessionInput, room: int, stage: str, resident: int, n_ctx: int) -> None:
+    """Refuse, before any tokenizing, an input that cannot fit ``room`` tokens whatever it
+    tokenizes to (cheap: a byte count; a 15 MiB text must not occupy a thread for seconds
+    only to be refused after).
+
+    :raises ContextOverflow: with ``stage``, ``resident``, ``additional`` (the lower bound on
+        the input's tokens) and ``n_ctx``.
+    """
+    if isinstance(value, TokenInput):
+        return  # counted exactly, after
+    if isinstance(value, ChatInput):
+        size = sum(len(role) + len(content) for role, content in value.messages)
+    else:
+        size = len(value.text)
+    # characters first (no copy); only a long text pays for counting its UTF-8 bytes
+    if size <= room * MAX_TOKEN_BYTES // 4:
+        return
+    if isinstance(value, ChatInput):
+        size = sum(
+            len(r.encode("utf-8", "surrogatepass")) + len(c.encode("utf-8", "surrogatepass"))
+            for r, c in value.messages
+        )
+    else:
+        size = len(value.text.encode("utf-8", "surrogatepass"))
+    at_least = -(-size // MAX_TOKEN_BYTES)
+    if at_least > room:
+        raise ContextOverflow(
+            f"an input of {size} bytes is at least {at_least} tokens; {room} fit "
+            f"(n_ctx {n_ctx}, {resident} on the tape)",
+            stage=stage,
+            resident=resident,
+            additional=at_least,
+            n_ctx=n_ctx,
+        )
+
+
 def to_tokens(model: EngineModel, value: SessionInput, *, start: bool) -> list[int]:
-    """Engine thread. ``start``: this input begins the tape (BOS where the model has one, never
+    """Any thread (it only reads the model: see ``ModelPool.borrowed``).
+
+    ``start``: this input begins the tape (BOS where the model has one, never
     a second one when the text starts with its own).
 
     Text is tokenized with control-token parsing: a raw prompt may carry hand-written markup.

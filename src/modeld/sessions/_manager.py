@@ -26,7 +26,7 @@ from modeld.models._catalog import ModelCatalog
 from modeld.models._facts import ModelSpec
 from modeld.sessions._admission import Admission
 from modeld.sessions._generation import Generation
-from modeld.sessions._inputs import check_ids
+from modeld.sessions._inputs import check_ids, check_size, to_tokens
 from modeld.sessions._models import LoadedModel, ModelPool
 from modeld.sessions._parking import ParkingLot
 from modeld.sessions._prefill import Prefill
@@ -112,7 +112,7 @@ class SessionManager:
         #: per decoding session: set (from the engine thread) once its Decode's engine work has
         #: ended, so CloseSession can wait for exactly that
         self._decode_done: dict[str, asyncio.Event] = {}
-        self._admission = Admission(self._table, scheduler, self._free)
+        self._admission = Admission(self._table, scheduler, self._free, self._share)
         self._engine_stats = Stats()
         self._publish()
         scheduler.after_job = self._publish
@@ -143,6 +143,13 @@ class SessionManager:
             sessions_parked=len(table) - live,
             **dataclasses.asdict(self._loop_counters),
         )
+
+    def _share(self) -> int | None:
+        """Live contexts one client's sessions may keep busy at once: all but one while other
+        clients are attached (so a client holding none always finds one), else no limit."""
+        if self._loop_counters.clients_attached < 2 or self.lot.max_live < 2:
+            return None
+        return self.lot.max_live - 1
 
     def queue_depth(self) -> int:
         return self._scheduler.depth
@@ -328,24 +335,51 @@ class SessionManager:
         self, handle: str, value: SessionInput, held: int | None = None
     ) -> PrefixResult:
         async with self._admission.operation(handle) as session:
+            await self._hold(session, held)
+            tokens = await self._tokens(session, value, stage="ensure_prefix", start=True)
             result = await self._admission.waiting_for_room(
-                lambda: self._admission.in_turns(self._prefill.ensure_prefix(session, value, held))
+                lambda: self._admission.in_turns(self._prefill.ensure_prefix(session, tokens))
             )
-        tokens = self._metrics.tokens
-        tokens.labels("prefilled").inc(result.prefilled)
-        tokens.labels("reused").inc(result.reused - result.shared)
-        tokens.labels("shared").inc(result.shared)
+        tokens_metric = self._metrics.tokens
+        tokens_metric.labels("prefilled").inc(result.prefilled)
+        tokens_metric.labels("reused").inc(result.reused - result.shared)
+        tokens_metric.labels("shared").inc(result.shared)
         return result
 
     async def prefill_suffix(
         self, handle: str, value: SessionInput, held: int | None = None
     ) -> SuffixResult:
         async with self._admission.operation(handle) as session:
+            await self._hold(session, held)
+            tokens = await self._tokens(
+                session, value, stage="prefill_suffix", start=not session.tape
+            )
             result = await self._admission.waiting_for_room(
-                lambda: self._admission.in_turns(self._prefill.prefill_suffix(session, value, held))
+                lambda: self._admission.in_turns(self._prefill.prefill_suffix(session, tokens))
             )
         self._metrics.tokens.labels("prefilled").inc(result.prefilled)
         return result
+
+    async def _hold(self, session: Session, held: int | None) -> None:
+        """Cut the tape to what the client holds, first of all (see ``Prefill.hold``)."""
+        if held is not None:
+            await self._scheduler.call(self._live_holding, session, held)
+
+    async def _tokens(
+        self, session: Session, value: SessionInput, *, stage: str, start: bool
+    ) -> list[int]:
+        """``value`` as tokens, computed on a worker thread (never on the engine thread: a
+        long text must not hold every other session's turn), after a size check that refuses
+        an input far over the context without tokenizing it.
+
+        :raises ContextOverflow: the input cannot fit, whatever it tokenizes to.
+        :raises InvalidArgument / UnsupportedFeature: see ``to_tokens``.
+        """
+        # the session is ours (its operation runs), so its tape is not changing under us
+        resident = 0 if stage == "ensure_prefix" else len(session.tape)
+        check_size(value, session.n_ctx - resident, stage, resident, session.n_ctx)
+        async with self._pool.borrowed(session.model) as model:
+            return await asyncio.to_thread(to_tokens, model, value, start=start)
 
     async def decode(
         self,
@@ -365,11 +399,18 @@ class SessionManager:
                 raise InvalidArgument(
                     "nothing to continue: EnsurePrefix or PrefillSuffix first", field="suffix"
                 )
+            suffix_tokens = (
+                None
+                if suffix is None
+                else await self._tokens(
+                    session, suffix, stage="prefill_suffix", start=not session.tape
+                )
+            )
             done = self._decode_done[session.id] = asyncio.Event()
             loop = asyncio.get_running_loop()
             steps = self._taped(
                 session,
-                self._generation.steps(session, request, suffix),
+                self._generation.steps(session, request, suffix_tokens),
                 lambda: loop.call_soon_threadsafe(done.set),
             )
             try:

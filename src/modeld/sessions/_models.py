@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from modeld.backends._base import Backend, EngineModel
@@ -38,6 +40,9 @@ class LoadedModel:
     last_used: float = field(default_factory=time.monotonic)
     #: which of its sessions hold which prefixes, by session id (engine thread)
     index: PrefixIndex[str] = field(default_factory=PrefixIndex)
+    #: loop-side users of ``engine`` off the engine thread (tokenizing); never unloaded while
+    #: any (guarded by the pool's lock)
+    borrowers: int = 0
 
 
 class ModelPool:
@@ -55,6 +60,8 @@ class ModelPool:
         self._budget = budget
         self._in_use_by_sessions = in_use_by_sessions
         self._models: dict[tuple[str, str], LoadedModel] = {}
+        #: guards ``borrowers`` against an unload deciding at the same instant
+        self._borrow_lock = threading.Lock()
         self._loading: dict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         #: counted on the engine thread
         self.loads = 0
@@ -136,6 +143,24 @@ class ModelPool:
             )
         return loaded.engine
 
+    @contextlib.asynccontextmanager
+    async def borrowed(self, loaded: LoadedModel) -> AsyncIterator[EngineModel]:
+        """The model's engine for work off the engine thread that only reads the model
+        (tokenizing, rendering chat templates): its weights stay in until the block ends.
+
+        :raises ModelLoadFailed: the weights were out and could not be loaded again.
+        """
+        with self._borrow_lock:
+            loaded.borrowers += 1
+            engine = loaded.engine
+        try:
+            if engine is None:  # unloaded after idling: load on the engine thread, as always
+                engine = await self._scheduler.call(self.engine_of, loaded)
+            yield engine
+        finally:
+            with self._borrow_lock:
+                loaded.borrowers -= 1
+
     async def unload_idle(self, idle_s: float, live: Callable[[LoadedModel], bool]) -> None:
         """Free the weights of models no live session uses and nobody used for ``idle_s``;
         their parked sessions stay restorable (the weights load again first)."""
@@ -144,12 +169,13 @@ class ModelPool:
             if loaded.engine is not None and not live(loaded) and now - loaded.last_used > idle_s:
                 await self._scheduler.call(self._unload, loaded, live)
 
-    @staticmethod
-    def _unload(loaded: LoadedModel, live: Callable[[LoadedModel], bool]) -> None:
-        if loaded.engine is not None and not live(loaded):
-            loaded.engine.close()
-            loaded.engine = None
-            log.info("unloaded %s after idling", loaded.spec.facts.name)
+    def _unload(self, loaded: LoadedModel, live: Callable[[LoadedModel], bool]) -> None:
+        with self._borrow_lock:  # a borrower reads the engine from another thread
+            if loaded.engine is None or live(loaded) or loaded.borrowers:
+                return
+            engine, loaded.engine = loaded.engine, None
+        engine.close()
+        log.info("unloaded %s after idling", loaded.spec.facts.name)
 
     async def close_all(self, models: Iterable[LoadedModel] | None = None) -> None:
         for loaded in list(models if models is not None else self.loaded()):

@@ -2,8 +2,9 @@
 prefill in turns.
 
 Each operation is a generator the scheduler steps: it yields None between prefill batches (so
-other sessions' work goes in between) and its result last. Every fallible step (tokenizing,
-validation, the context check) comes before the KV is touched, so a refused request leaves the
+other sessions' work goes in between) and its result last. Inputs arrive tokenized: the session
+layer tokenizes on another thread, so a long text never holds the engine. Every fallible step
+(validation, the context check) comes before the KV is touched, so a refused request leaves the
 session exactly as it was, with one deliberate exception: the tape length a client says it
 holds (``hold``) is applied first of all, since it removes only tokens that client never
 received (those a cancelled Decode generated before it noticed the cancel).
@@ -16,14 +17,12 @@ import struct
 from collections.abc import Generator
 
 from modeld.backends._base import EngineSession
-from modeld.sessions._inputs import to_tokens
 from modeld.sessions._models import ModelPool
 from modeld.sessions._prefix_index import BLOCK, common_prefix
 from modeld.sessions._residency import Residency
 from modeld.sessions._session import Session
 from modeld.sessions._stats import EngineCounters
 from modeld.sessions._table import SessionTable
-from modeld.sessions._types import SessionInput
 from modeldconn._errors import ContextOverflow, InvalidArgument
 from modeldconn._types import PrefixResult, SuffixResult
 
@@ -93,11 +92,11 @@ class Prefill:
             session.model.index.update(session.id, session.tape)
 
     def ensure_prefix(
-        self, session: Session, value: SessionInput, held: int | None = None
+        self, session: Session, tokens: list[int], held: int | None = None
     ) -> Generator[PrefixResult | None, None, None]:
+        """``tokens``: the prefix, tokenized already (off the engine thread)."""
         self.hold(session, held)
         engine = self._residency.live(session)
-        tokens = to_tokens(self._pool.engine_of(session.model), value, start=True)
         if len(tokens) > session.n_ctx:
             raise ContextOverflow(
                 f"a prefix of {len(tokens)} tokens does not fit n_ctx {session.n_ctx}",
@@ -171,11 +170,11 @@ class Prefill:
         return best
 
     def prefill_suffix(
-        self, session: Session, value: SessionInput, held: int | None = None
+        self, session: Session, tokens: list[int], held: int | None = None
     ) -> Generator[SuffixResult | None, None, None]:
+        """``tokens``: the suffix, tokenized already (BOS included where it starts the tape)."""
         self.hold(session, held)
         engine = self._residency.live(session)
-        tokens = to_tokens(self._pool.engine_of(session.model), value, start=not session.tape)
         pending = session.tape[engine.kv_len :]
         if len(session.tape) + len(tokens) > session.n_ctx:
             raise ContextOverflow(

@@ -35,7 +35,8 @@ class Work:
 
     prefilled: int = 0
     decode_calls: int = 0
-    threads: set[str] = field(default_factory=set)
+    threads: set[str] = field(default_factory=set)  #: where KV work ran
+    tokenize_threads: set[str] = field(default_factory=set)
 
 
 class FakeSampler:
@@ -130,7 +131,8 @@ class FakeModel:
         self.work = Work()
         self.refused_adoptions = 0
 
-    def tokenize(self, text: str, add_special: bool) -> list[int]:
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
+        self.work.tokenize_threads.add(threading.current_thread().name)
         return ([1] if add_special else []) + [3 + ord(c) % (VOCAB - 3) for c in text]
 
     def detokenize(self, ids: Sequence[int]) -> str:

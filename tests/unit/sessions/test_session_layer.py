@@ -11,9 +11,10 @@ from conftest import Harness
 from fake_engine import fake_spec, next_token
 
 import modeld.sessions._prefill as prefill_module
+from modeld.sessions._inputs import MAX_TOKEN_BYTES
 from modeld.sessions._session import SessionState
-from modeld.sessions._types import DecodeOptions, TokenInput
-from modeldconn._errors import SessionBusy, SessionNotFound
+from modeld.sessions._types import DecodeOptions, TextInput, TokenInput
+from modeldconn._errors import ContextOverflow, SessionBusy, SessionNotFound
 
 SPEC = fake_spec()
 
@@ -198,3 +199,54 @@ async def test_donor_search_compares_a_bounded_number_of_tapes(
     r = await h.manager.ensure_prefix(probe.handle, TokenInput(tuple([*head, 7, 7])))
     assert r.shared == 400
     assert len(compared) <= 1 + prefill_module._CANDIDATES  # its own tape, then candidates
+
+
+async def test_text_is_tokenized_off_the_engine_thread(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    session, _ = await h.manager.open(SPEC, 1024)
+    await h.manager.ensure_prefix(session.handle, TextInput("hello there"))
+    await h.manager.prefill_suffix(session.handle, TextInput(" and more"))
+    work = h.backend.models[0].work
+    assert work.tokenize_threads and "fake-engine" not in work.tokenize_threads
+    assert work.threads == {"fake-engine"}  # the KV only ever on the engine thread
+
+
+async def test_an_input_far_over_the_context_is_refused_before_tokenizing(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    session, _ = await h.manager.open(SPEC, 256)
+    await h.manager.ensure_prefix(session.handle, TokenInput(tuple(range(10, 50))))
+    huge = "x" * (256 * MAX_TOKEN_BYTES + 1)
+    with pytest.raises(ContextOverflow) as caught:
+        await h.manager.prefill_suffix(session.handle, TextInput(huge))
+    assert caught.value.metadata["stage"] == "prefill_suffix"
+    assert int(caught.value.metadata["additional"]) > 256 - 40
+    assert not h.backend.models[0].work.tokenize_threads  # never tokenized
+    r = await h.manager.ensure_prefix(session.handle, TokenInput(tuple(range(10, 50))))
+    assert (r.reused, r.prefilled) == (40, 0)  # and the session is as it was
+
+
+async def test_one_client_cannot_hold_every_live_context_while_others_are_attached(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness(max_live=2)
+    h.manager.attach("greedy")
+    h.manager.attach("bystander")
+    prompt = TokenInput(tuple(range(10, 30)))
+    a, _ = await h.manager.open(SPEC, 4096, owner="greedy")
+    b, _ = await h.manager.open(SPEC, 4096, owner="greedy")
+    for s in (a, b):
+        await h.manager.ensure_prefix(s.handle, prompt)
+    first = h.manager.decode(a.handle, greedy(3000))
+    await first.__anext__()  # a decodes: 1 of the 2 contexts busy, its share
+    second = asyncio.ensure_future(generate(h, b.handle, 3))
+    await asyncio.sleep(0.3)
+    assert not second.done()  # b waits: greedy may not take the last context
+    mine, _ = await h.manager.open(SPEC, 256, owner="bystander")  # the bystander gets it
+    await h.manager.ensure_prefix(mine.handle, prompt)
+    assert await generate(h, mine.handle, 3) == cold_tokens(list(prompt.ids), 3)
+    await first.aclose()
+    assert await second == cold_tokens(list(prompt.ids), 3)  # and b runs once a is done
