@@ -106,3 +106,18 @@ async def test_admission_counts_each_tenant_on_its_own(scheduler: EngineSchedule
         gate.set()
     assert await served == "served"
     await asyncio.gather(*greedy, return_exceptions=True)
+
+
+async def test_short_turns_go_ahead_of_long_ones(scheduler: EngineScheduler) -> None:
+    """The tenant with the least engine time goes next: a client whose jobs are short waits
+    for the long job in flight, never for the one after it too."""
+    log: list[str] = []
+    long_steps = asyncio.ensure_future(_drain(scheduler, "prefill", _steps(log, "P", 40, 0.03)))
+    await asyncio.sleep(0.05)
+    TENANT.set("bystander")
+    for _ in range(5):
+        await asyncio.sleep(0.005)  # arrives while a long step runs, after it queued its next
+        await scheduler.call(lambda: log.append("b"))
+    at = [i for i, name in enumerate(log) if name == "b"]
+    assert all(later - earlier <= 2 for earlier, later in itertools.pairwise(at)), log
+    await long_steps

@@ -9,9 +9,10 @@ mid-Decode leaves its session consistent; the cancelled side waits for that clos
 goes on, nothing of the stream is still running.
 
 Turns are fair between *tenants* (clients), not only between jobs: every tenant with work
-waiting has its own FIFO queue, and the engine thread takes one job from each tenant in turn.
-A client running 200 Decodes has 200 jobs in its queue; another client's job waits for at most
-one of them (one decode step, or one prefill chunk), not for all 200. The tenant of a job is
+waiting has its own FIFO queue, and the engine thread takes the next job from the tenant that
+has had the least engine time (see ``_FairQueue``). A client running 200 Decodes has 200 jobs in
+its queue; another client's job waits for the job in flight, not for all 200; and a client
+whose turns are short goes ahead of one whose prefill chunks take seconds. The tenant of a job is
 the ``TENANT`` context variable where it was submitted (the RPC layer sets it to the caller's
 client id; "" for callers that say none, who share one queue).
 
@@ -28,6 +29,7 @@ import contextlib
 import contextvars
 import logging
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any, TypeVar
 
@@ -70,13 +72,24 @@ class _Stream:
 
 
 class _FairQueue:
-    """Per-tenant FIFO queues served round-robin; safe between the loop and the engine thread."""
+    """Per-tenant FIFO queues; the next job comes from the tenant that has had the least engine
+    time (its *virtual time*, as in CFS or weighted fair queueing), so a client whose jobs are
+    short goes ahead of one running long prefill chunks, and nobody waits for more than the job
+    in flight plus one of each other tenant's. Safe between the loop and the engine thread.
+
+    A tenant that becomes active starts at the least virtual time of those active, so a
+    newcomer goes next but cannot claim the time it was away; ties go to the tenant served
+    least recently (round-robin when jobs cost alike).
+    """
 
     def __init__(self) -> None:
         self._ready = threading.Condition()
         self._queues: dict[str, collections.deque[Any]] = {}
-        #: tenants with work waiting, in the order of their next turn
-        self._turns: collections.deque[str] = collections.deque()
+        #: engine seconds charged to each active tenant (those with jobs waiting or running)
+        self._vtime: dict[str, float] = {}
+        #: when each active tenant was last served, to break ties
+        self._served_at: dict[str, int] = {}
+        self._turn = 0
         self._size = 0
 
     def __len__(self) -> int:
@@ -91,25 +104,36 @@ class _FairQueue:
             queue = self._queues.get(tenant)
             if queue is None:
                 queue = self._queues[tenant] = collections.deque()
-                self._turns.append(tenant)
+                if tenant not in self._vtime:
+                    self._vtime[tenant] = min(self._vtime.values(), default=0.0)
+                    self._served_at[tenant] = -1
             queue.append(job)
             self._size += 1
             self._ready.notify()
 
-    def get(self) -> Any:
-        """The next job: the head of the queue of the tenant whose turn it is."""
+    def get(self) -> tuple[str, Any]:
+        """The next (tenant, job): the head of the queue of the tenant least served so far."""
         with self._ready:
-            while not self._turns:
+            while not self._queues:
                 self._ready.wait()
-            tenant = self._turns.popleft()
+            tenant = min(self._queues, key=lambda t: (self._vtime[t], self._served_at[t]))
             queue = self._queues[tenant]
             job = queue.popleft()
             self._size -= 1
-            if queue:
-                self._turns.append(tenant)  # its next job waits for everyone else's turn
-            else:
+            if not queue:
                 del self._queues[tenant]
-            return job
+            self._turn += 1
+            self._served_at[tenant] = self._turn
+            return tenant, job
+
+    def charge(self, tenant: str, seconds: float) -> None:
+        """The job ``get`` gave out for ``tenant`` took ``seconds`` of engine time."""
+        with self._ready:
+            self._vtime[tenant] += seconds
+            # an idle tenant leaves the accounts: it comes back at the least active time
+            for idle in [t for t in self._vtime if t not in self._queues]:
+                del self._vtime[idle]
+                del self._served_at[idle]
 
 
 class EngineScheduler:
@@ -193,7 +217,11 @@ class EngineScheduler:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while True:
+            tenant, job = self._jobs.get()
+            if job is None:
+                return
+            started = time.perf_counter()
             if job[0] == "call":
                 self._run_call(*job[1:])
             elif job[0] == "submit":
@@ -204,6 +232,7 @@ class EngineScheduler:
                 self._after()
             else:
                 self._step(job[1])
+            self._jobs.charge(tenant, time.perf_counter() - started)
 
     def _after(self) -> None:
         try:

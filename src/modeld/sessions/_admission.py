@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
 from typing import TypeVar
 
 from modeld.engine._scheduler import EngineScheduler
@@ -118,6 +118,36 @@ class Admission:
             async with self._room:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), 0.5)
+
+    async def streaming(
+        self, steps: Callable[[], Generator[T, None, None]]
+    ) -> AsyncGenerator[T, None]:
+        """Stream ``steps()`` on the engine thread; while its first step finds every live
+        session busy (NoRoom, before any work), wait for one to finish and start it again, up to
+        ROOM_WAIT_S, then answer overloaded."""
+        deadline = time.monotonic() + ROOM_WAIT_S
+        while True:
+            stream = self._scheduler.stream(steps())
+            try:
+                first = await stream.__anext__()
+            except NoRoom:
+                await stream.aclose()
+                if time.monotonic() > deadline:
+                    raise
+                async with self._room:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), 0.5)
+                continue
+            except StopAsyncIteration:
+                return
+            except BaseException:
+                await stream.aclose()
+                raise
+            break
+        async with contextlib.aclosing(stream):
+            yield first
+            async for item in stream:
+                yield item
 
     async def in_turns(self, steps: Generator[T | None, None, None]) -> T:
         """Run an engine generator that yields None between prefill chunks, then its result;

@@ -52,14 +52,22 @@ class Generation:
         self._metrics = metrics
 
     def steps(
-        self, session: Session, request: DecodeOptions, suffix: list[int] | None
+        self,
+        session: Session,
+        request: DecodeOptions,
+        suffix: list[int] | None,
+        held: int | None = None,
     ) -> Generator[DecodeStep | None, None, None]:
-        """Engine thread, one token per step.
+        """Engine thread, one token per step. ``held``: the tape length the client holds,
+        applied first of all (see ``Prefill.hold``).
 
+        :raises NoRoom: the session is parked and every live session is busy (before any
+            work: the caller waits for room and starts again).
         :raises InvalidArgument: a stop token id outside the vocabulary (before any work).
         """
         received = time.perf_counter()
         engine = self._residency.live(session)
+        self._prefill.hold(session, held)
         model = self._pool.engine_of(session.model)
         check_ids(list(request.stop_token_ids), model.facts.vocab_size, "stop_token_ids")
         if suffix is not None:

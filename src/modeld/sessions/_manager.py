@@ -36,7 +36,7 @@ from modeld.sessions._snapshots import Snapshot, SnapshotStore
 from modeld.sessions._stats import EngineCounters, LoopCounters, Stats
 from modeld.sessions._table import SessionTable
 from modeld.sessions._types import DecodeOptions, DecodeStep, SessionInput
-from modeldconn._errors import InvalidArgument, SessionNotFound, UnknownClient
+from modeldconn._errors import InvalidArgument, RemoteError, SessionNotFound, UnknownClient
 from modeldconn._types import Capabilities, Capacity, DecodeFinal, PrefixResult, SuffixResult
 
 __all__ = ["CLOSE_WAIT_S", "ResolvedConfig", "SessionManager", "TapedStep"]
@@ -366,7 +366,13 @@ class SessionManager:
             await self._scheduler.call(self._live_holding, session, held)
 
     async def _tokens(
-        self, session: Session, value: SessionInput, *, stage: str, start: bool
+        self,
+        session: Session,
+        value: SessionInput,
+        *,
+        stage: str,
+        start: bool,
+        resident: int | None = None,
     ) -> list[int]:
         """``value`` as tokens, computed on a worker thread (never on the engine thread: a
         long text must not hold every other session's turn), after a size check that refuses
@@ -376,7 +382,8 @@ class SessionManager:
         :raises InvalidArgument / UnsupportedFeature: see ``to_tokens``.
         """
         # the session is ours (its operation runs), so its tape is not changing under us
-        resident = 0 if stage == "ensure_prefix" else len(session.tape)
+        if resident is None:
+            resident = 0 if stage == "ensure_prefix" else len(session.tape)
         check_size(value, session.n_ctx - resident, stage, resident, session.n_ctx)
         async with self._pool.borrowed(session.model) as model:
             return await asyncio.to_thread(to_tokens, model, value, start=start)
@@ -389,34 +396,41 @@ class SessionManager:
         held: int | None = None,
     ) -> AsyncIterator[TapedStep]:
         async with self._admission.operation(handle) as session:
-            # live before streaming (waiting for room if every live session is busy), and cut
-            # to what the client holds first of all; busy from here on, it cannot be parked
-            # mid-Decode
-            await self._admission.waiting_for_room(
-                lambda: self._scheduler.call(self._live_holding, session, held)
-            )
-            if not session.tape and suffix is None:
-                raise InvalidArgument(
-                    "nothing to continue: EnsurePrefix or PrefillSuffix first", field="suffix"
+            # the tape once cut to what the client holds (the cut itself is the stream's first
+            # act on the engine thread: one engine job for the whole Decode)
+            tape = self._held_length(session, held)
+            try:
+                if not tape and suffix is None:
+                    raise InvalidArgument(
+                        "nothing to continue: EnsurePrefix or PrefillSuffix first",
+                        field="suffix",
+                    )
+                suffix_tokens = (
+                    None
+                    if suffix is None
+                    else await self._tokens(
+                        session, suffix, stage="prefill_suffix", start=not tape, resident=tape
+                    )
                 )
-            suffix_tokens = (
-                None
-                if suffix is None
-                else await self._tokens(
-                    session, suffix, stage="prefill_suffix", start=not session.tape
-                )
-            )
+            except RemoteError:
+                await self._hold(session, held)  # refused, but the claim's cut still applies
+                raise
             done = self._decode_done[session.id] = asyncio.Event()
             loop = asyncio.get_running_loop()
-            steps = self._taped(
-                session,
-                self._generation.steps(session, request, suffix_tokens),
-                lambda: loop.call_soon_threadsafe(done.set),
-            )
+
+            def steps() -> Generator[TapedStep | None, None, None]:
+                return self._taped(
+                    session,
+                    self._generation.steps(session, request, suffix_tokens, held),
+                    lambda: loop.call_soon_threadsafe(done.set),
+                )
+
             try:
-                # closed here, not by the garbage collector: the operation ends only once its
-                # generator has been closed on the engine thread
-                async with contextlib.aclosing(self._scheduler.stream(steps)) as stream:
+                # live first (waiting for room while every live session is busy); busy from
+                # there on, it cannot be parked mid-Decode. Closed here, not by the garbage
+                # collector: the operation ends only once its generator is closed on the
+                # engine thread
+                async with contextlib.aclosing(self._admission.streaming(steps)) as stream:
                     async for step in stream:
                         if step is None:
                             continue
@@ -425,6 +439,22 @@ class SessionManager:
                         yield step
             finally:
                 del self._decode_done[session.id]
+
+    @staticmethod
+    def _held_length(session: Session, held: int | None) -> int:
+        """Loop (the session is ours): the tape's length once cut to ``held``.
+
+        :raises InvalidArgument: a claim longer than the tape (see ``Prefill.hold``)."""
+        if held is None:
+            return len(session.tape)
+        if held > len(session.tape):
+            raise InvalidArgument(
+                f"the client claims {held} tokens; the tape holds {len(session.tape)}",
+                field="tape_tokens",
+                tape_tokens=len(session.tape),
+                claimed=held,
+            )
+        return held
 
     def _live_holding(self, session: Session, held: int | None) -> None:
         self._residency.live(session)
