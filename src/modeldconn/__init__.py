@@ -9,6 +9,7 @@ from ._async import AsyncClient, AsyncSession
 from ._dataroot import resolve_data_root, set_data_root
 from ._errors import (
     BackendMismatch,
+    CapabilityMismatch,
     ContextOverflow,
     DaemonNotRunning,
     DaemonUnreachable,
@@ -41,7 +42,7 @@ from ._errors import (
 )
 from ._lease import LeaseRecord
 from ._probe import ProbeResult, ProbeState, available, backend, probe
-from ._sync import Client, Session, describe, open_session
+from ._sync import Client, Session, describe, embed, open_session
 from ._types import (
     Capabilities,
     Capacity,
@@ -52,6 +53,9 @@ from ._types import (
     DecodeFinal,
     DecodeOptions,
     Description,
+    EmbeddingModelStatus,
+    Embeddings,
+    EmbedUsage,
     LoadedModelStatus,
     ModelFacts,
     ModelRef,
@@ -66,6 +70,7 @@ __all__ = [
     "AsyncSession",
     "BackendMismatch",
     "Capabilities",
+    "CapabilityMismatch",
     "Capacity",
     "Chat",
     "Client",
@@ -80,6 +85,9 @@ __all__ = [
     "Description",
     "DigestMismatch",
     "Draining",
+    "EmbedUsage",
+    "EmbeddingModelStatus",
+    "Embeddings",
     "InsufficientMemory",
     "InternalError",
     "InvalidArgument",
@@ -118,6 +126,7 @@ __all__ = [
     "available",
     "backend",
     "describe",
+    "embed",
     "open_session",
     "probe",
     "resolve_data_root",

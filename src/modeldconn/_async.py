@@ -30,6 +30,7 @@ from ._types import (
     DecodeChunk,
     DecodeOptions,
     Description,
+    Embeddings,
     InputLike,
     ModelRef,
     PrefixResult,
@@ -133,14 +134,24 @@ class AsyncClient(ClientBase):
         """Facts read from the model file's header (no weights loaded), and what fits."""
         return await self._unary(rq.describe(model))
 
-    async def open_session(self, model: ModelRef | str, *, n_ctx: int = 0) -> AsyncSession:
-        return AsyncSession(self, await self._unary(rq.open_session(model, n_ctx)))
+    async def open_session(
+        self, model: ModelRef | str, *, n_ctx: int = 0, exact_prefix: bool | None = None
+    ) -> AsyncSession:
+        """``exact_prefix``: None takes the daemon's default (``status().exact_prefix``)."""
+        return AsyncSession(self, await self._unary(rq.open_session(model, n_ctx, exact_prefix)))
 
     async def restore(
-        self, snapshot_id: str, model: ModelRef | str | None = None, *, n_ctx: int = 0
+        self,
+        snapshot_id: str,
+        model: ModelRef | str | None = None,
+        *,
+        n_ctx: int = 0,
+        exact_prefix: bool | None = None,
     ) -> AsyncSession:
         """A new session from a snapshot (by default on the model it was taken on)."""
-        return AsyncSession(self, await self._unary(rq.restore(snapshot_id, model, n_ctx)))
+        return AsyncSession(
+            self, await self._unary(rq.restore(snapshot_id, model, n_ctx, exact_prefix))
+        )
 
     async def tokenize(
         self, model: ModelRef | str, text: str, *, add_special: bool = False
@@ -149,6 +160,30 @@ class AsyncClient(ClientBase):
 
     async def detokenize(self, model: ModelRef | str, ids: Sequence[int]) -> str:
         return await self._unary(rq.detokenize(ids, model=model))
+
+    async def embed(
+        self,
+        model: ModelRef | str,
+        inputs: Sequence[str | Sequence[int]],
+        *,
+        normalize: bool = True,
+        truncate: bool = False,
+        pooling: str = "",
+    ) -> Embeddings:
+        """One float32 vector per input (a text, or a list of token ids), in order.
+
+        ``result.vectors`` is a numpy array of shape ``(len(inputs), result.dims)`` when numpy
+        is importable, else a list of lists. ``normalize``: unit L2 norm (default). An input
+        longer than the model takes is ``ContextOverflow`` naming it (metadata ``input``),
+        unless ``truncate`` (``result.usage.truncated_tokens`` says what was cut). ``pooling``:
+        "" (the model's), "mean", "cls" or "last".
+
+        :raises InvalidArgument: no inputs, an empty one (field ``inputs[i]``), a bad pooling.
+        :raises CapabilityMismatch: the model cannot embed.
+        :raises UnsupportedFeature: this backend cannot pool this model.
+        """
+        call = rq.embed(model, inputs, normalize=normalize, truncate=truncate, pooling=pooling)
+        return await self._unary(call)
 
     async def aclose(self) -> None:
         """Close the connection; the daemon closes the sessions this client opened."""

@@ -7,7 +7,7 @@ tests check that each message and its dataclass name the same fields.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any, TypeVar
 
@@ -22,6 +22,9 @@ from ._types import (
     DecodeFinal,
     DecodeOptions,
     Description,
+    EmbeddingModelStatus,
+    Embeddings,
+    EmbedUsage,
     InputLike,
     LoadedModelStatus,
     ModelFacts,
@@ -38,6 +41,8 @@ __all__ = [
     "decode_chunk_from_pb",
     "decode_config_to_pb",
     "description_from_pb",
+    "embed_inputs_to_pb",
+    "embeddings_from_pb",
     "input_to_pb",
     "model_ref_to_pb",
     "prefix_result_from_pb",
@@ -160,6 +165,8 @@ def session_info_from_pb(reply: pb.OpenSessionResponse) -> SessionInfo:
         n_batch=c.n_batch,
         facts=_facts(reply.facts),
         capabilities=_by_name(reply.capabilities, Capabilities),
+        exact_prefix=c.exact_prefix,
+        prefix_chunk=c.prefix_chunk,
     )
 
 
@@ -199,4 +206,53 @@ def decode_chunk_from_pb(message: pb.DecodeChunk) -> DecodeChunk:
 
 def daemon_status_from_pb(reply: pb.StatusResponse) -> DaemonStatus:
     models = tuple(_by_name(m, LoadedModelStatus) for m in reply.models)
-    return _by_name(reply, DaemonStatus, models=models)
+    embedding = tuple(_by_name(m, EmbeddingModelStatus) for m in reply.embedding_models)
+    return _by_name(reply, DaemonStatus, models=models, embedding_models=embedding)
+
+
+def embed_inputs_to_pb(inputs: Sequence[str | Sequence[int]]) -> list[pb.EmbedInput]:
+    """Texts (str) or token id lists, in order.
+
+    :raises InvalidArgument: a text with a lone surrogate, or an input of another type
+        (field ``inputs[i]``); a lone str instead of a list of them (field ``inputs``)."""
+    if isinstance(inputs, str):
+        raise InvalidArgument("inputs is one str: pass a list of texts", field="inputs")
+    out: list[pb.EmbedInput] = []
+    for i, value in enumerate(inputs):
+        if isinstance(value, str):
+            out.append(pb.EmbedInput(text=checked_text(value, f"inputs[{i}]")))
+        elif isinstance(value, Sequence) and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in value
+        ):
+            out.append(pb.EmbedInput(tokens=pb.TokenIds(ids=[int(t) for t in value])))
+        else:
+            raise InvalidArgument(
+                f"inputs[{i}] is {type(value).__name__}: send a str or a list of token ids",
+                field=f"inputs[{i}]",
+            )
+    return out
+
+
+def embeddings_from_pb(reply: pb.EmbedResponse) -> Embeddings:
+    """The reply's vectors as a float32 numpy array (inputs x dims) when numpy is importable,
+    else as a list of lists of floats."""
+    dims = reply.dims
+    values = list(reply.values)
+    vectors: Any
+    try:
+        import numpy as np
+    except ImportError:
+        vectors = [values[i : i + dims] for i in range(0, len(values), dims)] if dims else []
+    else:
+        vectors = np.asarray(values, dtype=np.float32).reshape(-1, dims or 1)
+    usage = reply.usage
+    return Embeddings(
+        vectors=vectors,
+        dims=dims,
+        pooling=reply.pooling,
+        normalized=reply.normalized,
+        usage=EmbedUsage(
+            tuple(usage.input_tokens), usage.total_tokens, tuple(usage.truncated_tokens)
+        ),
+        engine_calls=reply.engine_calls,
+    )

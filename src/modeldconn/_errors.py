@@ -32,6 +32,7 @@ On the wire an error is a ``google.rpc.Status`` whose single detail is an
           ├── Unauthenticated       unauthenticated      UNAUTHENTICATED
           ├── UnknownClient         unknown_client       FAILED_PRECONDITION
           ├── UnsupportedProtocol   unsupported_protocol FAILED_PRECONDITION
+          ├── CapabilityMismatch    capability_mismatch  FAILED_PRECONDITION
           ├── Unavailable           unavailable          UNAVAILABLE   (no answer at all)
           └── InternalError         internal             INTERNAL      (a daemon bug; logged there)
 
@@ -53,6 +54,7 @@ from grpc_status import rpc_status
 __all__ = [
     "DOMAIN",
     "BackendMismatch",
+    "CapabilityMismatch",
     "ContextOverflow",
     "DaemonNotRunning",
     "DaemonUnreachable",
@@ -313,6 +315,14 @@ class UnsupportedProtocol(RemoteError):
     older than the client speaks)."""
 
     reason = "unsupported_protocol"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class CapabilityMismatch(RemoteError):
+    """The model cannot do the task asked of it (``OpenSession`` on an embedding-only model,
+    ``Rerank`` on a model that cannot score); metadata ``task`` and ``tasks`` (what it can)."""
+
+    reason = "capability_mismatch"
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 

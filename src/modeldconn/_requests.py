@@ -21,6 +21,8 @@ from ._convert import (
     decode_chunk_from_pb,
     decode_config_to_pb,
     description_from_pb,
+    embed_inputs_to_pb,
+    embeddings_from_pb,
     input_to_pb,
     model_ref_to_pb,
     prefix_result_from_pb,
@@ -35,6 +37,7 @@ from ._types import (
     DecodeChunk,
     DecodeOptions,
     Description,
+    Embeddings,
     InputLike,
     ModelRef,
     PrefixResult,
@@ -50,6 +53,7 @@ __all__ = [
     "decode",
     "describe",
     "detokenize",
+    "embed",
     "ensure_prefix",
     "instance_of",
     "open_session",
@@ -102,15 +106,29 @@ def describe(model: ModelRef | str) -> Call[Description]:
     return Call("Describe", pb.DescribeRequest(model=model_ref_to_pb(model)), description_from_pb)
 
 
-def open_session(model: ModelRef | str, n_ctx: int) -> Call[SessionInfo]:
+def _session_config(n_ctx: int, exact_prefix: bool | None) -> pb.SessionConfig:
+    """None leaves exact_prefix unset: the daemon's default applies."""
+    config = pb.SessionConfig(n_ctx=n_ctx)
+    if exact_prefix is not None:
+        config.exact_prefix = exact_prefix
+    return config
+
+
+def open_session(
+    model: ModelRef | str, n_ctx: int, exact_prefix: bool | None = None
+) -> Call[SessionInfo]:
     request = pb.OpenSessionRequest(
-        model=model_ref_to_pb(model), config=pb.SessionConfig(n_ctx=n_ctx)
+        model=model_ref_to_pb(model), config=_session_config(n_ctx, exact_prefix)
     )
     return Call("OpenSession", request, session_info_from_pb, attach=True)
 
 
-def restore(snapshot_id: str, model: ModelRef | str | None, n_ctx: int) -> Call[SessionInfo]:
-    request = pb.RestoreRequest(snapshot_id=snapshot_id, config=pb.SessionConfig(n_ctx=n_ctx))
+def restore(
+    snapshot_id: str, model: ModelRef | str | None, n_ctx: int, exact_prefix: bool | None = None
+) -> Call[SessionInfo]:
+    request = pb.RestoreRequest(
+        snapshot_id=snapshot_id, config=_session_config(n_ctx, exact_prefix)
+    )
     if model is not None:
         request.model.CopyFrom(model_ref_to_pb(model))
     return Call("Restore", request, session_info_from_pb, attach=True)
@@ -183,3 +201,21 @@ def snapshot(handle: str) -> Call[SnapshotInfo]:
 def close_session(handle: str) -> Call[bool]:
     request = pb.CloseSessionRequest(handle=handle)
     return Call("CloseSession", request, lambda r: bool(r.closed), instance=instance_of(handle))
+
+
+def embed(
+    model: ModelRef | str,
+    inputs: Sequence[str | Sequence[int]],
+    *,
+    normalize: bool = True,
+    truncate: bool = False,
+    pooling: str = "",
+) -> Call[Embeddings]:
+    request = pb.EmbedRequest(
+        model=model_ref_to_pb(model),
+        inputs=embed_inputs_to_pb(inputs),
+        normalize=normalize,
+        truncate=truncate,
+        pooling=pooling,
+    )
+    return Call("Embed", request, embeddings_from_pb)

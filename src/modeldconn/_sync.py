@@ -33,6 +33,7 @@ from ._types import (
     DecodeChunk,
     DecodeOptions,
     Description,
+    Embeddings,
     InputLike,
     ModelRef,
     PrefixResult,
@@ -140,20 +141,52 @@ class Client(ClientBase):
         """Facts read from the model file's header (no weights loaded), and what fits."""
         return self._unary(rq.describe(model))
 
-    def open_session(self, model: ModelRef | str, *, n_ctx: int = 0) -> Session:
-        return Session(self, self._unary(rq.open_session(model, n_ctx)))
+    def open_session(
+        self, model: ModelRef | str, *, n_ctx: int = 0, exact_prefix: bool | None = None
+    ) -> Session:
+        """``exact_prefix``: None takes the daemon's default (``status().exact_prefix``)."""
+        return Session(self, self._unary(rq.open_session(model, n_ctx, exact_prefix)))
 
     def restore(
-        self, snapshot_id: str, model: ModelRef | str | None = None, *, n_ctx: int = 0
+        self,
+        snapshot_id: str,
+        model: ModelRef | str | None = None,
+        *,
+        n_ctx: int = 0,
+        exact_prefix: bool | None = None,
     ) -> Session:
         """A new session from a snapshot (by default on the model it was taken on)."""
-        return Session(self, self._unary(rq.restore(snapshot_id, model, n_ctx)))
+        return Session(self, self._unary(rq.restore(snapshot_id, model, n_ctx, exact_prefix)))
 
     def tokenize(self, model: ModelRef | str, text: str, *, add_special: bool = False) -> list[int]:
         return self._unary(rq.tokenize(text, add_special, model=model))
 
     def detokenize(self, model: ModelRef | str, ids: Sequence[int]) -> str:
         return self._unary(rq.detokenize(ids, model=model))
+
+    def embed(
+        self,
+        model: ModelRef | str,
+        inputs: Sequence[str | Sequence[int]],
+        *,
+        normalize: bool = True,
+        truncate: bool = False,
+        pooling: str = "",
+    ) -> Embeddings:
+        """One float32 vector per input (a text, or a list of token ids), in order.
+
+        ``result.vectors`` is a numpy array of shape ``(len(inputs), result.dims)`` when numpy
+        is importable, else a list of lists. ``normalize``: unit L2 norm (default). An input
+        longer than the model takes is ``ContextOverflow`` naming it (metadata ``input``),
+        unless ``truncate`` (``result.usage.truncated_tokens`` says what was cut). ``pooling``:
+        "" (the model's), "mean", "cls" or "last".
+
+        :raises InvalidArgument: no inputs, an empty one (field ``inputs[i]``), a bad pooling.
+        :raises CapabilityMismatch: the model cannot embed.
+        :raises UnsupportedFeature: this backend cannot pool this model.
+        """
+        call = rq.embed(model, inputs, normalize=normalize, truncate=truncate, pooling=pooling)
+        return self._unary(call)
 
     def close(self) -> None:
         """Close the connection; the daemon closes the sessions this client opened."""
@@ -284,6 +317,23 @@ def describe(model: ModelRef | str) -> Description:
     return _default_client().describe(model)
 
 
-def open_session(model: ModelRef | str, *, n_ctx: int = 0) -> Session:
+def open_session(
+    model: ModelRef | str, *, n_ctx: int = 0, exact_prefix: bool | None = None
+) -> Session:
     """Open a session on the daemon of this process's data root (see :func:`set_data_root`)."""
-    return _default_client().open_session(model, n_ctx=n_ctx)
+    return _default_client().open_session(model, n_ctx=n_ctx, exact_prefix=exact_prefix)
+
+
+def embed(
+    model: ModelRef | str,
+    inputs: Sequence[str | Sequence[int]],
+    *,
+    normalize: bool = True,
+    truncate: bool = False,
+    pooling: str = "",
+) -> Embeddings:
+    """``Client.embed`` on the daemon of this process's data root (asyncio:
+    ``AsyncClient.embed``)."""
+    return _default_client().embed(
+        model, inputs, normalize=normalize, truncate=truncate, pooling=pooling
+    )

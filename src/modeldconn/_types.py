@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from ._errors import InvalidArgument
 
@@ -34,6 +35,9 @@ __all__ = [
     "DecodeFinal",
     "DecodeOptions",
     "Description",
+    "EmbedUsage",
+    "EmbeddingModelStatus",
+    "Embeddings",
     "InputLike",
     "LoadedModelStatus",
     "ModelFacts",
@@ -165,6 +169,23 @@ class DaemonStatus:
     #: donors whose KV the engine could not copy into the receiver (another context size or
     #: layout): the receiver computed the prefix itself
     prefix_share_failures: int
+    #: embedding contexts alive now (created on demand, freed when their model idles)
+    embedding_contexts: int = 0
+    embedding_models: tuple[EmbeddingModelStatus, ...] = ()
+    #: what a session gets when it does not ask (``open_session(exact_prefix=None)``)
+    exact_prefix: bool = False
+    prefix_chunk: int = 0  #: C: prompts are computed in chunks [k*C, (k+1)*C)
+
+
+@dataclass(frozen=True)
+class EmbeddingModelStatus:
+    """A model with an embedding side open (``DaemonStatus.embedding_models``)."""
+
+    name: str
+    digest: str
+    contexts: int  #: embedding contexts alive now
+    weights_loaded: bool  #: false once freed after idling; the next Embed loads them again
+    shares_weights: bool  #: a generative model's weights, shared with its sessions
 
 
 @dataclass(frozen=True)
@@ -186,6 +207,10 @@ class ModelFacts:
     bos_token_id: int
     eos_token_ids: tuple[int, ...]
     add_bos: bool
+    #: "generate" (sessions) and/or "embed" (Embed)
+    tasks: tuple[str, ...] = ("generate",)
+    embedding_dims: int = 0  #: floats in one Embed vector; 0 when the model cannot embed
+    pooling: str = ""  #: Embed's default pooling: mean | cls | last ("" when it cannot embed)
 
 
 @dataclass(frozen=True)
@@ -224,6 +249,9 @@ class SessionInfo:
     n_batch: int
     facts: ModelFacts
     capabilities: Capabilities
+    #: a warm turn gives exactly a cold run's tokens (whole chunks reused; see the README)
+    exact_prefix: bool = False
+    prefix_chunk: int = 0  #: C: prompts are computed in chunks [k*C, (k+1)*C)
 
 
 @dataclass(frozen=True)
@@ -284,3 +312,27 @@ class Completion:
     text: str
     token_ids: tuple[int, ...]
     final: DecodeFinal
+
+
+@dataclass(frozen=True)
+class EmbedUsage:
+    input_tokens: tuple[int, ...]  #: tokens embedded per input (after any truncation)
+    total_tokens: int
+    truncated_tokens: tuple[int, ...]  #: tokens cut off per input (all 0 unless truncate)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """What ``embed`` answers.
+
+    ``vectors``: one float32 vector of ``dims`` values per input, in input order: a numpy
+    array of shape ``(len(inputs), dims)``, dtype float32, when numpy is importable, else a
+    list of lists of floats. Unit L2 norm when ``normalized``.
+    """
+
+    vectors: Any
+    dims: int
+    pooling: str  #: the pooling used: mean | cls | last
+    normalized: bool
+    usage: EmbedUsage
+    engine_calls: int  #: engine calls the batch took

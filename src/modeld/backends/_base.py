@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modeld.models._facts import ModelFacts, ModelSpec
-from modeldconn._errors import ContextOverflow, InvalidArgument
+from modeldconn._errors import CapabilityMismatch, ContextOverflow, InvalidArgument
 from modeldconn._types import Capabilities
 
 __all__ = [
@@ -22,11 +22,14 @@ __all__ = [
     "MIN_TEMPERATURE",
     "Backend",
     "Capabilities",
+    "EmbeddingBackend",
+    "EmbeddingEngine",
     "EngineModel",
     "EngineSession",
     "EngineState",
     "Sampler",
     "SamplingParams",
+    "check_generates",
     "check_room",
     "check_state_fits",
     "check_text",
@@ -153,6 +156,19 @@ def without_double_bos(
     if add_special and bos >= 0 and ids[:2] == [bos, bos] and starts_with_bos():
         return ids[1:]
     return ids
+
+
+def check_generates(facts: ModelFacts) -> None:
+    """:raises CapabilityMismatch: the model cannot generate (an embedding-only model): it has
+    no sessions, no lanes, and its weights are loaded by the Embed verb alone."""
+    if "generate" not in facts.tasks:
+        raise CapabilityMismatch(
+            f"{facts.name} cannot generate (tasks: {', '.join(facts.tasks)}): "
+            "it serves Embed only, it has no sessions",
+            model=facts.name,
+            task="generate",
+            tasks=",".join(facts.tasks),
+        )
 
 
 def check_room(resident: int, adding: int, n_ctx: int) -> None:
@@ -289,3 +305,61 @@ class Backend(Protocol):
 
     def load(self, spec: ModelSpec) -> EngineModel:
         """:raises ModelLoadFailed: the engine could not load the file."""
+
+
+class EmbeddingEngine(Protocol):
+    """A model's embedding side on the engine thread: contexts with pooling on, apart from the
+    generation lanes, created on demand by :meth:`embed_step` and freed by :meth:`release`.
+
+    ``max_tokens`` bounds one input; one :meth:`embed_step` computes at most ``max_inputs``
+    inputs of at most ``step_tokens`` tokens together (as the engine counts them: a padded
+    backend counts ``inputs x longest``).
+    """
+
+    facts: ModelFacts
+    dims: int
+    max_tokens: int
+    max_inputs: int
+    step_tokens: int
+
+    @property
+    def contexts(self) -> int:
+        """Embedding contexts alive now."""
+
+    def step_cost(self, lengths: Sequence[int]) -> int:
+        """Tokens an :meth:`embed_step` over inputs of these lengths counts against
+        ``step_tokens``."""
+
+    def tokenize_parts(self, text: str) -> tuple[list[int], list[int], list[int]]:
+        """``text`` as ``(head, body, tail)``: the special tokens the model puts before and
+        after a text (BERT: ``[CLS]`` / ``[SEP]``; a decoder: its BOS / nothing) and the text's
+        own tokens. Truncation cuts ``body`` only.
+
+        :raises InvalidArgument: a lone surrogate in ``text``.
+        """
+
+    def embed_step(self, inputs: Sequence[Sequence[int]], pooling: str) -> Any:
+        """One engine call: a float32 array of shape ``(len(inputs), dims)``, each row the
+        ``pooling`` ("mean" | "cls" | "last") of that input's last hidden states, not
+        normalized. Each input holds 1..``max_tokens`` ids; together they fit one step.
+
+        :raises SessionFatal: the engine failed (nothing is kept between steps).
+        """
+
+    def release(self) -> None:
+        """Free the embedding contexts (they are made again on the next step)."""
+
+    def close(self) -> None:
+        """Free everything, the weights too where this engine owns them."""
+
+
+class EmbeddingBackend(Protocol):
+    """A backend that embeds."""
+
+    def embedder(self, spec: ModelSpec, shared: EngineModel | None) -> EmbeddingEngine:
+        """The embedding side of ``spec``: over ``shared``'s weights (a loaded generative model,
+        which stays the owner) or over weights it loads itself (``shared`` None).
+
+        :raises UnsupportedFeature: the engine cannot pool this model's hidden states.
+        :raises ModelLoadFailed: the engine could not load the file.
+        """

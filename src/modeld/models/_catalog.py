@@ -8,6 +8,7 @@ the int8 IR that ``scripts/prepare_openvino_ir.py`` converts into ``models/gemma
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import os
@@ -126,6 +127,9 @@ class ModelCatalog:
             )
         except (GgufError, IrError) as exc:
             raise ModelLoadFailed(str(exc), path=str(file)) from None
+        if self.backend == "openvino" and "generate" in facts.tasks and "embed" in facts.tasks:
+            # openvino drives a generative model for its logits only: no hidden states to pool
+            facts = dataclasses.replace(facts, tasks=("generate",), embedding_dims=0, pooling="")
         return ModelSpec(facts)
 
     def _locate(self, name: str, path: str) -> tuple[Path, str, str]:

@@ -8,10 +8,21 @@ from typing import Any
 
 from modeld.models._gguf import GgufArray, read_gguf_metadata
 
-__all__ = ["KV_ELEMENT_BYTES", "ModelFacts", "ModelSpec", "facts_from_gguf"]
+__all__ = [
+    "GGUF_POOLING",
+    "KV_ELEMENT_BYTES",
+    "POOLINGS",
+    "ModelFacts",
+    "ModelSpec",
+    "facts_from_gguf",
+]
 
 #: K and V are cached as f16 (llama.cpp's default type_k / type_v).
 KV_ELEMENT_BYTES = 2
+#: the poolings Embed computes (either backend, any model that can embed)
+POOLINGS = ("mean", "cls", "last")
+#: llama.cpp's pooling_type values, as the GGUF header writes them (``{arch}.pooling_type``)
+GGUF_POOLING = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,12 @@ class ModelFacts:
     bos_token_id: int
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     add_bos: bool = True
+    #: what the model can do: "generate" (sessions), "embed" (Embed)
+    tasks: tuple[str, ...] = ("generate",)
+    #: floats in one Embed vector (the hidden size); 0 when the model cannot embed
+    embedding_dims: int = 0
+    #: the pooling Embed uses by default (POOLINGS); "" when the model cannot embed
+    pooling: str = ""
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -79,6 +96,12 @@ def facts_from_gguf(
         eos_ids += (eot,)
     template = str(meta.get("tokenizer.chat_template", ""))
     source = "model" if template else fallback_template_source
+    # an encoder (BERT and kin: attention.causal false) only embeds; a decoder generates, and
+    # llama.cpp pools its hidden states too (mean unless the header declares a pooling)
+    causal = bool(meta.get(f"{arch}.attention.causal", True))
+    declared = GGUF_POOLING.get(arch_int("pooling_type"), "none")
+    pooling = declared if declared in POOLINGS else "mean"
+    tasks = ("generate", "embed") if causal else ("embed",)
     return ModelFacts(
         name=name,
         path=path,
@@ -98,6 +121,9 @@ def facts_from_gguf(
         bos_token_id=_first_int(meta.get("tokenizer.ggml.bos_token_id"), -1),
         eos_token_ids=eos_ids,
         add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", True)),
+        tasks=tasks,
+        embedding_dims=embedding,
+        pooling=pooling,
     )
 
 

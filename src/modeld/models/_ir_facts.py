@@ -50,6 +50,24 @@ def _tokenizer_rt_info(path: Path) -> dict[str, str]:
     return info
 
 
+#: model types whose IR is an encoder: it embeds, it does not generate
+ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "nomic_bert"})
+_ST_POOLING = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_lasttoken": "last",
+}
+
+
+def _st_pooling(directory: Path) -> str:
+    """The pooling sentence-transformers' ``1_Pooling/config.json`` declares ("" if none)."""
+    try:
+        config = json.loads((directory / "1_Pooling" / "config.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return next((name for key, name in _ST_POOLING.items() if config.get(key)), "")
+
+
 def _ints(value: Any) -> tuple[int, ...]:
     if isinstance(value, list):
         return tuple(int(v) for v in value if isinstance(v, int))
@@ -87,6 +105,11 @@ def facts_from_ir(
         eos = (int(rt_info["eos_token_id"]),)
     bos = generation.get("bos_token_id", text.get("bos_token_id"))
     files = [directory / f for f in IR_FILES if (directory / f).is_file()]
+    declared = _st_pooling(directory)
+    model_type = str(text.get("model_type") or config.get("model_type", ""))
+    # an encoder IR (feature extraction) embeds; the generative IR returns logits only, and the
+    # openvino backend has no hidden states of it to pool
+    encoder = bool(declared) or model_type in ENCODER_TYPES
     return ModelFacts(
         name=name,
         path=directory,
@@ -106,4 +129,7 @@ def facts_from_ir(
         bos_token_id=int(bos) if isinstance(bos, int) else -1,
         eos_token_ids=eos,
         add_bos=bos is not None,
+        tasks=("embed",) if encoder else ("generate",),
+        embedding_dims=hidden if encoder else 0,
+        pooling=(declared or "cls") if encoder else "",
     )

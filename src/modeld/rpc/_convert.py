@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from modeld.models._facts import ModelFacts
+from modeld.sessions._embeddings import EmbedRequest, EmbedResult
 from modeld.sessions._manager import ResolvedConfig
 from modeld.sessions._types import (
     ChatInput,
@@ -22,6 +23,8 @@ __all__ = [
     "capabilities_to_pb",
     "capacity_to_pb",
     "decode_options_from_pb",
+    "embed_request_from_pb",
+    "embed_result_to_pb",
     "facts_to_pb",
     "input_from_pb",
     "prefix_to_pb",
@@ -76,6 +79,9 @@ def facts_to_pb(facts: ModelFacts) -> pb.ModelFacts:
         bos_token_id=facts.bos_token_id,
         eos_token_ids=list(facts.eos_token_ids),
         add_bos=facts.add_bos,
+        tasks=list(facts.tasks),
+        embedding_dims=facts.embedding_dims,
+        pooling=facts.pooling,
     )
 
 
@@ -124,3 +130,38 @@ def step_to_pb(step: DecodeStep) -> pb.DecodeChunk:
             )
         )
     return chunk
+
+
+def embed_request_from_pb(request: pb.EmbedRequest) -> EmbedRequest:
+    """:raises InvalidArgument: an input with neither text nor tokens (field ``inputs[i]``)."""
+    inputs: list[str | tuple[int, ...]] = []
+    for i, item in enumerate(request.inputs):
+        kind = item.WhichOneof("kind")
+        if kind == "text":
+            inputs.append(item.text)
+        elif kind == "tokens":
+            inputs.append(tuple(item.tokens.ids))
+        else:
+            raise InvalidArgument(f"inputs[{i}] is empty: set text or tokens", field=f"inputs[{i}]")
+    return EmbedRequest(
+        inputs=tuple(inputs),
+        normalize=request.normalize if request.HasField("normalize") else True,
+        truncate=request.truncate,
+        pooling=request.pooling,
+    )
+
+
+def embed_result_to_pb(result: EmbedResult) -> pb.EmbedResponse:
+    usage = result.usage
+    return pb.EmbedResponse(
+        dims=int(result.vectors.shape[1]),
+        values=result.vectors.reshape(-1).tolist(),
+        pooling=result.pooling,
+        normalized=result.normalized,
+        usage=pb.EmbedUsage(
+            input_tokens=list(usage.input_tokens),
+            total_tokens=usage.total_tokens,
+            truncated_tokens=list(usage.truncated_tokens),
+        ),
+        engine_calls=result.engine_calls,
+    )

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
+from modeld.backends._base import check_generates
 from modeld.lease._gate import Gate
 from modeld.lease._identity import Identity, modeld_version
 from modeld.models._facts import ModelSpec
@@ -18,6 +19,8 @@ from modeld.rpc._convert import (
     capabilities_to_pb,
     capacity_to_pb,
     decode_options_from_pb,
+    embed_request_from_pb,
+    embed_result_to_pb,
     facts_to_pb,
     input_from_pb,
     prefix_to_pb,
@@ -26,6 +29,8 @@ from modeld.rpc._convert import (
     suffix_to_pb,
 )
 from modeld.sessions._manager import ResolvedConfig, SessionManager
+from modeld.sessions._prefill import PREFIX_CHUNK
+from modeld.sessions._session import Session
 from modeldconn._errors import InvalidArgument, SnapshotNotFound
 from modeldconn._pb import modeld_pb2 as pb
 from modeldconn._pb import modeld_pb2_grpc
@@ -86,7 +91,10 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         gate: Gate,
         endpoint: Callable[[], str],
         sessions: SessionManager,
+        exact_prefix: bool = False,
     ) -> None:
+        #: what a session gets when its SessionConfig leaves exact_prefix unset
+        self._exact_prefix = exact_prefix
         self._identity = identity
         self._backend = backend
         self._gate = gate
@@ -111,7 +119,10 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             )
             for m in self._sessions.loaded_models()
         ]
+        embedding = self._sessions.embeddings.status()
         return pb.StatusResponse(
+            embedding_contexts=sum(m.contexts for m in embedding),
+            embedding_models=[pb.EmbeddingModelStatus(**dataclasses.asdict(m)) for m in embedding],
             instance_id=self._identity.instance_id,
             protocol=PROTOCOL,
             min_protocol=MIN_PROTOCOL,
@@ -124,6 +135,8 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             uptime_s=time.monotonic() - self._started,
             models=models,
             queue_depth=self._sessions.queue_depth(),
+            exact_prefix=self._exact_prefix,
+            prefix_chunk=PREFIX_CHUNK,
             **dataclasses.asdict(self._sessions.stats()),
         )
 
@@ -140,18 +153,25 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         self, request: pb.OpenSessionRequest, context: Context
     ) -> pb.OpenSessionResponse:
         spec = await self._spec(request.model)
+        check_generates(spec.facts)
         with _fields(_OPEN_PATHS):
             session, resolved = await self._sessions.open(
                 spec, request.config.n_ctx, _client_of(context)
             )
-        return await self._opened(session.handle, resolved, spec)
+        return await self._opened(session, resolved, spec, request.config)
 
     async def _opened(
-        self, handle: str, resolved: ResolvedConfig, spec: ModelSpec
+        self, session: Session, resolved: ResolvedConfig, spec: ModelSpec, asked: pb.SessionConfig
     ) -> pb.OpenSessionResponse:
+        # set before the handle is returned, so before the session's first operation
+        session.exact_prefix = (
+            asked.exact_prefix if asked.HasField("exact_prefix") else self._exact_prefix
+        )
+        config = resolved_to_pb(resolved)
+        config.exact_prefix, config.prefix_chunk = session.exact_prefix, PREFIX_CHUNK
         return pb.OpenSessionResponse(
-            handle=handle,
-            config=resolved_to_pb(resolved),
+            handle=session.handle,
+            config=config,
             facts=facts_to_pb(spec.facts),
             capabilities=capabilities_to_pb(self._sessions.capabilities),
             end_of_generation_ids=await self._sessions.end_of_generation_ids(spec),
@@ -202,11 +222,12 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
                 raise SnapshotNotFound(f"no snapshot {request.snapshot_id}")
             ref = pb.ModelRef(path=recorded)
         spec = await self._spec(ref)
+        check_generates(spec.facts)
         with _fields(_OPEN_PATHS):
             session, resolved = await self._sessions.restore(
                 spec, request.snapshot_id, request.config.n_ctx, _client_of(context)
             )
-        return await self._opened(session.handle, resolved, spec)
+        return await self._opened(session, resolved, spec, request.config)
 
     async def Attach(
         self, request: pb.AttachRequest, context: Context
@@ -247,3 +268,8 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         if not (ref.name or ref.path):
             raise InvalidArgument("name a session handle or a model", field="model")
         return await self._spec(ref)
+
+    async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
+        spec = await self._spec(request.model)
+        value = embed_request_from_pb(request)
+        return embed_result_to_pb(await self._sessions.embed(spec, value))

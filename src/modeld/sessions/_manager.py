@@ -25,6 +25,7 @@ from modeld.models._capacity import MemoryBudget
 from modeld.models._catalog import ModelCatalog
 from modeld.models._facts import ModelSpec
 from modeld.sessions._admission import Admission
+from modeld.sessions._embeddings import Embeddings, EmbedRequest, EmbedResult
 from modeld.sessions._generation import Generation
 from modeld.sessions._inputs import check_ids, check_size, to_tokens
 from modeld.sessions._models import LoadedModel, ModelPool
@@ -96,6 +97,8 @@ class SessionManager:
         self._metrics = metrics
         self._table = SessionTable(instance_id)
         self._pool = ModelPool(backend, scheduler, budget, self._held_by_sessions)
+        #: the Embed verb's models and contexts, apart from sessions
+        self.embeddings = Embeddings(backend, scheduler, self._pool)
         self._residency = Residency(self._table, self._pool, lot)
         self._engine_counters = EngineCounters()
         self._loop_counters = LoopCounters()
@@ -188,6 +191,9 @@ class SessionManager:
         return await self._scheduler.call(read)
 
     async def preload(self, spec: ModelSpec) -> None:
+        if "generate" not in spec.facts.tasks:  # an embedding-only model has no sessions
+            await self.embeddings.preload(spec)
+            return
         await self._pool.load(spec)
 
     async def unload_idle_models(self, idle_s: float) -> None:
@@ -549,6 +555,12 @@ class SessionManager:
         session.tape = list(snapshot.tape)
         session.prefix_len = snapshot.prefix_len
         session.model.index.update(session.id, session.tape)
+
+    # -- embeddings -----------------------------------------------------------------------------
+
+    async def embed(self, spec: ModelSpec, request: EmbedRequest) -> EmbedResult:
+        """One vector per input; see ``Embeddings.embed`` for the errors."""
+        return await self.embeddings.embed(spec, request)
 
     # -- tokenizer ------------------------------------------------------------------------------
 

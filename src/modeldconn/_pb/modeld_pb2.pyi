@@ -40,6 +40,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_UNSUPPORTED_PROTOCOL: _ClassVar[ErrorReason]
     ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
     ERROR_REASON_UNAVAILABLE: _ClassVar[ErrorReason]
+    ERROR_REASON_CAPABILITY_MISMATCH: _ClassVar[ErrorReason]
 PROTOCOL_VERSION_UNSPECIFIED: ProtocolVersion
 PROTOCOL_VERSION_CURRENT: ProtocolVersion
 ERROR_REASON_UNSPECIFIED: ErrorReason
@@ -67,6 +68,7 @@ ERROR_REASON_UNKNOWN_CLIENT: ErrorReason
 ERROR_REASON_UNSUPPORTED_PROTOCOL: ErrorReason
 ERROR_REASON_INTERNAL: ErrorReason
 ERROR_REASON_UNAVAILABLE: ErrorReason
+ERROR_REASON_CAPABILITY_MISMATCH: ErrorReason
 
 class ModelRef(_message.Message):
     __slots__ = ("name", "type", "digest", "path")
@@ -85,7 +87,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("instance_id", "protocol", "min_protocol", "backend", "version", "state", "pid", "host", "endpoint", "uptime_s", "sessions_open", "models", "prefix_shares", "prefix_shared_tokens", "sessions_live", "sessions_parked", "parked_ram_bytes", "parked_disk_bytes", "parks", "restores", "max_live_sessions", "queue_depth", "clients_attached", "sessions_reaped", "prefix_hits", "prefix_misses", "model_loads", "decode_calls", "decode_rows", "prefix_share_failures")
+    __slots__ = ("instance_id", "protocol", "min_protocol", "backend", "version", "state", "pid", "host", "endpoint", "uptime_s", "sessions_open", "models", "prefix_shares", "prefix_shared_tokens", "sessions_live", "sessions_parked", "parked_ram_bytes", "parked_disk_bytes", "parks", "restores", "max_live_sessions", "queue_depth", "clients_attached", "sessions_reaped", "prefix_hits", "prefix_misses", "model_loads", "decode_calls", "decode_rows", "prefix_share_failures", "embedding_contexts", "embedding_models", "exact_prefix", "prefix_chunk")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     MIN_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +118,10 @@ class StatusResponse(_message.Message):
     DECODE_CALLS_FIELD_NUMBER: _ClassVar[int]
     DECODE_ROWS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_SHARE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODELS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CHUNK_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     protocol: int
     min_protocol: int
@@ -146,7 +152,25 @@ class StatusResponse(_message.Message):
     decode_calls: int
     decode_rows: int
     prefix_share_failures: int
-    def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ..., prefix_shares: _Optional[int] = ..., prefix_shared_tokens: _Optional[int] = ..., sessions_live: _Optional[int] = ..., sessions_parked: _Optional[int] = ..., parked_ram_bytes: _Optional[int] = ..., parked_disk_bytes: _Optional[int] = ..., parks: _Optional[int] = ..., restores: _Optional[int] = ..., max_live_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., clients_attached: _Optional[int] = ..., sessions_reaped: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., prefix_misses: _Optional[int] = ..., model_loads: _Optional[int] = ..., decode_calls: _Optional[int] = ..., decode_rows: _Optional[int] = ..., prefix_share_failures: _Optional[int] = ...) -> None: ...
+    embedding_contexts: int
+    embedding_models: _containers.RepeatedCompositeFieldContainer[EmbeddingModelStatus]
+    exact_prefix: bool
+    prefix_chunk: int
+    def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ..., prefix_shares: _Optional[int] = ..., prefix_shared_tokens: _Optional[int] = ..., sessions_live: _Optional[int] = ..., sessions_parked: _Optional[int] = ..., parked_ram_bytes: _Optional[int] = ..., parked_disk_bytes: _Optional[int] = ..., parks: _Optional[int] = ..., restores: _Optional[int] = ..., max_live_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., clients_attached: _Optional[int] = ..., sessions_reaped: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., prefix_misses: _Optional[int] = ..., model_loads: _Optional[int] = ..., decode_calls: _Optional[int] = ..., decode_rows: _Optional[int] = ..., prefix_share_failures: _Optional[int] = ..., embedding_contexts: _Optional[int] = ..., embedding_models: _Optional[_Iterable[_Union[EmbeddingModelStatus, _Mapping]]] = ..., exact_prefix: _Optional[bool] = ..., prefix_chunk: _Optional[int] = ...) -> None: ...
+
+class EmbeddingModelStatus(_message.Message):
+    __slots__ = ("name", "digest", "contexts", "weights_loaded", "shares_weights")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_LOADED_FIELD_NUMBER: _ClassVar[int]
+    SHARES_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    digest: str
+    contexts: int
+    weights_loaded: bool
+    shares_weights: bool
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., contexts: _Optional[int] = ..., weights_loaded: _Optional[bool] = ..., shares_weights: _Optional[bool] = ...) -> None: ...
 
 class LoadedModelStatus(_message.Message):
     __slots__ = ("name", "digest", "path", "sessions", "weights_loaded", "decode_batch_rows", "decode_batch_exact")
@@ -167,7 +191,7 @@ class LoadedModelStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., path: _Optional[str] = ..., sessions: _Optional[int] = ..., weights_loaded: _Optional[bool] = ..., decode_batch_rows: _Optional[int] = ..., decode_batch_exact: _Optional[bool] = ...) -> None: ...
 
 class ModelFacts(_message.Message):
-    __slots__ = ("name", "path", "digest", "file_bytes", "architecture", "context_length", "layers", "attention_heads", "kv_heads", "head_dim", "sliding_window", "vocab_size", "chat_template", "chat_template_source", "bos_token_id", "eos_token_ids", "add_bos")
+    __slots__ = ("name", "path", "digest", "file_bytes", "architecture", "context_length", "layers", "attention_heads", "kv_heads", "head_dim", "sliding_window", "vocab_size", "chat_template", "chat_template_source", "bos_token_id", "eos_token_ids", "add_bos", "tasks", "embedding_dims", "pooling")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +209,9 @@ class ModelFacts(_message.Message):
     BOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     ADD_BOS_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIMS_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
     name: str
     path: str
     digest: str
@@ -202,7 +229,10 @@ class ModelFacts(_message.Message):
     bos_token_id: int
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
     add_bos: bool
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., digest: _Optional[str] = ..., file_bytes: _Optional[int] = ..., architecture: _Optional[str] = ..., context_length: _Optional[int] = ..., layers: _Optional[int] = ..., attention_heads: _Optional[int] = ..., kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., sliding_window: _Optional[int] = ..., vocab_size: _Optional[int] = ..., chat_template: _Optional[str] = ..., chat_template_source: _Optional[str] = ..., bos_token_id: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., add_bos: _Optional[bool] = ...) -> None: ...
+    tasks: _containers.RepeatedScalarFieldContainer[str]
+    embedding_dims: int
+    pooling: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., digest: _Optional[str] = ..., file_bytes: _Optional[int] = ..., architecture: _Optional[str] = ..., context_length: _Optional[int] = ..., layers: _Optional[int] = ..., attention_heads: _Optional[int] = ..., kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., sliding_window: _Optional[int] = ..., vocab_size: _Optional[int] = ..., chat_template: _Optional[str] = ..., chat_template_source: _Optional[str] = ..., bos_token_id: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., add_bos: _Optional[bool] = ..., tasks: _Optional[_Iterable[str]] = ..., embedding_dims: _Optional[int] = ..., pooling: _Optional[str] = ...) -> None: ...
 
 class Capacity(_message.Message):
     __slots__ = ("kv_bytes_per_token", "free_bytes", "model_max_context", "memory_fit_context", "default_context")
@@ -251,26 +281,32 @@ class DescribeResponse(_message.Message):
     def __init__(self, facts: _Optional[_Union[ModelFacts, _Mapping]] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., end_of_generation_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SessionConfig(_message.Message):
-    __slots__ = ("n_ctx",)
+    __slots__ = ("n_ctx", "exact_prefix")
     N_CTX_FIELD_NUMBER: _ClassVar[int]
+    EXACT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     n_ctx: int
-    def __init__(self, n_ctx: _Optional[int] = ...) -> None: ...
+    exact_prefix: bool
+    def __init__(self, n_ctx: _Optional[int] = ..., exact_prefix: _Optional[bool] = ...) -> None: ...
 
 class ResolvedSessionConfig(_message.Message):
-    __slots__ = ("n_ctx", "requested_n_ctx", "model_max_context", "memory_fit_context", "n_threads", "n_batch")
+    __slots__ = ("n_ctx", "requested_n_ctx", "model_max_context", "memory_fit_context", "n_threads", "n_batch", "exact_prefix", "prefix_chunk")
     N_CTX_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_N_CTX_FIELD_NUMBER: _ClassVar[int]
     MODEL_MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIT_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     N_THREADS_FIELD_NUMBER: _ClassVar[int]
     N_BATCH_FIELD_NUMBER: _ClassVar[int]
+    EXACT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CHUNK_FIELD_NUMBER: _ClassVar[int]
     n_ctx: int
     requested_n_ctx: int
     model_max_context: int
     memory_fit_context: int
     n_threads: int
     n_batch: int
-    def __init__(self, n_ctx: _Optional[int] = ..., requested_n_ctx: _Optional[int] = ..., model_max_context: _Optional[int] = ..., memory_fit_context: _Optional[int] = ..., n_threads: _Optional[int] = ..., n_batch: _Optional[int] = ...) -> None: ...
+    exact_prefix: bool
+    prefix_chunk: int
+    def __init__(self, n_ctx: _Optional[int] = ..., requested_n_ctx: _Optional[int] = ..., model_max_context: _Optional[int] = ..., memory_fit_context: _Optional[int] = ..., n_threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., exact_prefix: _Optional[bool] = ..., prefix_chunk: _Optional[int] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("model", "config")
@@ -551,3 +587,51 @@ class DetokenizeResponse(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     text: str
     def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class EmbedInput(_message.Message):
+    __slots__ = ("text", "tokens")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    tokens: TokenIds
+    def __init__(self, text: _Optional[str] = ..., tokens: _Optional[_Union[TokenIds, _Mapping]] = ...) -> None: ...
+
+class EmbedRequest(_message.Message):
+    __slots__ = ("model", "inputs", "normalize", "truncate", "pooling")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    inputs: _containers.RepeatedCompositeFieldContainer[EmbedInput]
+    normalize: bool
+    truncate: bool
+    pooling: str
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[EmbedInput, _Mapping]]] = ..., normalize: _Optional[bool] = ..., truncate: _Optional[bool] = ..., pooling: _Optional[str] = ...) -> None: ...
+
+class EmbedUsage(_message.Message):
+    __slots__ = ("input_tokens", "total_tokens", "truncated_tokens")
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    input_tokens: _containers.RepeatedScalarFieldContainer[int]
+    total_tokens: int
+    truncated_tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, input_tokens: _Optional[_Iterable[int]] = ..., total_tokens: _Optional[int] = ..., truncated_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("dims", "values", "pooling", "normalized", "usage", "engine_calls")
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_CALLS_FIELD_NUMBER: _ClassVar[int]
+    dims: int
+    values: _containers.RepeatedScalarFieldContainer[float]
+    pooling: str
+    normalized: bool
+    usage: EmbedUsage
+    engine_calls: int
+    def __init__(self, dims: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., pooling: _Optional[str] = ..., normalized: _Optional[bool] = ..., usage: _Optional[_Union[EmbedUsage, _Mapping]] = ..., engine_calls: _Optional[int] = ...) -> None: ...

@@ -95,6 +95,11 @@ class ModeldStub:
                 request_serializer=modeld_dot_v1_dot_modeld__pb2.DetokenizeRequest.SerializeToString,
                 response_deserializer=modeld_dot_v1_dot_modeld__pb2.DetokenizeResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/modeld.v1.Modeld/Embed',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class ModeldServicer:
@@ -187,6 +192,15 @@ class ModeldServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """One float32 vector per input, pooled from the model's hidden states (see EmbedRequest).
+        A batch runs in as few engine calls as fit (many inputs per call), each call its own turn
+        on the engine thread, so decoding sessions keep streaming while a large batch runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModeldServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +263,11 @@ def add_ModeldServicer_to_server(servicer, server):
                     servicer.Detokenize,
                     request_deserializer=modeld_dot_v1_dot_modeld__pb2.DetokenizeRequest.FromString,
                     response_serializer=modeld_dot_v1_dot_modeld__pb2.DetokenizeResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.EmbedRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -575,6 +594,33 @@ class Modeld:
             '/modeld.v1.Modeld/Detokenize',
             modeld_dot_v1_dot_modeld__pb2.DetokenizeRequest.SerializeToString,
             modeld_dot_v1_dot_modeld__pb2.DetokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/Embed',
+            modeld_dot_v1_dot_modeld__pb2.EmbedRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,14 +19,17 @@ import numpy as np
 
 from modeld.backends._base import (
     Capabilities,
+    EngineModel,
     EngineSession,
     EngineState,
     SamplingParams,
+    check_generates,
     check_room,
     check_state_fits,
     check_text,
     without_double_bos,
 )
+from modeld.backends.llama._embed import LlamaEmbedder
 from modeld.backends.llama._lane import Lane, exact_decode_rows
 from modeld.backends.llama._sampler import LlamaSampler
 from modeld.backends.llama._seq_state import cut_to_prefix
@@ -408,8 +411,23 @@ class LlamaBackend:
         }
 
     def load(self, spec: ModelSpec) -> LlamaModel:
+        check_generates(spec.facts)  # an encoder has no lanes to measure or open
         _init_llama_once()
         model = ll.llama_model_load_from_file(str(spec.facts.path).encode(), weight_params())
         if not model:
             raise ModelLoadFailed(f"llama.cpp could not load {spec.facts.path}")
         return LlamaModel(spec.facts, model, self.n_threads, self.n_batch, self.batch_rows)
+
+    def embedder(self, spec: ModelSpec, shared: EngineModel | None) -> LlamaEmbedder:
+        """Embedding contexts over ``shared``'s weights (a loaded generative model), or over
+        weights loaded for them alone (an embedding-only model: it has no generation lanes).
+
+        :raises ModelLoadFailed: llama.cpp could not load the file.
+        """
+        if isinstance(shared, LlamaModel):
+            return LlamaEmbedder(spec.facts, shared.model, self.n_threads, owns=False)
+        _init_llama_once()
+        model = ll.llama_model_load_from_file(str(spec.facts.path).encode(), weight_params())
+        if not model:
+            raise ModelLoadFailed(f"llama.cpp could not load {spec.facts.path}")
+        return LlamaEmbedder(spec.facts, model, self.n_threads, owns=True)

@@ -24,8 +24,15 @@ import openvino as ov
 import openvino_genai as ov_genai
 
 from modeld.backends import _exactness
-from modeld.backends._base import Capabilities, check_room, check_text, without_double_bos
+from modeld.backends._base import (
+    Capabilities,
+    check_generates,
+    check_room,
+    check_text,
+    without_double_bos,
+)
 from modeld.backends.openvino._block_pool import BLOCK_SIZE, BlockPool
+from modeld.backends.openvino._embed import OpenVinoEmbedder
 from modeld.backends.openvino._ir import IR_MODEL, ir_from_gguf, paged_model
 from modeld.backends.openvino._session import OpenVinoSession
 from modeld.backends.openvino._vocab import detokenizer_vocab, raw_piece
@@ -288,6 +295,7 @@ class OpenVinoBackend:
         }
 
     def load(self, spec: ModelSpec) -> OpenVinoModel:
+        check_generates(spec.facts)  # a feature-extraction IR has no logits to decode
         path = spec.facts.path
         ir = path if path.is_dir() else ir_from_gguf(path, self.cache_dir / spec.facts.digest)
         config: dict[str, Any] = {
@@ -317,3 +325,17 @@ class OpenVinoBackend:
             core=self._core,
             batch_rows=self.batch_rows,
         )
+
+    def embedder(self, spec: ModelSpec, shared: object | None) -> OpenVinoEmbedder:
+        """A feature-extraction IR's embedder (it loads its own weights).
+
+        :raises UnsupportedFeature: a generative model: modeld drives its IR for logits only,
+            with no hidden states to pool.
+        :raises ModelLoadFailed: OpenVINO could not load the IR.
+        """
+        if "embed" not in spec.facts.tasks or not spec.facts.path.is_dir():
+            raise UnsupportedFeature(
+                "the openvino backend embeds with feature-extraction IRs only; this model's IR "
+                "returns logits, not hidden states to pool"
+            )
+        return OpenVinoEmbedder(spec.facts, self._core, self.n_threads, self.precision)

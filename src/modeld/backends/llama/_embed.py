@@ -1,0 +1,161 @@
+"""Embeddings on llama.cpp: contexts with ``embeddings`` on, apart from the generation lanes.
+
+One context per pooling asked for, made on the first step that needs it and freed by
+``release`` (the daemon calls it once the model idles). A step packs many inputs into one
+llama_decode, each input its own sequence (``n_seq_max`` of them), and reads each sequence's
+pooled vector (``llama_get_embeddings_seq``). An encoder (BERT) keeps no KV; a decoder's KV
+is cleared before every step, so a step never sees another's tokens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from typing import Any
+
+import llama_cpp as ll
+import numpy as np
+
+from modeld.backends._base import check_text
+from modeld.models._facts import ModelFacts
+from modeldconn._errors import SessionFatal
+
+__all__ = ["LlamaEmbedder"]
+
+_POOLING = {
+    "mean": ll.LLAMA_POOLING_TYPE_MEAN,
+    "cls": ll.LLAMA_POOLING_TYPE_CLS,
+    "last": ll.LLAMA_POOLING_TYPE_LAST,
+}
+#: inputs one step computes at most (sequences of the embedding context)
+MAX_INPUTS = 32
+#: tokens one step computes at most; a non-causal model needs a step in one micro-batch. A
+#: step is one engine turn: a decoding session waits for at most one step per embedding
+#: client, so steps stay short (512 MiniLM tokens: ~0.1-0.3 s here) at little cost in rate
+STEP_TOKENS = 512
+#: a decoder's embedding context holds this many tokens at most (its logits are computed too)
+DECODER_STEP_TOKENS = 512
+
+
+class LlamaEmbedder:
+    """:param owns: free ``model`` on close (an embedding-only model); False when the weights
+    are a generative model's, owned by its ``LlamaModel``."""
+
+    def __init__(self, facts: ModelFacts, model: Any, n_threads: int, *, owns: bool) -> None:
+        self.facts = facts
+        self.model = model
+        self.owns = owns
+        self.n_threads = n_threads
+        self.vocab = ll.llama_model_get_vocab(model)
+        self.dims = int(ll.llama_model_n_embd(model))
+        self.causal = "generate" in facts.tasks
+        self.encoder_only = bool(ll.llama_model_has_encoder(model)) and not bool(
+            ll.llama_model_has_decoder(model)
+        )
+        trained = int(ll.llama_model_n_ctx_train(model)) or facts.context_length
+        self.step_tokens = DECODER_STEP_TOKENS if self.causal else STEP_TOKENS
+        self.max_tokens = min(trained, self.step_tokens)
+        self.max_inputs = MAX_INPUTS
+        self._contexts: dict[str, Any] = {}
+        self._batch: Any = None
+
+    @property
+    def contexts(self) -> int:
+        return len(self._contexts)
+
+    def step_cost(self, lengths: Sequence[int]) -> int:
+        return sum(lengths)
+
+    def _tokenize(self, raw: bytes, add_special: bool) -> list[int]:
+        capacity = len(raw) + 8
+        while True:
+            buffer = (ll.llama_token * capacity)()
+            count = ll.llama_tokenize(
+                self.vocab, raw, len(raw), buffer, capacity, add_special, False
+            )
+            if count >= 0:
+                return list(buffer[:count])
+            capacity = -count
+
+    def tokenize_parts(self, text: str) -> tuple[list[int], list[int], list[int]]:
+        """See ``EmbeddingEngine.tokenize_parts``: plain text (no control-token parsing)."""
+        check_text(text, "text")
+        raw = text.encode("utf-8")
+        body = self._tokenize(raw, False)
+        whole = self._tokenize(raw, True)
+        for start in range(len(whole) - len(body) + 1):
+            if whole[start : start + len(body)] == body:
+                return whole[:start], body, whole[start + len(body) :]
+        return [], whole, []  # the specials changed the text's own tokens: keep them whole
+
+    def _context(self, pooling: str) -> Any:
+        ctx = self._contexts.get(pooling)
+        if ctx is None:
+            params = ll.llama_context_default_params()
+            params.n_ctx = self.step_tokens
+            params.n_batch = params.n_ubatch = self.step_tokens
+            params.n_seq_max = self.max_inputs
+            params.embeddings = True
+            params.pooling_type = _POOLING[pooling]
+            params.n_threads = params.n_threads_batch = self.n_threads
+            params.kv_unified = True  # a decoder's sequences share the step's cells
+            # flash attention computes in f16 and accumulates over every cell of the step,
+            # so an input's vector would depend on what shares its step (1e-4 apart here);
+            # the plain path keeps it to float32 rounding
+            params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            ctx = ll.llama_init_from_model(self.model, params)
+            if not ctx:
+                raise SessionFatal("llama.cpp could not create an embedding context")
+            self._contexts[pooling] = ctx
+        return ctx
+
+    def embed_step(self, inputs: Sequence[Sequence[int]], pooling: str) -> np.ndarray:
+        """See ``EmbeddingEngine.embed_step``: one llama_decode, sequence ``i`` = input ``i``."""
+        ctx = self._context(pooling)
+        total = sum(len(ids) for ids in inputs)
+        assert 0 < len(inputs) <= self.max_inputs and total <= self.step_tokens
+        if self._batch is None:
+            self._batch = ll.llama_batch_init(self.step_tokens, 0, 1)
+        batch = self._batch
+        k = 0
+        for seq, ids in enumerate(inputs):
+            for pos, token in enumerate(ids):
+                batch.token[k] = token
+                batch.pos[k] = pos
+                batch.n_seq_id[k] = 1
+                batch.seq_id[k][0] = seq
+                batch.logits[k] = 1
+                k += 1
+        batch.n_tokens = total
+        memory = ll.llama_get_memory(ctx)
+        if memory:
+            ll.llama_memory_clear(memory, True)
+        run = ll.llama_encode if self.encoder_only else ll.llama_decode
+        status = run(ctx, batch)
+        if status != 0:
+            raise SessionFatal(f"llama.cpp embedding step failed with status {status}")
+        out = np.empty((len(inputs), self.dims), dtype=np.float32)
+        for seq in range(len(inputs)):
+            pointer = ll.llama_get_embeddings_seq(ctx, seq)
+            if not pointer:
+                raise SessionFatal(f"llama.cpp returned no pooled embedding for input {seq}")
+            out[seq] = np.ctypeslib.as_array(
+                ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self.dims,)
+            )
+        if memory:
+            ll.llama_memory_clear(memory, True)
+        return out
+
+    def release(self) -> None:
+        for ctx in self._contexts.values():
+            ll.llama_free(ctx)
+        self._contexts.clear()
+        if self._batch is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
+
+    def close(self) -> None:
+        self.release()
+        if self.owns and self.model:
+            ll.llama_model_free(self.model)
+        self.model = None
