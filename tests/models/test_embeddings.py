@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from daemons import Served, stop_served
+from daemons import Served, run_modeld, stop_served
 from served_models import BACKENDS, GEMMA, MINILM, serve_minilm
 
 import modeldconn
@@ -127,6 +127,20 @@ def test_async_client_embeds(minilm: Served) -> None:
             return _vectors(await client.embed(MINILM, SENTENCES[:2]))
 
     np.testing.assert_allclose(asyncio.run(run()), VECTORS[:2], atol=2e-3)
+
+
+def test_cli_embed_json_and_status(minilm: Served) -> None:
+    root = str(minilm.root)
+    done = run_modeld("embed", MINILM, *SENTENCES[:2], "--json", "--data-root", root)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert document["dims"] == 384 and document["pooling"] == "mean"
+    assert document["usage"]["input_tokens"][0] == len(EATING_IDS)
+    np.testing.assert_allclose(np.asarray(document["embeddings"]), VECTORS[:2], atol=2e-3)
+    status = run_modeld("status", "--data-root", root)
+    assert status.returncode == 0 and f"embedding  {MINILM}" in status.stdout, status.stdout
+    refused = run_modeld("embed", MINILM, "", "--data-root", root)
+    assert refused.returncode != 0 and "inputs[0]" in refused.stderr
 
 
 @pytest.fixture(scope="module")

@@ -109,6 +109,14 @@ def cli() -> None:
     "(Status says decode_batch_exact: false).",
 )
 @click.option(
+    "--exact-prefix/--no-exact-prefix",
+    default=False,
+    show_default=True,
+    help="Sessions' default exact_prefix (a session may ask otherwise): a warm turn gives "
+    "exactly a cold run's tokens, at the cost of recomputing the last partial prefill chunk and "
+    "the generated tokens each turn (see the README, Warm equals cold).",
+)
+@click.option(
     "--memory-limit",
     default="0",
     help="Cap on weights + KV, e.g. 800MB or 4GiB (0: free memory less 256 MiB).",
@@ -201,6 +209,7 @@ def serve(
     threads: int,
     precision: str,
     decode_batch_rows: int,
+    exact_prefix: bool,
     memory_limit: str,
     max_live_sessions: int,
     park_ram: str,
@@ -249,6 +258,7 @@ def serve(
         threads=threads,
         precision="" if precision == "default" else precision,
         decode_batch_rows=decode_batch_rows,
+        exact_prefix=exact_prefix,
         memory_limit_bytes=limit or 0,
         max_live_sessions=max_live_sessions,
         park_ram_bytes=park_ram_bytes or 0,
@@ -417,6 +427,68 @@ def status(data_root: Path | None, as_json: bool) -> None:
         if loaded.weights_loaded:
             exact = "exact" if loaded.decode_batch_exact else "NOT bit-exact: --decode-batch-rows"
             click.echo(f"           decode batches of up to {loaded.decode_batch_rows} ({exact})")
+    for embedding in reply.embedding_models:
+        weights = "weights in" if embedding.weights_loaded else "weights freed while idle"
+        shared = ", shared with its sessions" if embedding.shares_weights else ""
+        click.echo(
+            f"embedding  {embedding.name} ({embedding.digest[:12]}), "
+            f"{embedding.contexts} contexts, {weights}{shared}"
+        )
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("texts", nargs=-1, required=True)
+@_data_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--no-normalize", is_flag=True, help="Keep the raw pooled vectors.")
+@click.option("--truncate", is_flag=True, help="Cut inputs longer than the model takes.")
+@click.option("--pooling", type=click.Choice(["mean", "cls", "last"]), default=None)
+def embed(
+    model: str,
+    texts: tuple[str, ...],
+    data_root: Path | None,
+    as_json: bool,
+    no_normalize: bool,
+    truncate: bool,
+    pooling: str | None,
+) -> None:
+    """Embed each TEXT with MODEL on the running daemon.
+
+    With --json, one object: {"embeddings": [[...], ...], "dims": N, "pooling": ...,
+    "usage": {"input_tokens": [...], "total_tokens": N, "truncated_tokens": [...]}}. Without,
+    one line per text: its token count and the first values of its vector.
+    """
+    client = _client_or_fail(data_root)
+    try:
+        result = client.embed(
+            model, list(texts), normalize=not no_normalize, truncate=truncate, pooling=pooling or ""
+        )
+    except modeldconn.ModeldError as exc:
+        _fail(str(exc), ExitCode.STARTUP)
+    vectors = [[float(x) for x in row] for row in result.vectors]
+    if as_json:
+        usage = result.usage
+        document = {
+            "embeddings": vectors,
+            "dims": result.dims,
+            "pooling": result.pooling,
+            "normalized": result.normalized,
+            "usage": {
+                "input_tokens": list(usage.input_tokens),
+                "total_tokens": usage.total_tokens,
+                "truncated_tokens": list(usage.truncated_tokens),
+            },
+        }
+        click.echo(json.dumps(document))
+        return
+    for text, row, tokens in zip(texts, vectors, result.usage.input_tokens, strict=True):
+        head = ", ".join(f"{x:+.4f}" for x in row[:4])
+        click.echo(f"[{head}, ...] {tokens} tokens  {text[:60]!r}")
+    click.echo(
+        f"[{result.dims} dims, {result.pooling} pooling, {result.engine_calls} engine calls]",
+        err=True,
+    )
 
 
 def _camel_case(value: object) -> object:
