@@ -8,6 +8,7 @@ and answered as ``internal``, so a bad request never looks like a crash and vice
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -143,6 +144,35 @@ async def _abort(context: grpc.aio.ServicerContext, error: RemoteError) -> None:
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+class _Outcome:
+    """How a call ended, as the metrics count it: a gRPC code name, or what else happened."""
+
+    code = "OK"
+
+
+@contextlib.asynccontextmanager
+async def _statuses(
+    method: str, context: grpc.aio.ServicerContext, outcome: _Outcome
+) -> AsyncIterator[None]:
+    """Every error of a call becomes its status: a ``RemoteError`` its own (with ErrorInfo),
+    anything else ``internal`` with the traceback logged; what happened goes in ``outcome``."""
+    try:
+        yield
+    except grpc.aio.AbortError:
+        outcome.code = "ABORTED_BY_HANDLER"
+        raise  # the behavior already chose its status
+    except RemoteError as error:
+        outcome.code = error.grpc_code.name
+        await _abort(context, error)
+    except asyncio.CancelledError:
+        outcome.code = "CANCELLED"
+        raise
+    except Exception:
+        outcome.code = "INTERNAL"
+        log.exception("internal error in %s", method)
+        await _abort(context, InternalError(f"internal error in {method}"))
+
+
 class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, gate: Gate, metrics: Metrics) -> None:
         self._gate = gate
@@ -193,26 +223,17 @@ class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         seconds = self._metrics.rpc_seconds.labels(name)
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            code = "OK"
             started = time.perf_counter()
             _tag_call(request, context)
+            outcome = _Outcome()
             try:
-                self._admit(method, context)
-                _refuse_undecodable(method, request)
-                return await behavior(request, context)
-            except grpc.aio.AbortError:
-                code = "ABORTED_BY_HANDLER"
-                raise  # the behavior already chose its status
-            except RemoteError as error:
-                code = error.grpc_code.name
-                await _abort(context, error)
-            except Exception:
-                code = "INTERNAL"
-                log.exception("internal error in %s", method)
-                await _abort(context, InternalError(f"internal error in {method}"))
+                async with _statuses(method, context, outcome):
+                    self._admit(method, context)
+                    _refuse_undecodable(method, request)
+                    return await behavior(request, context)
             finally:
                 seconds.observe(time.perf_counter() - started)
-                self._metrics.rpcs.labels(name, code).inc()
+                self._metrics.rpcs.labels(name, outcome.code).inc()
 
         return unary
 
@@ -220,27 +241,15 @@ class GateInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         name = method.rpartition("/")[2]
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            code = "OK"
             _tag_call(request, context)
+            outcome = _Outcome()
             try:
-                self._admit(method, context)
-                _refuse_undecodable(method, request)
-                async for item in behavior(request, context):
-                    yield item
-            except grpc.aio.AbortError:
-                code = "ABORTED_BY_HANDLER"
-                raise  # the behavior already chose its status
-            except RemoteError as error:
-                code = error.grpc_code.name
-                await _abort(context, error)
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except Exception:
-                code = "INTERNAL"
-                log.exception("internal error in %s", method)
-                await _abort(context, InternalError(f"internal error in {method}"))
+                async with _statuses(method, context, outcome):
+                    self._admit(method, context)
+                    _refuse_undecodable(method, request)
+                    async for item in behavior(request, context):
+                        yield item
             finally:
-                self._metrics.rpcs.labels(name, code).inc()
+                self._metrics.rpcs.labels(name, outcome.code).inc()
 
         return stream
