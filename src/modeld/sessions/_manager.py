@@ -9,17 +9,15 @@ loaded by ``_models``, snapshots kept by ``_snapshots``. Figures come from ``_st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
 from modeld._metrics import Metrics
-from modeld.backends._base import Backend, EngineModel, EngineState
+from modeld.backends._base import Backend, EngineState
 from modeld.engine._scheduler import EngineScheduler
 from modeld.models._capacity import MemoryBudget
 from modeld.models._catalog import ModelCatalog
@@ -27,7 +25,6 @@ from modeld.models._facts import ModelSpec
 from modeld.sessions._admission import Admission
 from modeld.sessions._embeddings import Embeddings, EmbedRequest, EmbedResult
 from modeld.sessions._generation import Generation
-from modeld.sessions._inputs import check_ids, check_size, to_tokens
 from modeld.sessions._models import LoadedModel, ModelPool
 from modeld.sessions._parking import ParkingLot
 from modeld.sessions._prefill import Prefill
@@ -36,9 +33,11 @@ from modeld.sessions._session import Session
 from modeld.sessions._snapshots import Snapshot, SnapshotStore
 from modeld.sessions._stats import EngineCounters, LoopCounters, Stats
 from modeld.sessions._table import SessionTable
-from modeld.sessions._types import DecodeOptions, DecodeStep, SessionInput
-from modeldconn._errors import InvalidArgument, RemoteError, SessionNotFound, UnknownClient
-from modeldconn._types import Capabilities, Capacity, DecodeFinal, PrefixResult, SuffixResult
+from modeld.sessions._tokenizer import Tokenizer
+from modeld.sessions._turns import TapedStep, Turns
+from modeld.sessions._types import DecodeOptions, ResolvedConfig, SessionInput
+from modeldconn._errors import InvalidArgument, SessionNotFound, UnknownClient
+from modeldconn._types import Capabilities, Capacity, PrefixResult, SuffixResult
 
 __all__ = ["CLOSE_WAIT_S", "ResolvedConfig", "SessionManager", "TapedStep"]
 
@@ -48,32 +47,6 @@ T = TypeVar("T")
 #: how long CloseSession waits for a running operation's engine work to stop (a Decode stops
 #: within one engine step; this bounds the wait for a long prefill, or a stream nobody reads)
 CLOSE_WAIT_S = 2.0
-
-
-@dataclass(frozen=True)
-class TapedStep(DecodeStep):
-    """A Decode step with the tape's length once its tokens are on it, read on the engine thread
-    as the step was made: what a client that stops reading after this step holds."""
-
-    tape_tokens: int = 0
-
-
-def _end_of_generation(model: EngineModel) -> list[int]:
-    """Engine thread: the ids that end a Decode as ``eos``."""
-    listed: Callable[[], list[int]] | None = getattr(model, "end_of_generation_ids", None)
-    if listed is not None:  # both engines keep the set (their samplers use it)
-        return [int(t) for t in listed()]
-    return [t for t in range(model.facts.vocab_size) if model.is_end_of_generation(t)]
-
-
-@dataclass(frozen=True)
-class ResolvedConfig:
-    n_ctx: int
-    requested_n_ctx: int
-    model_max_context: int
-    memory_fit_context: int
-    n_threads: int
-    n_batch: int
 
 
 class SessionManager:
@@ -116,6 +89,17 @@ class SessionManager:
         #: ended, so CloseSession can wait for exactly that
         self._decode_done: dict[str, asyncio.Event] = {}
         self._admission = Admission(self._table, scheduler, self._free, self._share)
+        self.tokenizer = Tokenizer(self._table, self._pool, scheduler)
+        self.turns = Turns(
+            admission=self._admission,
+            scheduler=scheduler,
+            pool=self._pool,
+            residency=self._residency,
+            prefill=self._prefill,
+            generation=self._generation,
+            metrics=metrics,
+            decode_done=self._decode_done,
+        )
         self._engine_stats = Stats()
         self._publish()
         scheduler.after_job = self._publish
@@ -178,17 +162,7 @@ class SessionManager:
         return self._pool.capacity(spec)
 
     async def end_of_generation_ids(self, spec: ModelSpec) -> list[int]:
-        """The ids that end a Decode as ``eos``, when the model's weights are in; [] otherwise
-        (this loads nothing)."""
-        loaded = next((m for m in self._pool.loaded() if m.spec.key == spec.key), None)
-        if loaded is None:
-            return []
-
-        def read() -> list[int]:
-            engine = loaded.engine  # read on the engine thread, which is what unloads it
-            return [] if engine is None else _end_of_generation(engine)
-
-        return await self._scheduler.call(read)
+        return await self.tokenizer.end_of_generation_ids(spec)
 
     async def preload(self, spec: ModelSpec) -> None:
         if "generate" not in spec.facts.tasks:  # an embedding-only model has no sessions
@@ -332,168 +306,26 @@ class SessionManager:
         await self._scheduler.call(lambda: None)  # the releases queued above have run
         await self._pool.close_all()
 
-    # -- EnsurePrefix / PrefillSuffix / Decode ------------------------------------------------
-
-    # ``held``: the tape length the client says it holds (see ``Prefill.hold``); None keeps the
-    # tape as it is.
+    # -- EnsurePrefix / PrefillSuffix / Decode (see ``_turns``) ------------------------------
 
     async def ensure_prefix(
         self, handle: str, value: SessionInput, held: int | None = None
     ) -> PrefixResult:
-        async with self._admission.operation(handle) as session:
-            await self._hold(session, held)
-            tokens = await self._tokens(session, value, stage="ensure_prefix", start=True)
-            result = await self._admission.waiting_for_room(
-                lambda: self._admission.in_turns(self._prefill.ensure_prefix(session, tokens))
-            )
-        tokens_metric = self._metrics.tokens
-        tokens_metric.labels("prefilled").inc(result.prefilled)
-        tokens_metric.labels("reused").inc(result.reused - result.shared)
-        tokens_metric.labels("shared").inc(result.shared)
-        return result
+        return await self.turns.ensure_prefix(handle, value, held)
 
     async def prefill_suffix(
         self, handle: str, value: SessionInput, held: int | None = None
     ) -> SuffixResult:
-        async with self._admission.operation(handle) as session:
-            await self._hold(session, held)
-            tokens = await self._tokens(
-                session, value, stage="prefill_suffix", start=not session.tape
-            )
-            result = await self._admission.waiting_for_room(
-                lambda: self._admission.in_turns(self._prefill.prefill_suffix(session, tokens))
-            )
-        self._metrics.tokens.labels("prefilled").inc(result.prefilled)
-        return result
+        return await self.turns.prefill_suffix(handle, value, held)
 
-    async def _hold(self, session: Session, held: int | None) -> None:
-        """Cut the tape to what the client holds, first of all (see ``Prefill.hold``)."""
-        if held is not None:
-            await self._scheduler.call(self._live_holding, session, held)
-
-    async def _tokens(
-        self,
-        session: Session,
-        value: SessionInput,
-        *,
-        stage: str,
-        start: bool,
-        resident: int | None = None,
-    ) -> list[int]:
-        """``value`` as tokens, computed on a worker thread (never on the engine thread: a
-        long text must not hold every other session's turn), after a size check that refuses
-        an input far over the context without tokenizing it.
-
-        :raises ContextOverflow: the input cannot fit, whatever it tokenizes to.
-        :raises InvalidArgument / UnsupportedFeature: see ``to_tokens``.
-        """
-        # the session is ours (its operation runs), so its tape is not changing under us
-        if resident is None:
-            resident = 0 if stage == "ensure_prefix" else len(session.tape)
-        check_size(value, session.n_ctx - resident, stage, resident, session.n_ctx)
-        async with self._pool.borrowed(session.model) as model:
-            return await asyncio.to_thread(to_tokens, model, value, start=start)
-
-    async def decode(
+    def decode(
         self,
         handle: str,
         request: DecodeOptions,
         suffix: SessionInput | None = None,
         held: int | None = None,
     ) -> AsyncIterator[TapedStep]:
-        async with self._admission.operation(handle) as session:
-            # the tape once cut to what the client holds (the cut itself is the stream's first
-            # act on the engine thread: one engine job for the whole Decode)
-            tape = self._held_length(session, held)
-            try:
-                if not tape and suffix is None:
-                    raise InvalidArgument(
-                        "nothing to continue: EnsurePrefix or PrefillSuffix first",
-                        field="suffix",
-                    )
-                suffix_tokens = (
-                    None
-                    if suffix is None
-                    else await self._tokens(
-                        session, suffix, stage="prefill_suffix", start=not tape, resident=tape
-                    )
-                )
-            except RemoteError:
-                await self._hold(session, held)  # refused, but the claim's cut still applies
-                raise
-            done = self._decode_done[session.id] = asyncio.Event()
-            loop = asyncio.get_running_loop()
-
-            def steps() -> Generator[TapedStep | None, None, None]:
-                return self._taped(
-                    session,
-                    self._generation.steps(session, request, suffix_tokens, held),
-                    lambda: loop.call_soon_threadsafe(done.set),
-                )
-
-            try:
-                # live first (waiting for room while every live session is busy); busy from
-                # there on, it cannot be parked mid-Decode. Closed here, not by the garbage
-                # collector: the operation ends only once its generator is closed on the
-                # engine thread
-                async with contextlib.aclosing(self._admission.streaming(steps)) as stream:
-                    async for step in stream:
-                        if step is None:
-                            continue
-                        if step.final is not None:
-                            self._observe(step.final)
-                        yield step
-            finally:
-                del self._decode_done[session.id]
-
-    @staticmethod
-    def _held_length(session: Session, held: int | None) -> int:
-        """Loop (the session is ours): the tape's length once cut to ``held``.
-
-        :raises InvalidArgument: a claim longer than the tape (see ``Prefill.hold``)."""
-        if held is None:
-            return len(session.tape)
-        if held > len(session.tape):
-            raise InvalidArgument(
-                f"the client claims {held} tokens; the tape holds {len(session.tape)}",
-                field="tape_tokens",
-                tape_tokens=len(session.tape),
-                claimed=held,
-            )
-        return held
-
-    def _live_holding(self, session: Session, held: int | None) -> None:
-        self._residency.live(session)
-        self._prefill.hold(session, held)
-
-    @staticmethod
-    def _taped(
-        session: Session,
-        steps: Generator[DecodeStep | None, None, None],
-        stopped: Callable[[], object],
-    ) -> Generator[TapedStep | None, None, None]:
-        """Engine thread: ``steps`` with the tape's length read as each step is made (the loop
-        could not: by the time it reads, the next step may have added a token). ``stopped`` is
-        called once the Decode's engine work is over."""
-        try:
-            for step in steps:
-                if step is None:
-                    yield None
-                    continue
-                if step.final is not None:
-                    stopped()  # the engine work is over; only delivering the final is left
-                yield TapedStep(step.text, step.token_ids, step.final, len(session.tape))
-        finally:
-            steps.close()  # closing this one (a cancelled client) closes the Decode's too
-            stopped()
-
-    def _observe(self, final: DecodeFinal) -> None:
-        self._metrics.tokens.labels("generated").inc(final.completion_tokens)
-        if final.completion_tokens:
-            self._metrics.ttft_seconds.observe(final.ttft_ms / 1000)
-        if final.completion_tokens > 1:
-            per_token = final.decode_ms / 1000 / (final.completion_tokens - 1)
-            self._metrics.token_seconds.observe(per_token)
+        return self.turns.decode(handle, request, suffix, held)
 
     # -- Snapshot / Restore -------------------------------------------------------------------
 
@@ -562,19 +394,13 @@ class SessionManager:
         """One vector per input; see ``Embeddings.embed`` for the errors."""
         return await self.embeddings.embed(spec, request)
 
-    # -- tokenizer ------------------------------------------------------------------------------
+    # -- tokenizer (see ``_tokenizer``) -------------------------------------------------------
 
-    async def model_for(self, handle: str, spec: ModelSpec | None) -> EngineModel:
-        if handle:
-            loaded = self._table.get(handle).model
-        else:
-            assert spec is not None
-            loaded = await self._pool.load(spec)
-        return await self._scheduler.call(self._pool.engine_of, loaded)
+    async def model_for(self, handle: str, spec: ModelSpec | None) -> LoadedModel:
+        return await self.tokenizer.model_for(handle, spec)
 
-    async def tokenize(self, model: EngineModel, text: str, add_special: bool) -> list[int]:
-        return await self._scheduler.call(model.tokenize, text, add_special)
+    async def tokenize(self, model: LoadedModel, text: str, add_special: bool) -> list[int]:
+        return await self.tokenizer.tokenize(model, text, add_special)
 
-    async def detokenize(self, model: EngineModel, ids: list[int]) -> str:
-        check_ids(ids, model.facts.vocab_size, "ids")
-        return await self._scheduler.call(model.detokenize, ids)
+    async def detokenize(self, model: LoadedModel, ids: list[int]) -> str:
+        return await self.tokenizer.detokenize(model, ids)

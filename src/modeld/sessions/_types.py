@@ -15,6 +15,7 @@ __all__ = [
     "ChatInput",
     "DecodeOptions",
     "DecodeStep",
+    "ResolvedConfig",
     "SessionInput",
     "TextInput",
     "TokenInput",
@@ -126,3 +127,16 @@ class DecodeStep:
     text: str
     token_ids: tuple[int, ...]
     final: DecodeFinal | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A new session's context size and how it was decided (all in tokens), and the
+    engine's threads and batch size."""
+
+    n_ctx: int
+    requested_n_ctx: int
+    model_max_context: int
+    memory_fit_context: int
+    n_threads: int
+    n_batch: int
