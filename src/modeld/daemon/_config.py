@@ -48,6 +48,8 @@ class ServeSettings:
     precision: str = ""
     #: sessions' decode steps per engine call; 0: as many as give bit-identical results
     decode_batch_rows: int = 0
+    #: a session's exact_prefix when it does not ask (a warm turn equals a cold run)
+    exact_prefix: bool = False
     #: cap on what weights and KV may use, bytes (0: free memory less a reserve)
     memory_limit_bytes: int = 0
     #: sessions holding an engine context at once; more are parked (KV saved, context freed)

@@ -335,6 +335,7 @@ async def serve(settings: ServeSettings) -> int:
         gate=gate,
         endpoint=lambda: endpoint,
         sessions=sessions,
+        exact_prefix=settings.exact_prefix,
     )
     election = Election(
         LeaseStore(root, ttl_s=settings.lease_ttl_s),

@@ -2,9 +2,12 @@
 the sampled tokens of every session decoding on the same model (see ``engine._batching``).
 
 A Decode samples a token, streams it, and computes it lazily at the start of its next step, or
-another decoding session's step computes it in the same engine call as its own. The generator
-yields a :class:`DecodeStep` per token (None between the chunks of a suffix's prefill) and a
-final step with the usage; closing it mid-way (a cancelled client) keeps the tape valid.
+another decoding session's step computes it in the same engine call as its own. Rows decoded in
+a batch are bit-identical to rows decoded alone (``max_decode_rows`` is measured so), so
+batching never changes a session's tokens; decoded rows never count as exact prefill chunks
+(``Session.aligned``): with ``exact_prefix`` the next turn recomputes them as aligned chunks.
+The generator yields a :class:`DecodeStep` per token (None between prefill chunks) and a final
+step with the usage; closing it mid-way (a cancelled client) keeps the tape valid.
 """
 
 from __future__ import annotations
@@ -76,7 +79,14 @@ class Generation:
                     yield None  # between prefill chunks: other sessions' turn
         prompt_tokens, reused = len(session.tape), session.turn_reused
         session.turn_reused = 0
-        if engine.kv_len < len(session.tape):
+        if session.exact_prefix:
+            # the prompt as a cold run computes it: a sampled token still pending, or logits
+            # lost to a truncation, mean recomputing from the last exact chunk boundary
+            prompt = list(session.tape)
+            self._prefill.exact_start(session, prompt, len(prompt), logits=True)
+            for _ in self._prefill.in_turns(session, prompt):
+                yield None
+        elif engine.kv_len < len(session.tape):
             engine.prefill(session.tape[engine.kv_len :])
         elif not engine.logits_current():
             # logits were discarded by a truncation: recompute the last token alone

@@ -8,6 +8,17 @@ layer tokenizes on another thread, so a long text never holds the engine. Every 
 session exactly as it was, with one deliberate exception: the tape length a client says it
 holds (``hold``) is applied first of all, since it removes only tokens that client never
 received (those a cancelled Decode generated before it noticed the cancel).
+
+Every prompt is computed in chunks aligned to absolute positions: chunk k covers tokens
+[k*C, (k+1)*C) (C = ``PREFIX_CHUNK``), and one engine call never crosses a chunk boundary. That
+bounds what a bystander waits for (one chunk, whatever the prompt's length: the scheduler takes
+its turn between chunks), and it is what makes ``exact_prefix`` possible: llama.cpp's CPU kernels
+(and OpenVINO's in bf16) give other bits for the same tokens split into other batches, so a warm
+turn equals a cold run only if both compute every chunk in the same single call. With
+``exact_prefix`` a session therefore keeps only whole chunks of what it shares with the new
+prompt (``exact_keep``) and recomputes the partial one together with the new tokens; generated
+tokens (computed a row at a time) are never kept as such: the next turn recomputes them as
+aligned chunks. Chunk sizes depend on positions only, never on time or load.
 """
 
 from __future__ import annotations
@@ -26,7 +37,18 @@ from modeld.sessions._table import SessionTable
 from modeldconn._errors import ContextOverflow, InvalidArgument
 from modeldconn._types import PrefixResult, SuffixResult
 
-__all__ = ["MIN_SHARED_TOKENS", "Prefill", "prefix_hash"]
+__all__ = [
+    "MIN_SHARED_TOKENS",
+    "PREFIX_CHUNK",
+    "Prefill",
+    "chunk_floor",
+    "exact_keep",
+    "prefix_hash",
+]
+
+#: C, the aligned prefill chunk (tokens). Measured on gemma3-270m Q4_K_M, 2 threads
+#: (bench/exact_prefix_bench.py --chunks): see the README's "Warm equals cold"
+PREFIX_CHUNK = 128
 
 #: a prefix held by another session is copied (a few ms) rather than computed (~1.4 ms a token on
 #: 2 cores) once it beats the session's own resident prefix by this many tokens
@@ -39,6 +61,23 @@ _CANDIDATES = 4
 def prefix_hash(tokens: list[int]) -> str:
     """sha256 of the tokens as little-endian int32s, hex."""
     return hashlib.sha256(struct.pack(f"<{len(tokens)}i", *tokens)).hexdigest()
+
+
+def chunk_floor(tokens: int) -> int:
+    """The last chunk boundary at or before ``tokens``."""
+    return tokens - tokens % PREFIX_CHUNK
+
+
+def exact_keep(aligned: int, common: int, target: int) -> int:
+    """How many tokens of a KV to keep so that computing the rest of a ``target``-token prompt
+    in aligned chunks gives exactly a cold run's KV: ``aligned`` of its tokens are exact (see
+    ``Session.aligned``) and ``common`` of them are the prompt's own.
+
+    Whole chunks are kept; the partial chunk only when it is the prompt's own last chunk,
+    computed at exactly that length (the prompt ends where the exact KV ends)."""
+    if common >= target and aligned == target:
+        return target
+    return chunk_floor(min(aligned, common, target))
 
 
 class Prefill:
@@ -71,20 +110,49 @@ class Prefill:
             )
         engine = self._residency.live(session)
         if engine.kv_len > tape_tokens:
-            engine.truncate(tape_tokens)
+            self.truncate(session, engine, tape_tokens)
         session.tape = session.tape[:tape_tokens]
         session.prefix_len = min(session.prefix_len, tape_tokens)
         session.turn_reused = min(session.turn_reused, tape_tokens)
         session.model.index.update(session.id, session.tape)
 
-    def in_turns(self, session: Session, full: list[int]) -> Generator[None, None, None]:
-        """Compute ``full[kv_len:]`` a batch at a time, the tape always matching the KV."""
+    @staticmethod
+    def truncate(session: Session, engine: EngineSession, keep: int) -> None:
+        """Cut the KV to ``keep`` tokens; a chunk cut short is no longer exact."""
+        engine.truncate(keep)
+        if keep < session.aligned:
+            session.aligned = chunk_floor(keep)
+
+    def exact_start(
+        self, session: Session, full: list[int], common: int, *, logits: bool = False
+    ) -> int:
+        """With ``exact_prefix``: cut the KV (sharing ``common`` tokens with ``full``) back to
+        what a cold run of ``full`` would compute identically, and return its length.
+        ``logits``: the caller samples next, and the logits of ``full``'s last token must come
+        out of its chunk, never out of a lone recomputation: if they are not current, that
+        chunk is recomputed."""
         engine = self._residency.live(session)
-        step = self._pool.engine_of(session.model).n_batch
+        keep = exact_keep(session.aligned, min(common, engine.kv_len), len(full))
+        if logits and keep == len(full) and full and not engine.logits_current():
+            keep = chunk_floor(len(full) - 1)
+        if keep < engine.kv_len:
+            self.truncate(session, engine, keep)
+        session.tape = session.tape[:keep]
+        return keep
+
+    def in_turns(self, session: Session, full: list[int]) -> Generator[None, None, None]:
+        """Compute ``full[kv_len:]`` a chunk at a time, each engine call ending at the next
+        multiple of ``PREFIX_CHUNK`` (or the prompt's end), the tape always matching the KV."""
+        engine = self._residency.live(session)
         try:
             while engine.kv_len < len(full):
-                engine.prefill(full[engine.kv_len : engine.kv_len + step])
+                start = engine.kv_len
+                engine.prefill(full[start : chunk_floor(start) + PREFIX_CHUNK])
                 session.tape = full[: engine.kv_len]
+                if start == session.aligned and start % PREFIX_CHUNK == 0:
+                    session.aligned = engine.kv_len  # a whole chunk, or the prompt's last one
+                else:  # a chunk computed in two calls: exact only up to its start
+                    session.aligned = min(session.aligned, chunk_floor(start))
                 if engine.kv_len < len(full):
                     yield None
             session.tape = list(full)
@@ -109,6 +177,8 @@ class Prefill:
         # only tokens whose KV is resident can be reused; a matching token sampled by the last
         # Decode but not computed yet is kept, not dropped, and computed now
         common = min(matching, engine.kv_len)
+        if session.exact_prefix:
+            common = exact_keep(session.aligned, common, len(tokens))
         dropped = len(session.tape) - matching
         shared = self._share_from_donor(session, engine, tokens, common)
         if shared:
@@ -119,8 +189,11 @@ class Prefill:
             self._counters.prefix_hits += 1
         else:
             self._counters.prefix_misses += 1
-        engine.truncate(common)
-        session.tape = session.tape[:common]
+        if session.exact_prefix:
+            common = self.exact_start(session, tokens, common)
+        else:
+            self.truncate(session, engine, common)
+            session.tape = session.tape[:common]
         yield from self.in_turns(session, tokens)
         session.prefix_len = len(tokens)
         session.turn_reused = common
@@ -155,6 +228,8 @@ class Prefill:
             if other is None or other.model is not session.model:
                 continue
             have = min(common_prefix(other.tape, tokens), self._residency.resident_len(other))
+            if session.exact_prefix:  # only what the donor computed as a cold run would
+                have = exact_keep(other.aligned, have, len(tokens))
             if have > best:
                 best, donor = have, other
         if donor is None:
@@ -163,8 +238,10 @@ class Prefill:
         if not engine.adopt_prefix(source, best):
             self._counters.prefix_share_failures += 1
             session.tape = []
+            session.aligned = 0
             return None
         session.tape = donor.tape[:best]
+        session.aligned = exact_keep(donor.aligned, best, best)  # the donor's bits, as they were
         self._counters.prefix_shares += 1
         self._counters.prefix_shared_tokens += best
         return best
@@ -185,7 +262,12 @@ class Prefill:
                 additional=len(tokens),
                 n_ctx=session.n_ctx,
             )
-        yield from self.in_turns(session, session.tape + tokens)
+        full = session.tape + tokens
+        if session.exact_prefix:
+            # the partial chunk and decoded rows are recomputed with the suffix, as a cold run
+            kept = self.exact_start(session, full, len(session.tape))
+            pending = full[kept : len(full) - len(tokens)]
+        yield from self.in_turns(session, full)
         yield SuffixResult(
             suffix_tokens=len(tokens),
             prefilled=len(pending) + len(tokens),

@@ -60,6 +60,12 @@ class Session:
     prefix_len: int = 0
     #: tokens the last EnsurePrefix kept; reported by the next Decode, then reset
     turn_reused: int = 0
+    #: reuse only whole aligned chunks, so a warm turn equals a cold run (``_prefill``)
+    exact_prefix: bool = False
+    #: the KV of the first ``aligned`` tape tokens is bit for bit what a cold run computes for
+    #: them: whole chunks of ``PREFIX_CHUNK`` at multiples of it, the last one (possibly
+    #: partial) ending exactly here; decoded rows never extend it
+    aligned: int = 0
     state: SessionState = SessionState.IDLE
     #: set whenever no operation runs, so a waiting one can start
     idle: asyncio.Event = field(default_factory=asyncio.Event)

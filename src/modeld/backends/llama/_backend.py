@@ -213,10 +213,15 @@ class LlamaSession:
         if keep > held or keep > self.n_ctx:
             return False
         part = blob if keep == held else cut_to_prefix(blob, keep)
+        if part is None and held <= self.n_ctx:
+            # a sliding-window model's state may not cut at ``keep`` (its SWA section lacks
+            # cells the cut wants); the whole state fits, so load it and truncate here
+            part = blob
         if part is None or not self.lane.load(self.seq, part):
             self._clear()
             return False
-        self.kv_len = keep
+        self.kv_len = held if part is blob and keep != held else keep
+        self.truncate(keep)
         return True
 
     def logits_current(self) -> bool:
