@@ -3,12 +3,15 @@
     .venv/bin/python bench/exact_prefix_bench.py --chunks      # C: in-process llama engine
     .venv/bin/python bench/exact_prefix_bench.py --workloads   # W3, W4: exact_prefix on vs off
         [--backend llama|openvino] [--reps 3] [--threads 2]
+    .venv/bin/python bench/exact_prefix_bench.py --split       # split-invariance per engine
+    .venv/bin/python bench/exact_prefix_bench.py --demo        # warm vs cold, option off / on
+    .venv/bin/python bench/exact_prefix_bench.py --bystander 8000  # a turn during a prefill
 
 ``--chunks`` (gemma3-270m Q4_K_M, llama.cpp in-process, ``--threads``): for C = 64, 128, 256,
 512, the prefill rate of a 2,048-token prompt computed in aligned chunks of C; the warm TTFT of
 a W3 turn with the guarantee (KV cut to the last boundary of a 2,000-token prefix, the partial
 chunk and a 32-token suffix recomputed, aligned) against one without it (the 32 tokens alone);
-and one chunk's time deep in a long prompt (at position 8,192): what a bystander waits for
+and one chunk's time deep in a long prompt (at position ``DEEP``): what a bystander waits for
 between two of a long prefill's chunks.
 
 ``--workloads``: one daemon, two sessions per workload, one with ``exact_prefix`` and one without,
@@ -17,8 +20,8 @@ turn by turn in the same run (so both see the same machine load):
   W4  a 10-turn chat whose history grows (each session continues its own answers), 32 tokens out
 TTFT is EnsurePrefix + the first token, as the client sees it; ``recomputed`` is the tokens the
 turn prefilled beyond the same turn without the guarantee. Writes
-bench/results/exact_prefix_chunks.json / exact_prefix_<backend>.json. The machine is not assumed
-quiet: the two sides are interleaved, and medians are reported.
+bench/results/exact_prefix_{chunks,<backend>,split,demo,bystander}.json. The machine is not
+assumed quiet: the two sides are interleaved, and medians are reported.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from harness import MODEL, TEXT, save_result, start_daemon, stop_daemon
 import modeldconn
 
 CHUNKS = (64, 128, 256, 512)
+DEEP = 8192  #: where the bystander's chunk is measured
 W3_PREFIX, W3_SUFFIX = 2000, 32
 QUESTIONS = (
     "What was the town built of?",
@@ -70,7 +74,7 @@ def chunk_figures(threads: int, reps: int) -> dict[str, Any]:
     backend = LlamaBackend(n_threads=threads)
     model = backend.load(ModelSpec(facts_from_gguf(path, name=MODEL, digest="bench")))
     ids = model.tokenize(TEXT * 400, add_special=True)
-    prompt, deep = ids[:2048], ids[: 8192 + 512]
+    prompt, deep = ids[:2048], ids[: DEEP + 512]
     out: dict[str, Any] = {
         "threads": threads,
         "machine": platform.processor() or platform.machine(),
@@ -81,9 +85,9 @@ def chunk_figures(threads: int, reps: int) -> dict[str, Any]:
             start = session.kv_len
             session.prefill(tokens[start : start - start % chunk + chunk])
 
-    session = model.open_session(8192 + 512)
+    session, deep_session = model.open_session(4096), model.open_session(DEEP + 512)
     try:
-        aligned(session, deep[:8192], 512)  # the deep context, once
+        aligned(deep_session, deep[:DEEP], 512)  # the deep context, once
         for chunk in CHUNKS:
             rates: list[float] = []
             exact: list[float] = []
@@ -101,24 +105,22 @@ def chunk_figures(threads: int, reps: int) -> dict[str, Any]:
                     session.truncate(keep)
                     aligned(session, w3, chunk)
                     bucket.append((time.perf_counter() - t0) * 1000)
-            # the deep chunk: one chunk at position 8192 (recomputed each rep)
-            session.truncate(0)
-            aligned(session, deep[:8192], 512)
-            for _ in range(reps):
-                session.truncate(8192)
+                # one chunk deep in a long prompt: what a bystander waits behind
+                deep_session.truncate(DEEP)
                 t0 = time.perf_counter()
-                session.prefill(deep[8192 : 8192 + chunk])
+                deep_session.prefill(deep[DEEP : DEEP + chunk])
                 deep_ms.append((time.perf_counter() - t0) * 1000)
             out[f"C{chunk}"] = {
                 "prefill_tok_s": statistics.median(rates),
                 "w3_warm_prefill_ms_exact": statistics.median(exact),
                 "w3_warm_prefill_ms_plain": statistics.median(plain),
                 "w3_exact_cost": statistics.median(exact) / statistics.median(plain) - 1,
-                "chunk_ms_at_8192": statistics.median(deep_ms),
+                f"chunk_ms_at_{DEEP}": statistics.median(deep_ms),
             }
             print(chunk, out[f"C{chunk}"], flush=True)
     finally:
         session.close()
+        deep_session.close()
         model.close()
     return out
 
@@ -171,10 +173,17 @@ def split_figures(threads: int) -> dict[str, Any]:
         ids = model.tokenize(TEXT * 30, add_special=True)[:300]
         session = model.open_session(1024)
 
-        # (a, b): the same prompt cut in two ways; the first two pairs change the last piece's
-        # size (1 call vs a 236- / 172-token last piece), the last two keep the last piece
+        # (a, b): the same prompt cut in two ways; the first four change the size of the call
+        # that computes the last token (300 vs 236, 172, 45, 1 tokens), the last two keep it
         # (45 tokens, 1 token) and only split what comes before it
-        pairs = (([], [64]), ([], [128]), ([255], [100, 255]), ([299], [150, 299]))
+        pairs: tuple[tuple[list[int], list[int]], ...] = (
+            ([], [64]),
+            ([], [128]),
+            ([], [255]),
+            ([], [299]),
+            ([255], [100, 255]),
+            ([299], [150, 299]),
+        )
         diffs = {
             f"{a} vs {b}": float(
                 np.abs(_split_logits(session, ids, a) - _split_logits(session, ids, b)).max()
@@ -223,24 +232,83 @@ def demo_figures(threads: int) -> dict[str, Any]:
     client = modeldconn.Client(data_root=root)
     out: dict[str, Any] = {}
     try:
-        doc = client.tokenize(MODEL, TEXT * 24, add_special=True)[:677]
+        import exact_prefix_checks
+
         agree = {"off": 0, "on": 0}
-        questions = 6
-        for q in range(questions):
-            question = client.tokenize(
-                MODEL, f"\nQuestion {q}: what did farmers build {q} times?\nAnswer:"
-            )
-            for side, exact in (("off", False), ("on", True)):
-                with client.open_session(MODEL, exact_prefix=exact) as cold:
-                    cold.ensure_prefix(doc + question)
-                    want = cold.generate(max_tokens=24, ignore_eos=True).token_ids
-                with client.open_session(MODEL, exact_prefix=exact) as warm:
-                    warm.ensure_prefix(doc)
-                    got = warm.generate(suffix=question, max_tokens=24, ignore_eos=True).token_ids
-                agree[side] += got == want
+        cases = 0
+        for length in (677, 301):
+            doc = exact_prefix_checks.document(client, MODEL, length)
+            for q in range(4):
+                text = f"\nQuestion {q}: which river did entry {q * 11} name, and why?\nAnswer:"
+                question = client.tokenize(MODEL, text)
+                cases += 1
+                for side, exact in (("off", False), ("on", True)):
+                    with client.open_session(MODEL, exact_prefix=exact) as cold:
+                        cold.ensure_prefix(doc + question)
+                        want = cold.generate(max_tokens=24, ignore_eos=True).token_ids
+                    with client.open_session(MODEL, exact_prefix=exact) as warm:
+                        warm.ensure_prefix(doc)
+                        got = warm.generate(suffix=question, max_tokens=24, ignore_eos=True)
+                    agree[side] += got.token_ids == want
+        questions = cases
         out = {f"warm_equals_cold_{k}": f"{v}/{questions}" for k, v in agree.items()}
     finally:
         client.close()
+        stop_daemon(proc)
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
+def bystander_figures(threads: int, prefill: int, samples: int) -> dict[str, Any]:
+    """A bystander's turn (EnsurePrefix of a new ~40-token prompt, then a 1-token Decode read
+    to its end) while another client prefills one ``prefill``-token prompt, against the same
+    turn on an idle daemon."""
+    import threading
+
+    root = Path(tempfile.mkdtemp(prefix="mdexact-"))
+    (root / "models").mkdir()
+    (root / "models" / f"{MODEL}.gguf").symlink_to(_gemma_gguf())
+    proc = start_daemon(root, "--threads", str(threads))
+    out: dict[str, Any] = {"prefill_tokens": prefill}
+    try:
+        hog, client = modeldconn.Client(data_root=root), modeldconn.Client(data_root=root)
+        long_prompt = hog.tokenize(MODEL, TEXT * (prefill // 30), add_special=True)[:prefill]
+
+        def turns(until: threading.Event | None) -> list[float]:
+            times: list[float] = []
+            with client.open_session(MODEL, n_ctx=1024) as session:
+                for i in range(samples):
+                    if until is not None and until.is_set():
+                        break
+                    t0 = time.perf_counter()
+                    session.ensure_prefix(f"Note {i}: " + TEXT[: 120 + i % 7])
+                    session.generate(max_tokens=1, ignore_eos=True)
+                    times.append((time.perf_counter() - t0) * 1000)
+            return times
+
+        out["quiet_ms"] = turns(None)
+        done = threading.Event()
+        spent: list[float] = []
+
+        def hogging() -> None:
+            with hog.open_session(MODEL, n_ctx=prefill + 64) as session:
+                t0 = time.perf_counter()
+                session.ensure_prefix(long_prompt)
+                spent.append(time.perf_counter() - t0)
+            done.set()
+
+        thread = threading.Thread(target=hogging)
+        thread.start()
+        time.sleep(1.0)
+        busy = turns(done)
+        thread.join()
+        out["busy_ms"] = busy
+        out["quiet_p50_ms"] = statistics.median(out["quiet_ms"])
+        out["busy_p50_ms"] = statistics.median(busy)
+        out["busy_max_ms"] = max(busy)
+        out["prefill_s"] = spent[0]
+        out["chunk_ms_average"] = spent[0] * 1000 / prefill * 128
+    finally:
         stop_daemon(proc)
         shutil.rmtree(root, ignore_errors=True)
     return out
@@ -298,8 +366,9 @@ def workload_figures(backend: str, threads: int, reps: int) -> dict[str, Any]:
         ttft = {k: [] for k in sides}
         extra = []
         for rep in range(reps):
-            for side in sides:
-                sessions[side].ensure_prefix([])
+            for side, exact in sides.items():  # a new conversation: new sessions
+                sessions[side].close()
+                sessions[side] = client.open_session(MODEL, n_ctx=4096, exact_prefix=exact)
             history = {k: tokenize(f"Chat {rep}.\n" + TEXT * 10) for k in sides}
             totals = dict.fromkeys(sides, 0.0)
             for question in QUESTIONS:
@@ -340,6 +409,7 @@ def main() -> None:
     parser.add_argument("--workloads", action="store_true")
     parser.add_argument("--split", action="store_true")
     parser.add_argument("--demo", action="store_true")
+    parser.add_argument("--bystander", type=int, default=0, metavar="TOKENS")
     parser.add_argument("--backend", default="llama", choices=("llama", "openvino"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
@@ -350,6 +420,9 @@ def main() -> None:
         save_result("exact_prefix_split", split_figures(args.threads), width=36)
     if args.demo:
         save_result("exact_prefix_demo", demo_figures(args.threads), width=24)
+    if args.bystander:
+        figures = bystander_figures(args.threads, args.bystander, 8)
+        save_result("exact_prefix_bystander", figures, width=24)
     if args.workloads:
         figures = workload_figures(args.backend, args.threads, args.reps)
         save_result(f"exact_prefix_{args.backend}", figures, width=24)
