@@ -37,7 +37,7 @@ from harness import MODEL, TEXT, save_result
 
 import modeldconn
 
-CHUNK = 512  #: tokens a prefill computes between other sessions' turns (the engine's n_batch)
+CHUNK = 128  #: tokens a prefill computes between other sessions' turns (PREFIX_CHUNK)
 
 
 def bystander_turns(
@@ -52,9 +52,10 @@ def bystander_turns(
             prompt = f"Note {i}: " + TEXT[: 120 + i % 7]
             started = time.perf_counter()
             session.ensure_prefix(prompt)
-            for _ in session.decode(max_tokens=1, ignore_eos=True):
-                break
-            out.append((time.perf_counter() - started) * 1000)
+            for chunk in session.decode(max_tokens=1, ignore_eos=True):
+                if chunk.token_ids and len(out) < i + 1:
+                    out.append((time.perf_counter() - started) * 1000)  # first token
+            # read to the end (the final chunk follows at once): no cancel, no unwinding
     return out
 
 
