@@ -189,14 +189,17 @@ def main() -> None:
             tokenizer.tokenize(MODEL, f" Question {i}: " + TEXT)[: args.suffix]
             for i in range(args.reps + 1)
         ]
+        # one session holds the resident prefix (warm TTFT), another decodes: a decode turn must
+        # not replace the prefix the warm measurement relies on
         sessions = {d.label: d.client.open_session(MODEL, n_ctx=N_CTX) for d in daemons}
+        decoders = {d.label: d.client.open_session(MODEL, n_ctx=N_CTX) for d in daemons}
         greedy: dict[str, list[int]] = {}
         for d in daemons:  # warm both: weights paged in, the prefix resident
             sessions[d.label].ensure_prefix(prefix)
             next(iter(sessions[d.label].decode(max_tokens=1, suffix=suffixes[0])))
         for rep in range(args.reps):
             for d in interleaved(daemons, rep):
-                session = sessions[d.label]
+                session = decoders[d.label]
                 session.ensure_prefix(prompt)
                 t_first = t_last = 0.0
                 ids: list[int] = []
