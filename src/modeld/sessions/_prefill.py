@@ -43,6 +43,7 @@ __all__ = [
     "Prefill",
     "chunk_floor",
     "exact_keep",
+    "held_length",
     "prefix_hash",
 ]
 
@@ -56,6 +57,22 @@ MIN_SHARED_TOKENS = 16
 #: holders of the longest indexed prefix whose tapes are compared exactly; they agree on every
 #: indexed block, so the first few are as good as any (and the cost stays O(prompt))
 _CANDIDATES = 4
+
+
+def held_length(tape: list[int], claimed: int | None) -> int:
+    """The tape's length once cut to the ``claimed`` tokens a client holds (None: as it is).
+
+    :raises InvalidArgument: a claim longer than the tape."""
+    if claimed is None:
+        return len(tape)
+    if claimed > len(tape):
+        raise InvalidArgument(
+            f"the client claims {claimed} tokens; the tape holds {len(tape)}",
+            field="tape_tokens",
+            tape_tokens=len(tape),
+            claimed=claimed,
+        )
+    return claimed
 
 
 def prefix_hash(tokens: list[int]) -> str:
@@ -99,15 +116,9 @@ class Prefill:
         by whatever needs them next.
 
         :raises InvalidArgument: a claim longer than the tape (nothing is changed)."""
-        if tape_tokens is None or tape_tokens == len(session.tape):
+        if held_length(session.tape, tape_tokens) == len(session.tape):
             return
-        if tape_tokens > len(session.tape):
-            raise InvalidArgument(
-                f"the client claims {tape_tokens} tokens; the tape holds {len(session.tape)}",
-                field="tape_tokens",
-                tape_tokens=len(session.tape),
-                claimed=tape_tokens,
-            )
+        assert tape_tokens is not None
         engine = self._residency.live(session)
         if engine.kv_len > tape_tokens:
             self.truncate(session, engine, tape_tokens)

@@ -18,7 +18,7 @@ from modeld.sessions._admission import Admission
 from modeld.sessions._generation import Generation
 from modeld.sessions._inputs import check_size, to_tokens
 from modeld.sessions._models import ModelPool
-from modeld.sessions._prefill import Prefill
+from modeld.sessions._prefill import Prefill, held_length
 from modeld.sessions._residency import Residency
 from modeld.sessions._session import Session
 from modeld.sessions._types import DecodeOptions, DecodeStep, SessionInput
@@ -131,7 +131,7 @@ class Turns:
         async with self._admission.operation(handle) as session:
             # the tape once cut to what the client holds (the cut itself is the stream's first
             # act on the engine thread: one engine job for the whole Decode)
-            tape = self._held_length(session, held)
+            tape = held_length(session.tape, held)
             try:
                 if not tape and suffix is None:
                     raise InvalidArgument(
@@ -172,22 +172,6 @@ class Turns:
                         yield step
             finally:
                 del self._decode_done[session.id]
-
-    @staticmethod
-    def _held_length(session: Session, held: int | None) -> int:
-        """Loop (the session is ours): the tape's length once cut to ``held``.
-
-        :raises InvalidArgument: a claim longer than the tape (see ``Prefill.hold``)."""
-        if held is None:
-            return len(session.tape)
-        if held > len(session.tape):
-            raise InvalidArgument(
-                f"the client claims {held} tokens; the tape holds {len(session.tape)}",
-                field="tape_tokens",
-                tape_tokens=len(session.tape),
-                claimed=held,
-            )
-        return held
 
     def _live_holding(self, session: Session, held: int | None) -> None:
         self._residency.live(session)

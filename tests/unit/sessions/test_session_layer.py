@@ -7,8 +7,8 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from conftest import Harness
 from fake_engine import fake_spec, next_token
+from session_harness import Harness
 
 import modeld.sessions._prefill as prefill_module
 from modeld.sessions._inputs import MAX_TOKEN_BYTES

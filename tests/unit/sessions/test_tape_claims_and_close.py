@@ -8,8 +8,8 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from conftest import Harness
 from fake_engine import fake_spec, next_token
+from session_harness import Harness
 
 from modeld.sessions._manager import TapedStep
 from modeld.sessions._session import SessionState
