@@ -249,20 +249,28 @@ class Capacity(_message.Message):
     def __init__(self, kv_bytes_per_token: _Optional[int] = ..., free_bytes: _Optional[int] = ..., model_max_context: _Optional[int] = ..., memory_fit_context: _Optional[int] = ..., default_context: _Optional[int] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("token_level_truncation", "kv_copy_between_sessions", "native_state_snapshot", "batched_decode", "chat_template", "grammar")
+    __slots__ = ("token_level_truncation", "kv_copy_between_sessions", "native_state_snapshot", "batched_decode", "chat_template", "grammar", "tools", "thinking", "logprobs", "logit_bias")
     TOKEN_LEVEL_TRUNCATION_FIELD_NUMBER: _ClassVar[int]
     KV_COPY_BETWEEN_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     NATIVE_STATE_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     BATCHED_DECODE_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     GRAMMAR_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    THINKING_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_BIAS_FIELD_NUMBER: _ClassVar[int]
     token_level_truncation: bool
     kv_copy_between_sessions: bool
     native_state_snapshot: bool
     batched_decode: bool
     chat_template: bool
     grammar: bool
-    def __init__(self, token_level_truncation: _Optional[bool] = ..., kv_copy_between_sessions: _Optional[bool] = ..., native_state_snapshot: _Optional[bool] = ..., batched_decode: _Optional[bool] = ..., chat_template: _Optional[bool] = ..., grammar: _Optional[bool] = ...) -> None: ...
+    tools: bool
+    thinking: bool
+    logprobs: bool
+    logit_bias: bool
+    def __init__(self, token_level_truncation: _Optional[bool] = ..., kv_copy_between_sessions: _Optional[bool] = ..., native_state_snapshot: _Optional[bool] = ..., batched_decode: _Optional[bool] = ..., chat_template: _Optional[bool] = ..., grammar: _Optional[bool] = ..., tools: _Optional[bool] = ..., thinking: _Optional[bool] = ..., logprobs: _Optional[bool] = ..., logit_bias: _Optional[bool] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ("model",)
@@ -374,21 +382,55 @@ class TokenIds(_message.Message):
     ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class ToolDefinition(_message.Message):
+    __slots__ = ("name", "description", "parameters")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    parameters: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[str] = ...) -> None: ...
+
+class ToolCall(_message.Message):
+    __slots__ = ("id", "name", "arguments", "index")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    arguments: str
+    index: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., arguments: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
 class ChatMessage(_message.Message):
-    __slots__ = ("role", "content")
+    __slots__ = ("role", "content", "tool_calls", "tool_call_id", "name", "thinking")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    THINKING_FIELD_NUMBER: _ClassVar[int]
     role: str
     content: str
-    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    tool_call_id: str
+    name: str
+    thinking: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., name: _Optional[str] = ..., thinking: _Optional[str] = ...) -> None: ...
 
 class ChatMessages(_message.Message):
-    __slots__ = ("messages", "add_generation_prompt")
+    __slots__ = ("messages", "add_generation_prompt", "tools", "enable_thinking")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     ADD_GENERATION_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_THINKING_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     add_generation_prompt: bool
-    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., add_generation_prompt: _Optional[bool] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[ToolDefinition]
+    enable_thinking: bool
+    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., add_generation_prompt: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[ToolDefinition, _Mapping]]] = ..., enable_thinking: _Optional[bool] = ...) -> None: ...
 
 class Input(_message.Message):
     __slots__ = ("text", "tokens", "chat")
@@ -411,7 +453,7 @@ class EnsurePrefixRequest(_message.Message):
     def __init__(self, handle: _Optional[str] = ..., prefix: _Optional[_Union[Input, _Mapping]] = ..., tape_tokens: _Optional[int] = ...) -> None: ...
 
 class EnsurePrefixResponse(_message.Message):
-    __slots__ = ("reused", "prefilled", "dropped", "prefix_tokens", "resident", "available", "prefix_hash", "shared")
+    __slots__ = ("reused", "prefilled", "dropped", "prefix_tokens", "resident", "available", "prefix_hash", "shared", "rendering")
     REUSED_FIELD_NUMBER: _ClassVar[int]
     PREFILLED_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
@@ -420,6 +462,7 @@ class EnsurePrefixResponse(_message.Message):
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     PREFIX_HASH_FIELD_NUMBER: _ClassVar[int]
     SHARED_FIELD_NUMBER: _ClassVar[int]
+    RENDERING_FIELD_NUMBER: _ClassVar[int]
     reused: int
     prefilled: int
     dropped: int
@@ -428,7 +471,8 @@ class EnsurePrefixResponse(_message.Message):
     available: int
     prefix_hash: str
     shared: int
-    def __init__(self, reused: _Optional[int] = ..., prefilled: _Optional[int] = ..., dropped: _Optional[int] = ..., prefix_tokens: _Optional[int] = ..., resident: _Optional[int] = ..., available: _Optional[int] = ..., prefix_hash: _Optional[str] = ..., shared: _Optional[int] = ...) -> None: ...
+    rendering: str
+    def __init__(self, reused: _Optional[int] = ..., prefilled: _Optional[int] = ..., dropped: _Optional[int] = ..., prefix_tokens: _Optional[int] = ..., resident: _Optional[int] = ..., available: _Optional[int] = ..., prefix_hash: _Optional[str] = ..., shared: _Optional[int] = ..., rendering: _Optional[str] = ...) -> None: ...
 
 class PrefillSuffixRequest(_message.Message):
     __slots__ = ("handle", "suffix", "tape_tokens")
@@ -441,19 +485,42 @@ class PrefillSuffixRequest(_message.Message):
     def __init__(self, handle: _Optional[str] = ..., suffix: _Optional[_Union[Input, _Mapping]] = ..., tape_tokens: _Optional[int] = ...) -> None: ...
 
 class PrefillSuffixResponse(_message.Message):
-    __slots__ = ("suffix_tokens", "prefilled", "resident", "available")
+    __slots__ = ("suffix_tokens", "prefilled", "resident", "available", "rendering")
     SUFFIX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREFILLED_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    RENDERING_FIELD_NUMBER: _ClassVar[int]
     suffix_tokens: int
     prefilled: int
     resident: int
     available: int
-    def __init__(self, suffix_tokens: _Optional[int] = ..., prefilled: _Optional[int] = ..., resident: _Optional[int] = ..., available: _Optional[int] = ...) -> None: ...
+    rendering: str
+    def __init__(self, suffix_tokens: _Optional[int] = ..., prefilled: _Optional[int] = ..., resident: _Optional[int] = ..., available: _Optional[int] = ..., rendering: _Optional[str] = ...) -> None: ...
+
+class ResponseFormat(_message.Message):
+    __slots__ = ("json_schema", "json_object", "regex", "lark", "gbnf")
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    JSON_OBJECT_FIELD_NUMBER: _ClassVar[int]
+    REGEX_FIELD_NUMBER: _ClassVar[int]
+    LARK_FIELD_NUMBER: _ClassVar[int]
+    GBNF_FIELD_NUMBER: _ClassVar[int]
+    json_schema: str
+    json_object: bool
+    regex: str
+    lark: str
+    gbnf: str
+    def __init__(self, json_schema: _Optional[str] = ..., json_object: _Optional[bool] = ..., regex: _Optional[str] = ..., lark: _Optional[str] = ..., gbnf: _Optional[str] = ...) -> None: ...
 
 class DecodeConfig(_message.Message):
-    __slots__ = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed", "stop", "ignore_eos", "stop_token_ids")
+    __slots__ = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "seed", "stop", "ignore_eos", "stop_token_ids", "response_format", "tools", "tool_choice", "tool_call_format", "reasoning_format", "thinking_budget", "logprobs", "logit_bias")
+    class LogitBiasEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: float
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -465,6 +532,14 @@ class DecodeConfig(_message.Message):
     STOP_FIELD_NUMBER: _ClassVar[int]
     IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
     STOP_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    REASONING_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    THINKING_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_BIAS_FIELD_NUMBER: _ClassVar[int]
     max_tokens: int
     temperature: float
     top_k: int
@@ -476,7 +551,15 @@ class DecodeConfig(_message.Message):
     stop: _containers.RepeatedScalarFieldContainer[str]
     ignore_eos: bool
     stop_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., repeat_penalty: _Optional[float] = ..., repeat_last_n: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ..., stop_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    response_format: ResponseFormat
+    tools: _containers.RepeatedCompositeFieldContainer[ToolDefinition]
+    tool_choice: str
+    tool_call_format: str
+    reasoning_format: str
+    thinking_budget: int
+    logprobs: int
+    logit_bias: _containers.ScalarMap[int, float]
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., repeat_penalty: _Optional[float] = ..., repeat_last_n: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., response_format: _Optional[_Union[ResponseFormat, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[ToolDefinition, _Mapping]]] = ..., tool_choice: _Optional[str] = ..., tool_call_format: _Optional[str] = ..., reasoning_format: _Optional[str] = ..., thinking_budget: _Optional[int] = ..., logprobs: _Optional[int] = ..., logit_bias: _Optional[_Mapping[int, float]] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
     __slots__ = ("handle", "config", "suffix", "tape_tokens")
@@ -503,14 +586,16 @@ class DecodeTimings(_message.Message):
     def __init__(self, prefill_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., decode_ms: _Optional[float] = ..., tokens_per_s: _Optional[float] = ...) -> None: ...
 
 class DecodeUsage(_message.Message):
-    __slots__ = ("prompt_tokens", "reused_tokens", "completion_tokens")
+    __slots__ = ("prompt_tokens", "reused_tokens", "completion_tokens", "thinking_tokens")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REUSED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    THINKING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     reused_tokens: int
     completion_tokens: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., reused_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+    thinking_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., reused_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., thinking_tokens: _Optional[int] = ...) -> None: ...
 
 class DecodeFinal(_message.Message):
     __slots__ = ("stop_reason", "usage", "timings", "resident", "available", "stop_string", "stop_token")
@@ -531,16 +616,44 @@ class DecodeFinal(_message.Message):
     def __init__(self, stop_reason: _Optional[str] = ..., usage: _Optional[_Union[DecodeUsage, _Mapping]] = ..., timings: _Optional[_Union[DecodeTimings, _Mapping]] = ..., resident: _Optional[int] = ..., available: _Optional[int] = ..., stop_string: _Optional[str] = ..., stop_token: _Optional[int] = ...) -> None: ...
 
 class DecodeChunk(_message.Message):
-    __slots__ = ("text", "token_ids", "final", "tape_tokens")
+    __slots__ = ("text", "token_ids", "final", "tape_tokens", "thinking", "tool_calls", "logprobs")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     TAPE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    THINKING_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     text: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     final: DecodeFinal
     tape_tokens: int
-    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., final: _Optional[_Union[DecodeFinal, _Mapping]] = ..., tape_tokens: _Optional[int] = ...) -> None: ...
+    thinking: str
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., final: _Optional[_Union[DecodeFinal, _Mapping]] = ..., tape_tokens: _Optional[int] = ..., thinking: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
+
+class TopLogprob(_message.Message):
+    __slots__ = ("id", "logprob", "piece")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    PIECE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    logprob: float
+    piece: bytes
+    def __init__(self, id: _Optional[int] = ..., logprob: _Optional[float] = ..., piece: _Optional[bytes] = ...) -> None: ...
+
+class TokenLogprob(_message.Message):
+    __slots__ = ("id", "logprob", "piece", "top")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    PIECE_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    logprob: float
+    piece: bytes
+    top: _containers.RepeatedCompositeFieldContainer[TopLogprob]
+    def __init__(self, id: _Optional[int] = ..., logprob: _Optional[float] = ..., piece: _Optional[bytes] = ..., top: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
     __slots__ = ("handle",)
