@@ -60,9 +60,14 @@ from ._types import (
     ModelFacts,
     ModelRef,
     PrefixResult,
+    ResponseFormat,
     SessionInfo,
     SnapshotInfo,
     SuffixResult,
+    TokenLogprob,
+    ToolCall,
+    ToolDefinition,
+    TopLogprob,
 )
 
 __all__ = [
@@ -107,6 +112,7 @@ __all__ = [
     "ProbeResult",
     "ProbeState",
     "RemoteError",
+    "ResponseFormat",
     "Session",
     "SessionBusy",
     "SessionFatal",
@@ -118,6 +124,10 @@ __all__ = [
     "SnapshotNotFound",
     "StaleFence",
     "SuffixResult",
+    "TokenLogprob",
+    "ToolCall",
+    "ToolDefinition",
+    "TopLogprob",
     "Unauthenticated",
     "Unavailable",
     "UnknownClient",

@@ -251,7 +251,8 @@ class AsyncSession(SessionBase):
         **fields: object,
     ) -> AsyncIterator[DecodeChunk]:
         """Stream generated chunks (``async for``); the last one carries ``final``. Leaving
-        early cancels. Options as for :meth:`Session.decode`, checked now."""
+        early cancels. Options (``response_format``, ``tools``, ``logprobs``, ...) and the tools
+        rule for a Chat ``suffix`` as for :meth:`Session.decode`, checked now."""
         call = rq.decode(self.handle, decode_options(options, fields), suffix, self._tape.to_send())
         self._tape.decode_started()
         return self._taped(self._client._stream(call))
@@ -263,7 +264,7 @@ class AsyncSession(SessionBase):
         suffix: InputLike | None = None,
         **fields: object,
     ) -> Completion:
-        """:meth:`decode` collected into one :class:`Completion`."""
+        """:meth:`decode` collected into one :class:`Completion` (as :meth:`Session.generate`)."""
         collector = Collector()
         async for chunk in self.decode(options, suffix=suffix, **fields):
             collector.add(chunk)

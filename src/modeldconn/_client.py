@@ -31,7 +31,15 @@ from ._errors import (
 from ._probe import probe
 from ._requests import Call
 from ._tls import find_tls_ca, open_channel
-from ._types import Completion, DecodeChunk, DecodeFinal, DecodeOptions, SessionInfo
+from ._types import (
+    Completion,
+    DecodeChunk,
+    DecodeFinal,
+    DecodeOptions,
+    SessionInfo,
+    TokenLogprob,
+    ToolCall,
+)
 from ._wire import (
     AUTH_METADATA_KEY,
     CLIENT_METADATA_KEY,
@@ -278,14 +286,27 @@ class Collector:
 
     def __init__(self) -> None:
         self._texts: list[str] = []
+        self._thinking: list[str] = []
         self._ids: list[int] = []
+        self._tool_calls: list[ToolCall] = []
+        self._logprobs: list[TokenLogprob] = []
         self._final: DecodeFinal | None = None
 
     def add(self, chunk: DecodeChunk) -> None:
         self._texts.append(chunk.text)
+        self._thinking.append(chunk.thinking)
         self._ids.extend(chunk.token_ids)
+        self._tool_calls.extend(chunk.tool_calls)
+        self._logprobs.extend(chunk.logprobs)
         self._final = chunk.final or self._final
 
     def completion(self) -> Completion:
         assert self._final is not None, "the stream ended without a final chunk"
-        return Completion("".join(self._texts), tuple(self._ids), self._final)
+        return Completion(
+            "".join(self._texts),
+            tuple(self._ids),
+            self._final,
+            thinking="".join(self._thinking),
+            tool_calls=tuple(self._tool_calls),
+            logprobs=tuple(self._logprobs),
+        )

@@ -8,7 +8,7 @@ tests check that each message and its dataclass name the same fields.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, TypeVar
 
 from ._errors import InvalidArgument
@@ -30,9 +30,14 @@ from ._types import (
     ModelFacts,
     ModelRef,
     PrefixResult,
+    ResponseFormat,
     SessionInfo,
     SnapshotInfo,
     SuffixResult,
+    TokenLogprob,
+    ToolCall,
+    ToolDefinition,
+    TopLogprob,
 )
 
 __all__ = [
@@ -40,15 +45,20 @@ __all__ = [
     "daemon_status_from_pb",
     "decode_chunk_from_pb",
     "decode_config_to_pb",
+    "decode_options_from_pb",
     "description_from_pb",
     "embed_inputs_to_pb",
     "embeddings_from_pb",
     "input_to_pb",
     "model_ref_to_pb",
     "prefix_result_from_pb",
+    "response_format_to_pb",
     "session_info_from_pb",
     "snapshot_info_from_pb",
     "suffix_result_from_pb",
+    "tool_call_to_pb",
+    "tool_definition_to_pb",
+    "with_tools",
 ]
 
 D = TypeVar("D")
@@ -92,43 +102,159 @@ def model_ref_to_pb(model: ModelRef | str) -> pb.ModelRef:
     )
 
 
+def tool_definition_to_pb(tool: ToolDefinition, where: str = "tools[0]") -> pb.ToolDefinition:
+    """:raises InvalidArgument: a lone surrogate in a field (named ``<where>.<field>``)."""
+    return pb.ToolDefinition(
+        name=checked_text(tool.name, f"{where}.name"),
+        description=checked_text(tool.description, f"{where}.description"),
+        parameters=checked_text(str(tool.parameters), f"{where}.parameters"),
+    )
+
+
+def tool_call_to_pb(call: ToolCall, where: str = "tool_calls[0]") -> pb.ToolCall:
+    """:raises InvalidArgument: a lone surrogate, or an index out of uint32 (named
+    ``<where>.<field>``)."""
+    try:
+        return pb.ToolCall(
+            id=checked_text(call.id, f"{where}.id"),
+            name=checked_text(call.name, f"{where}.name"),
+            arguments=checked_text(str(call.arguments), f"{where}.arguments"),
+            index=call.index,
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{where}: {exc}", field=where) from None
+
+
+def response_format_to_pb(value: ResponseFormat) -> pb.ResponseFormat:
+    """The one kind set, onto the wire's oneof.
+
+    :raises InvalidArgument: a lone surrogate in the schema, regex or grammar (named
+        ``response_format.<kind>``)."""
+    kind = value.kind
+    if kind == "json_object":
+        return pb.ResponseFormat(json_object=True)
+    text = getattr(value, kind)
+    if not isinstance(text, str):
+        raise InvalidArgument(f"response_format.{kind}: not a str", field=f"response_format.{kind}")
+    wire = pb.ResponseFormat()
+    setattr(wire, kind, checked_text(text, f"response_format.{kind}"))
+    return wire
+
+
+def _text_of(message: Mapping[str, Any], key: str, where: str) -> str:
+    """``message[key]``, "" when absent or None.
+
+    :raises InvalidArgument: a value that is not a str, or holds a lone surrogate."""
+    value = message.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidArgument(
+            f"{where}.{key} is {type(value).__name__}: send a str", field=f"{where}.{key}"
+        )
+    return checked_text(value, f"{where}.{key}")
+
+
+def _chat_message_to_pb(message: Mapping[str, Any], where: str) -> pb.ChatMessage:
+    if not isinstance(message, Mapping):
+        raise InvalidArgument(f"{where} is {type(message).__name__}: send a mapping", field=where)
+    if not isinstance(message.get("role"), str):
+        raise InvalidArgument(f"{where} has no role", field=f"{where}.role")
+    calls = message.get("tool_calls") or ()
+    if isinstance(calls, Mapping | ToolCall | str):
+        raise InvalidArgument(
+            f"{where}.tool_calls is one call: send a list of them", field=f"{where}.tool_calls"
+        )
+    tool_calls = []
+    for j, call in enumerate(calls):
+        call_where = f"{where}.tool_calls[{j}]"
+        try:
+            parsed = ToolCall.of(call, index=j)
+        except InvalidArgument as exc:
+            raise InvalidArgument(str(exc), field=call_where) from None
+        tool_calls.append(tool_call_to_pb(parsed, call_where))
+    return pb.ChatMessage(
+        role=_text_of(message, "role", where),
+        content=_text_of(message, "content", where),
+        tool_calls=tool_calls,
+        tool_call_id=_text_of(message, "tool_call_id", where),
+        name=_text_of(message, "name", where),
+        thinking=_text_of(message, "thinking", where),
+    )
+
+
+def _as_chat(value: InputLike) -> Chat | None:
+    """``value`` as a Chat when it is one (a Chat, or a non-empty list of mappings)."""
+    if isinstance(value, Chat):
+        return value
+    if isinstance(value, str) or not value:
+        return None
+    if all(isinstance(v, Mapping) for v in value):
+        return Chat(value)  # type: ignore[arg-type]
+    return None
+
+
 def input_to_pb(value: InputLike) -> pb.Input:
     """Text, token ids or chat messages as the wire's ``Input``; NULs are sent as text.
 
-    :raises InvalidArgument: a lone surrogate in text, a role or a content (named, e.g.
-        ``messages[1].content``); token ids that are not int32.
+    A chat message is a mapping: ``role``, ``content`` (None or absent: ""), and optionally
+    ``tool_calls`` (:class:`ToolCall` or OpenAI-shaped mappings; arguments given as a mapping
+    are ``json.dumps``'d), ``tool_call_id``, ``name`` and ``thinking``; other keys are ignored.
+
+    :raises InvalidArgument: a lone surrogate in text, a role, a content or a tool field
+        (named, e.g. ``messages[1].content`` or ``messages[2].tool_calls[0].arguments``); a
+        message without a role, a field of another type; token ids that are not int32.
     :raises TypeError: a value that is none of the three kinds.
     """
     if isinstance(value, str):
         return pb.Input(text=checked_text(value, "text"))
-    if isinstance(value, Chat):
-        chat = value
-    elif value and all(isinstance(v, Mapping) for v in value):
-        chat = Chat(value)  # type: ignore[arg-type]
-    else:
+    chat = _as_chat(value)
+    if chat is None:
         try:  # protobuf checks every id is an int32, in C
             return pb.Input(tokens=pb.TokenIds(ids=value))  # type: ignore[arg-type]
         except TypeError:
             raise TypeError("input must be text, token ids, or chat messages") from None
         except ValueError as exc:
             raise InvalidArgument(f"token ids: {exc}", field="tokens") from None
-    messages = [
-        pb.ChatMessage(
-            role=checked_text(m["role"], f"messages[{i}].role"),
-            content=checked_text(m["content"], f"messages[{i}].content"),
-        )
-        for i, m in enumerate(chat.messages)
-    ]
-    return pb.Input(
-        chat=pb.ChatMessages(messages=messages, add_generation_prompt=chat.add_generation_prompt)
+    messages = [_chat_message_to_pb(m, f"messages[{i}]") for i, m in enumerate(chat.messages)]
+    tools = [tool_definition_to_pb(t, f"tools[{i}]") for i, t in enumerate(chat.tools)]
+    wire = pb.ChatMessages(
+        messages=messages, add_generation_prompt=chat.add_generation_prompt, tools=tools
     )
+    if chat.enable_thinking is not None:
+        wire.enable_thinking = chat.enable_thinking
+    return pb.Input(chat=wire)
+
+
+def with_tools(
+    options: DecodeOptions, suffix: InputLike | None
+) -> tuple[DecodeOptions, InputLike | None]:
+    """``options`` and a chat ``suffix``, each given the other's tools when it has none.
+
+    ``decode``/``generate`` with ``tools`` and a chat suffix without tools: the suffix carries
+    them too, so that the template renders them; a chat suffix with tools and options without:
+    the Decode may call them. A suffix that is text or token ids is left as it is.
+    """
+    chat = _as_chat(suffix) if suffix is not None else None
+    if chat is None:
+        return options, suffix
+    if options.tools and not chat.tools:
+        return options, replace(chat, tools=tuple(options.tools))
+    if chat.tools and not options.tools:
+        return replace(options, tools=tuple(chat.tools)), chat
+    return options, suffix
+
+
+#: DecodeConfig fields that the by-name loop of decode_config_to_pb cannot set itself
+_MESSAGE_OPTIONS = ("response_format", "tools", "logit_bias")
 
 
 def decode_config_to_pb(options: DecodeOptions) -> pb.DecodeConfig:
     """Every field of ``options`` onto the ``DecodeConfig`` field of the same name: optional
-    scalars only when not None, repeated fields extended. Out-of-range or mistyped values (a
-    negative ``max_tokens``, a ``seed`` past 2**64) raise :class:`InvalidArgument` naming the
-    field, before anything is sent."""
+    scalars only when not None, repeated fields extended; ``response_format`` onto its oneof,
+    ``tools`` as ``ToolDefinition`` messages, ``logit_bias`` into the map. Out-of-range or
+    mistyped values (a negative ``max_tokens``, a ``seed`` past 2**64, a logit_bias id that is
+    not an int32) raise :class:`InvalidArgument` naming the field, before anything is sent."""
     config = pb.DecodeConfig()
     by_name = config.DESCRIPTOR.fields_by_name
     for spec in fields(options):
@@ -136,13 +262,48 @@ def decode_config_to_pb(options: DecodeOptions) -> pb.DecodeConfig:
         if value is None:
             continue
         try:
-            if by_name[spec.name].is_repeated:
+            if spec.name == "response_format":
+                config.response_format.CopyFrom(response_format_to_pb(value))
+            elif spec.name == "tools":
+                config.tools.extend(
+                    tool_definition_to_pb(t, f"tools[{i}]") for i, t in enumerate(value)
+                )
+            elif spec.name == "logit_bias":
+                for token, bias in value:
+                    if isinstance(token, bool) or isinstance(bias, bool):
+                        raise TypeError(f"{token!r}: {bias!r} is not an int id: a float bias")
+                    config.logit_bias[token] = bias
+            elif by_name[spec.name].is_repeated:
                 getattr(config, spec.name).extend(value)
             else:
                 setattr(config, spec.name, value)
         except (TypeError, ValueError) as exc:
             raise InvalidArgument(f"{spec.name}={value!r}: {exc}", field=spec.name) from None
     return config
+
+
+def decode_options_from_pb(config: pb.DecodeConfig) -> DecodeOptions:
+    """The inverse of :func:`decode_config_to_pb` (tests, tools that log requests)."""
+    values: dict[str, Any] = {}
+    for spec in fields(DecodeOptions):
+        descriptor = config.DESCRIPTOR.fields_by_name[spec.name]
+        value = getattr(config, spec.name)
+        if spec.name == "response_format":
+            kind = value.WhichOneof("kind")
+            values[spec.name] = (
+                None if kind is None else ResponseFormat(**{kind: getattr(value, kind)})
+            )
+        elif spec.name == "tools":
+            values[spec.name] = tuple(_by_name(t, ToolDefinition) for t in value)
+        elif spec.name == "logit_bias":
+            values[spec.name] = tuple(sorted(value.items()))
+        elif descriptor.is_repeated:
+            values[spec.name] = tuple(value)
+        elif descriptor.has_presence and not config.HasField(spec.name):
+            values[spec.name] = None
+        else:
+            values[spec.name] = value
+    return DecodeOptions(**values)
 
 
 def description_from_pb(reply: pb.DescribeResponse) -> Description:
@@ -196,12 +357,25 @@ def _final(m: pb.DecodeFinal) -> DecodeFinal:
         resident=m.resident,
         available=m.available,
         stop_token=m.stop_token if m.HasField("stop_token") else None,
+        thinking_tokens=m.usage.thinking_tokens,
     )
+
+
+def _token_logprob(m: pb.TokenLogprob) -> TokenLogprob:
+    top = tuple(TopLogprob(t.id, t.logprob, bytes(t.piece)) for t in m.top)
+    return TokenLogprob(m.id, m.logprob, bytes(m.piece), top)
 
 
 def decode_chunk_from_pb(message: pb.DecodeChunk) -> DecodeChunk:
     final = _final(message.final) if message.HasField("final") else None
-    return DecodeChunk(message.text, tuple(message.token_ids), final)
+    return DecodeChunk(
+        message.text,
+        tuple(message.token_ids),
+        final,
+        thinking=message.thinking,
+        tool_calls=tuple(_by_name(c, ToolCall) for c in message.tool_calls),
+        logprobs=tuple(_token_logprob(t) for t in message.logprobs),
+    )
 
 
 def daemon_status_from_pb(reply: pb.StatusResponse) -> DaemonStatus:

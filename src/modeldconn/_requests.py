@@ -29,6 +29,7 @@ from ._convert import (
     session_info_from_pb,
     snapshot_info_from_pb,
     suffix_result_from_pb,
+    with_tools,
 )
 from ._pb import modeld_pb2 as pb
 from ._pb import modeld_pb2_grpc
@@ -184,7 +185,12 @@ def decode(
     handle: str, options: DecodeOptions, suffix: InputLike | None, tape_tokens: int | None = None
 ) -> Call[tuple[DecodeChunk, int]]:
     """A server stream of (chunk, the tape's length once its tokens are on it); the options are
-    checked here, before anything is sent."""
+    checked here, before anything is sent.
+
+    A chat ``suffix`` without tools gets ``options.tools`` (so that the template renders
+    them), and options without tools get a chat suffix's (so that the Decode may call them).
+    """
+    options, suffix = with_tools(options, suffix)
     request = pb.DecodeRequest(
         handle=handle, config=decode_config_to_pb(options), tape_tokens=tape_tokens
     )

@@ -255,9 +255,19 @@ class Session(SessionBase):
     ) -> Iterator[DecodeChunk]:
         """Stream generated chunks; the last one carries ``final``. Leaving early cancels.
 
+        Chunks carry answer ``text``, ``thinking`` (a thinking section, split out) and
+        ``tool_calls`` (complete calls, never in text); ``logprobs`` when asked.
+
         :param options: how to sample; keywords (``max_tokens=16``, ``stop=["\\n"]``, any field
-            of :class:`DecodeOptions`) replace its fields. Checked now, before anything is sent.
+            of :class:`DecodeOptions`: ``response_format=ResponseFormat.from_schema({...})``,
+            ``tools=[...]``, ``tool_choice="required"``, ``logprobs=5``, ``logit_bias={id:
+            -inf}``, ...) replace its fields. Checked now, before anything is sent.
         :param suffix: appended first, as :meth:`prefill_suffix` would, in the same round trip.
+            A :class:`Chat` suffix without tools of its own gets the options' ``tools`` (so
+            the template renders them); options without tools get a Chat suffix's. Tools
+            rendered in the prefix are not seen here: pass them in ``tools`` as well.
+        :raises InvalidArgument: a bad option (named), before anything is sent; the daemon's,
+            naming the place, for a schema or grammar that does not compile.
         """
         call = rq.decode(self.handle, decode_options(options, fields), suffix, self._tape.to_send())
         self._tape.decode_started()
@@ -270,7 +280,9 @@ class Session(SessionBase):
         suffix: InputLike | None = None,
         **fields: object,
     ) -> Completion:
-        """:meth:`decode` collected into one :class:`Completion`."""
+        """:meth:`decode` collected into one :class:`Completion`: ``text``, ``thinking``,
+        ``token_ids``, ``tool_calls`` and ``logprobs`` across the chunks, and ``final``
+        (``completion.stop_reason``: ``grammar_end``, ``tool_calls``, ``eos``, ...)."""
         collector = Collector()
         for chunk in self.decode(options, suffix=suffix, **fields):
             collector.add(chunk)

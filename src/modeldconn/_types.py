@@ -19,6 +19,7 @@ message), and a unit test fails when the two disagree.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -43,9 +44,14 @@ __all__ = [
     "ModelFacts",
     "ModelRef",
     "PrefixResult",
+    "ResponseFormat",
     "SessionInfo",
     "SnapshotInfo",
     "SuffixResult",
+    "TokenLogprob",
+    "ToolCall",
+    "ToolDefinition",
+    "TopLogprob",
 ]
 
 
@@ -70,16 +76,271 @@ class ModelRef:
         return cls(path=value) if looks_like_path else cls(name=value)
 
 
+def _json_text(value: str | Mapping[str, Any], name: str) -> str:
+    """``value`` as JSON text: a str is kept as it is, a mapping is ``json.dumps``'d.
+
+    :raises InvalidArgument: a mapping that is not JSON-serializable (field ``name``)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{name}: not JSON-serializable: {exc}", field=name) from None
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """What the output must be (``DecodeConfig.response_format``): exactly one of its fields.
+
+    ``json_schema``: a JSON Schema (llguidance's subset), given as JSON text or as a mapping
+    (``json.dumps``'d: the field always holds text afterwards); ``json_object``: any JSON
+    object; ``regex``: the whole output matches it (Rust regex syntax); ``lark``: a Lark grammar
+    (llguidance's dialect); ``gbnf``: a llama.cpp GBNF grammar. Decoding ends with
+    ``stop_reason`` ``grammar_end`` once the language is complete (unless EOS or a stop comes
+    first). A grammar that does not compile is the daemon's ``InvalidArgument``.
+
+    Build one with :meth:`from_schema`, :meth:`any_json_object`, :meth:`from_regex`,
+    :meth:`from_lark`, :meth:`from_gbnf`, or :meth:`of` (a mapping such as
+    ``{"regex": "[0-9]+"}`` or OpenAI's ``{"type": "json_schema", "json_schema": {"schema":
+    {...}}}`` / ``{"type": "json_object"}``).
+
+    :raises InvalidArgument: none or more than one kind set (field ``response_format``).
+    """
+
+    json_schema: str | Mapping[str, Any] | None = None
+    json_object: bool = False
+    regex: str | None = None
+    lark: str | None = None
+    gbnf: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.json_schema is not None and not isinstance(self.json_schema, str):
+            schema = _json_text(self.json_schema, "response_format.json_schema")
+            object.__setattr__(self, "json_schema", schema)
+        if len(self.kinds()) != 1:
+            raise InvalidArgument(
+                "response_format: set exactly one of json_schema, json_object, regex, lark, "
+                f"gbnf (got {', '.join(self.kinds()) or 'none'})",
+                field="response_format",
+            )
+
+    def kinds(self) -> list[str]:
+        """The names of the fields set (one, once constructed)."""
+        return [
+            spec.name
+            for spec in fields(self)
+            if getattr(self, spec.name) is not None and getattr(self, spec.name) is not False
+        ]
+
+    @property
+    def kind(self) -> str:
+        """The one field set: json_schema | json_object | regex | lark | gbnf."""
+        return self.kinds()[0]
+
+    @classmethod
+    def from_schema(cls, schema: str | Mapping[str, Any]) -> ResponseFormat:
+        """Output valid for this JSON Schema (JSON text, or a mapping)."""
+        return cls(json_schema=schema)
+
+    @classmethod
+    def any_json_object(cls) -> ResponseFormat:
+        """Output that is one JSON object, any object."""
+        return cls(json_object=True)
+
+    @classmethod
+    def from_regex(cls, pattern: str) -> ResponseFormat:
+        """Output the whole of which matches ``pattern`` (Rust regex syntax)."""
+        return cls(regex=pattern)
+
+    @classmethod
+    def from_lark(cls, grammar: str) -> ResponseFormat:
+        """Output in the language of a Lark grammar (llguidance's dialect; starts at ``start``)."""
+        return cls(lark=grammar)
+
+    @classmethod
+    def from_gbnf(cls, grammar: str) -> ResponseFormat:
+        """Output in the language of a llama.cpp GBNF grammar (starts at ``root``)."""
+        return cls(gbnf=grammar)
+
+    @classmethod
+    def of(cls, value: ResponseFormat | Mapping[str, Any]) -> ResponseFormat:
+        """``value`` as a ResponseFormat: itself, a mapping of one of its fields
+        (``{"json_schema": {...}}``), or OpenAI's shapes (``{"type": "json_object"}``,
+        ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``).
+
+        :raises InvalidArgument: anything else (field ``response_format``)."""
+        if isinstance(value, ResponseFormat):
+            return value
+        if not isinstance(value, Mapping):
+            raise InvalidArgument(
+                f"response_format={value!r}: give a ResponseFormat or a mapping",
+                field="response_format",
+            )
+        kind = value.get("type")
+        if kind == "json_object" and set(value) == {"type"}:
+            return cls(json_object=True)
+        if kind == "json_schema" and isinstance(value.get("json_schema"), Mapping):
+            inner = value["json_schema"]
+            if "schema" in inner:
+                return cls(json_schema=inner["schema"])
+        names = {spec.name for spec in fields(cls)}
+        if value and set(value) <= names:
+            return cls(**value)
+        raise InvalidArgument(
+            f"response_format={dict(value)!r}: name one of {', '.join(sorted(names))}",
+            field="response_format",
+        )
+
+
+@dataclass(frozen=True)
+class ToolDefinition:
+    """A tool the model may call: the chat template renders it (``Chat.tools``) and a Decode
+    may call it (``DecodeOptions.tools``).
+
+    ``name``: 1..64 characters of ``[A-Za-z0-9_.-]`` (checked by the daemon);
+    ``parameters``: the JSON Schema of its arguments, JSON text or a mapping (``json.dumps``'d:
+    the field always holds text afterwards).
+    """
+
+    name: str
+    description: str = ""
+    parameters: str | Mapping[str, Any] = "{}"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.parameters, str):
+            text = _json_text(self.parameters, f"tools[{self.name}].parameters")
+            object.__setattr__(self, "parameters", text)
+
+    @classmethod
+    def of(cls, value: ToolDefinition | Mapping[str, Any]) -> ToolDefinition:
+        """``value`` as a ToolDefinition: itself, ``{"name", "description", "parameters"}``, or
+        OpenAI's ``{"type": "function", "function": {"name", "description", "parameters"}}``.
+
+        :raises InvalidArgument: anything else (field ``tools``)."""
+        if isinstance(value, ToolDefinition):
+            return value
+        if isinstance(value, Mapping):
+            inner = value.get("function", value)
+            if isinstance(inner, Mapping) and isinstance(inner.get("name"), str):
+                return cls(
+                    name=inner["name"],
+                    description=inner.get("description") or "",
+                    parameters=inner.get("parameters") or "{}",
+                )
+        raise InvalidArgument(
+            f"tool {value!r}: give a ToolDefinition or a mapping with a name", field="tools"
+        )
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call of a tool: streamed in ``DecodeChunk.tool_calls``, or in an assistant message's
+    history (``{"role": "assistant", "tool_calls": [...]}``).
+
+    ``arguments``: JSON text of an object (a mapping given here is ``json.dumps``'d); ``args``
+    parses it. ``index``: the call's place among one Decode's calls, from 0.
+    """
+
+    id: str = ""
+    name: str = ""
+    arguments: str | Mapping[str, Any] = "{}"
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.arguments, str):
+            text = _json_text(self.arguments, f"tool_calls[{self.index}].arguments")
+            object.__setattr__(self, "arguments", text)
+
+    @property
+    def args(self) -> Any:
+        """``arguments`` parsed (``json.loads``); a dict for every call the daemon streams.
+
+        :raises json.JSONDecodeError: arguments that are not JSON (only a client-made call)."""
+        return json.loads(str(self.arguments))
+
+    @classmethod
+    def of(cls, value: ToolCall | Mapping[str, Any], index: int = 0) -> ToolCall:
+        """``value`` as a ToolCall: itself, OpenAI's ``{"id", "type": "function", "function":
+        {"name", "arguments"}}`` (``arguments`` JSON text or a mapping), or a flat
+        ``{"id", "name", "arguments", "index"}``; ``index`` when the mapping has none.
+
+        :raises InvalidArgument: anything else (field ``tool_calls``)."""
+        if isinstance(value, ToolCall):
+            return value
+        if isinstance(value, Mapping):
+            inner = value.get("function", value)
+            if isinstance(inner, Mapping) and isinstance(inner.get("name"), str):
+                arguments = inner.get("arguments")
+                return cls(
+                    id=str(value.get("id") or ""),
+                    name=inner["name"],
+                    arguments="{}" if arguments is None else arguments,
+                    index=int(value.get("index", index)),
+                )
+        raise InvalidArgument(
+            f"tool call {value!r}: give a ToolCall or a mapping with a function name",
+            field="tool_calls",
+        )
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    """One of the most likely tokens at a position (``TokenLogprob.top``)."""
+
+    id: int
+    logprob: float  #: natural log, of the engine's raw logits (before any sampler step)
+    piece: bytes  #: the token's bytes: possibly a piece of a UTF-8 character
+
+    @property
+    def text(self) -> str:
+        """``piece`` decoded as UTF-8, invalid bytes replaced (U+FFFD)."""
+        return self.piece.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's logprob and its top alternatives (``DecodeOptions.logprobs``)."""
+
+    id: int
+    logprob: float  #: natural log, of the engine's raw logits (before any sampler step)
+    piece: bytes  #: the token's bytes: possibly a piece of a UTF-8 character
+    top: tuple[TopLogprob, ...] = ()  #: the N most likely, most likely first
+
+    @property
+    def text(self) -> str:
+        """``piece`` decoded as UTF-8, invalid bytes replaced (U+FFFD)."""
+        return self.piece.decode("utf-8", errors="replace")
+
+
 @dataclass(frozen=True)
 class Chat:
-    """Chat messages, rendered by the daemon with the model's own template."""
+    """Chat messages, rendered by the daemon with the model's own template.
 
-    messages: Sequence[Mapping[str, str]]
+    Each message is a mapping with ``role`` (system | user | assistant | tool | ...) and
+    ``content`` (a str; None or absent is "", as for an assistant message that only calls
+    tools), and optionally ``tool_calls`` (role assistant: :class:`ToolCall`\\ s or OpenAI's
+    ``{"id", "type": "function", "function": {"name", "arguments"}}``, arguments JSON text or a
+    mapping), ``tool_call_id`` and ``name`` (role tool: which call this is the result of, and
+    the tool's name) and ``thinking`` (role assistant: its thinking).
+
+    ``tools``: what the template renders (its ``tools`` variable): :class:`ToolDefinition`\\ s
+    or mappings (see :meth:`ToolDefinition.of`), kept as a tuple of ToolDefinition.
+    ``enable_thinking``: the template's ``enable_thinking`` variable; None leaves it undefined.
+    """
+
+    messages: Sequence[Mapping[str, Any]]
     add_generation_prompt: bool = True
+    tools: Sequence[ToolDefinition] = ()
+    enable_thinking: bool | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tools, ToolDefinition | Mapping):
+            raise InvalidArgument("tools is one tool: pass a list of them", field="tools")
+        object.__setattr__(self, "tools", tuple(ToolDefinition.of(t) for t in self.tools))
 
 
-#: text, token ids, or chat messages (a Chat, or a list of {"role", "content"} dicts)
-InputLike = str | Sequence[int] | Chat | Sequence[Mapping[str, str]]
+#: text, token ids, or chat messages (a Chat, or a list of {"role", "content", ...} dicts)
+InputLike = str | Sequence[int] | Chat | Sequence[Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -102,10 +363,32 @@ class DecodeOptions:
     ignore_eos: bool = False
     #: stop when one of these ids is sampled: the id is streamed (as EOS is), its text is not
     stop_token_ids: Sequence[int] = ()
+    #: what the output must be (a mapping is read by :meth:`ResponseFormat.of`); None: free text
+    response_format: ResponseFormat | None = None
+    #: tools this Decode may call (ToolDefinitions or mappings, see :meth:`ToolDefinition.of`)
+    tools: Sequence[ToolDefinition] = ()
+    #: "" / "auto": the model may call a tool; "none"; "required": one call or more; any other
+    #: value names the one tool to call (OpenAI's ``{"type": "function", "function": {"name":
+    #: ...}}`` is read as that name). Needs ``tools``; excludes ``response_format``.
+    tool_choice: str = ""
+    #: "" (detected from the chat template) | hermes | llama3 | mistral | generic
+    tool_call_format: str = ""
+    #: "" / "split": a thinking section streams in ``DecodeChunk.thinking``; "none": in text
+    reasoning_format: str = ""
+    thinking_budget: int | None = None  #: at most this many thinking tokens; None: no limit
+    #: 0..20: each token's logprob and the top N alternatives (``DecodeChunk.logprobs``)
+    logprobs: int | None = None
+    #: token id -> added to its logit (-inf bans it); a mapping or (id, bias) pairs, kept as a
+    #: tuple of (id, bias) pairs sorted by id
+    logit_bias: Sequence[tuple[int, float]] = ()
 
     def __post_init__(self) -> None:
         for spec in fields(self):
             value = getattr(self, spec.name)
+            if spec.name in _SPECIAL_OPTIONS:
+                if value is not None:
+                    object.__setattr__(self, spec.name, _SPECIAL_OPTIONS[spec.name](value))
+                continue
             if spec.default != () or isinstance(value, tuple):
                 continue  # a scalar, or a repeated field already a tuple
             if isinstance(value, str):
@@ -116,6 +399,51 @@ class DecodeOptions:
                 raise InvalidArgument(
                     f"{spec.name}={value!r}: not a sequence", field=spec.name
                 ) from None
+
+
+def _tools(value: Any) -> tuple[ToolDefinition, ...]:
+    if isinstance(value, ToolDefinition | Mapping | str):
+        raise InvalidArgument("tools is one tool: pass a list of them", field="tools")
+    try:
+        return tuple(ToolDefinition.of(tool) for tool in value)
+    except TypeError:
+        raise InvalidArgument(f"tools={value!r}: not a sequence", field="tools") from None
+
+
+def _tool_choice(value: Any) -> Any:
+    """OpenAI's ``{"type": "function", "function": {"name": N}}`` as ``N``; else as given
+    (a wrong type is refused when the request is built)."""
+    if isinstance(value, Mapping):
+        inner = value.get("function")
+        if isinstance(inner, Mapping) and isinstance(inner.get("name"), str):
+            return inner["name"]
+        raise InvalidArgument(f"tool_choice={dict(value)!r}: name a function", field="tool_choice")
+    return value
+
+
+def _logit_bias(value: Any) -> tuple[tuple[Any, Any], ...]:
+    """A mapping or (id, bias) pairs as pairs sorted by id; types are checked when the
+    request is built (``InvalidArgument`` naming ``logit_bias``)."""
+    try:
+        pairs = list(value.items()) if isinstance(value, Mapping) else list(value)
+        checked = [(token, bias) for token, bias in pairs]
+    except (TypeError, ValueError):
+        raise InvalidArgument(
+            f"logit_bias={value!r}: give a mapping of token id to bias", field="logit_bias"
+        ) from None
+    try:
+        return tuple(sorted(checked, key=lambda pair: pair[0]))
+    except TypeError:  # ids of mixed types: refused when the request is built
+        return tuple(checked)
+
+
+#: fields of DecodeOptions frozen by their own rule (``None`` is kept as it is)
+_SPECIAL_OPTIONS: dict[str, Any] = {
+    "response_format": ResponseFormat.of,
+    "tools": _tools,
+    "tool_choice": _tool_choice,
+    "logit_bias": _logit_bias,
+}
 
 
 @dataclass(frozen=True)
@@ -235,7 +563,11 @@ class Capabilities:
     native_state_snapshot: bool
     batched_decode: bool
     chat_template: bool
-    grammar: bool
+    grammar: bool  #: response_format and tool_choice enforced by a token mask (llguidance)
+    tools: bool = False  #: tool definitions rendered and tool calls parsed
+    thinking: bool = False  #: thinking sections split into ``DecodeChunk.thinking``
+    logprobs: bool = False  #: ``DecodeOptions.logprobs``
+    logit_bias: bool = False  #: ``DecodeOptions.logit_bias``
 
 
 @dataclass(frozen=True)
@@ -284,7 +616,16 @@ class SuffixResult:
 
 @dataclass(frozen=True)
 class DecodeFinal:
-    stop_reason: str  #: eos | max_tokens | stop | stop_token | cancelled | context_full
+    """How a Decode ended, its usage and timings (``DecodeChunk.final`` on the last chunk).
+
+    ``stop_reason``: ``eos`` | ``max_tokens`` | ``stop`` (``stop_string`` says which) |
+    ``stop_token`` (``stop_token`` says which) | ``cancelled`` | ``context_full`` |
+    ``grammar_end`` (the response_format's language, or a required/named tool call, is
+    complete) | ``tool_calls`` (the model made tool calls, streamed in
+    ``DecodeChunk.tool_calls``, and stopped).
+    """
+
+    stop_reason: str
     stop_string: str
     prompt_tokens: int
     reused_tokens: int
@@ -296,22 +637,43 @@ class DecodeFinal:
     resident: int
     available: int
     stop_token: int | None = None  #: the stop token id sampled, when stop_reason is stop_token
+    thinking_tokens: int = 0  #: of completion_tokens, those in a thinking section
 
 
 @dataclass(frozen=True)
 class DecodeChunk:
+    """A piece of a Decode stream.
+
+    ``text``: answer text; ``thinking``: thinking text (never also in ``text``);
+    ``tool_calls``: complete calls parsed from the output (their text is in neither);
+    ``token_ids``: every id generated in this chunk, whichever of these it went to;
+    ``logprobs``: one per id in ``token_ids`` when ``DecodeOptions.logprobs`` is set.
+    """
+
     text: str
     token_ids: tuple[int, ...] = field(default_factory=tuple)
     final: DecodeFinal | None = None  #: set on the last chunk only
+    thinking: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class Completion:
-    """A whole Decode, collected (``Session.generate``)."""
+    """A whole Decode, collected (``Session.generate``): the chunks' text, thinking, ids,
+    tool calls and logprobs concatenated in order, and the last chunk's ``final``."""
 
     text: str
     token_ids: tuple[int, ...]
     final: DecodeFinal
+    thinking: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+    @property
+    def stop_reason(self) -> str:
+        """``final.stop_reason``."""
+        return self.final.stop_reason
 
 
 @dataclass(frozen=True)

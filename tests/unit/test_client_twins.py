@@ -150,12 +150,22 @@ def test_the_checker_sees_protobuf_types() -> None:
 # --- (3) one decode-options type, field for field the proto's ---------------------------------
 
 
-def _sample(hint: object) -> object:
+#: samples of the fields whose type is a message or a map on the wire
+SPECIAL_SAMPLES: dict[str, object] = {
+    "response_format": modeldconn.ResponseFormat(regex="[0-9]+"),
+    "tools": (modeldconn.ToolDefinition("f", "does f", '{"type": "object"}'),),
+    "logit_bias": ((3, -0.5), (7, float("-inf"))),
+}
+
+
+def _sample(name: str, hint: object) -> object:
     """A value of ``hint`` other than the field's default."""
+    if name in SPECIAL_SAMPLES:
+        return SPECIAL_SAMPLES[name]
     leaves = set(_leaves(hint)) - {type(None)}
     if typing.get_origin(hint) is Sequence or Sequence in leaves:
         return ("7", "ab") if str in leaves else (3, 4)
-    for kind, value in ((bool, True), (int, 7), (float, 0.625)):  # exact in a float32
+    for kind, value in ((bool, True), (int, 7), (float, 0.625), (str, "x")):  # exact in float32
         if kind in leaves:
             return value
     raise AssertionError(f"no sample for {hint}: teach the test this field's type")
@@ -171,19 +181,29 @@ def _fields(cls: type) -> set[str]:
 
 def test_decode_options_round_trip_every_field() -> None:
     hints = typing.get_type_hints(modeldconn.DecodeOptions)
-    values = {f.name: _sample(hints[f.name]) for f in dataclasses.fields(modeldconn.DecodeOptions)}
+    values = {
+        f.name: _sample(f.name, hints[f.name]) for f in dataclasses.fields(modeldconn.DecodeOptions)
+    }
     options = modeldconn.DecodeOptions(**values)  # type: ignore[arg-type]
     config = _convert.decode_config_to_pb(options)
     back = {}
     for field in config.DESCRIPTOR.fields:
         value = getattr(config, field.name)
+        if field.name in SPECIAL_SAMPLES:
+            continue  # read back below
         if field.is_repeated:
             back[field.name] = tuple(value)
         elif field.has_presence and not config.HasField(field.name):
             back[field.name] = None
         else:
             back[field.name] = value
-    assert back == values
+    assert back == {k: v for k, v in values.items() if k not in SPECIAL_SAMPLES}
+    assert config.response_format.regex == "[0-9]+"
+    assert [(t.name, t.description, t.parameters) for t in config.tools] == [
+        ("f", "does f", '{"type": "object"}')
+    ]
+    assert dict(config.logit_bias) == {3: -0.5, 7: float("-inf")}
+    assert _convert.decode_options_from_pb(config) == options  # and the inverse, whole
     assert _convert.decode_config_to_pb(modeldconn.DecodeOptions()) == pb.DecodeConfig()
 
 
@@ -206,6 +226,12 @@ def test_every_decode_config_field_has_a_decode_options_field() -> None:
         (pb.ModelFacts, modeldconn.ModelFacts),
         (pb.Capacity, modeldconn.Capacity),
         (pb.Capabilities, modeldconn.Capabilities),
+        (pb.ResponseFormat, modeldconn.ResponseFormat),
+        (pb.ToolDefinition, modeldconn.ToolDefinition),
+        (pb.ToolCall, modeldconn.ToolCall),
+        (pb.TopLogprob, modeldconn.TopLogprob),
+        (pb.TokenLogprob, modeldconn.TokenLogprob),
+        (pb.ChatMessages, modeldconn.Chat),
         (pb.SnapshotResponse, modeldconn.SnapshotInfo),
         (pb.EnsurePrefixResponse, modeldconn.PrefixResult),
         (pb.PrefillSuffixResponse, modeldconn.SuffixResult),
