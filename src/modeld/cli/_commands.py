@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,7 +18,10 @@ from modeld.cli._lease_view import lease_as_json, lease_as_text
 from modeldconn._dataroot import resolve_data_root
 from modeldconn._probe import probe
 
-__all__ = ["parse_bytes"]
+__all__ = ["completion_as_json", "parse_bytes"]
+
+#: a file an option reads (its absence is click's usage error)
+_INPUT_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @cli.group()
@@ -86,6 +91,61 @@ def describe(model: str, data_root: Path | None, as_json: bool) -> None:
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--n-ctx", type=click.IntRange(min=0), default=0, help="Context (0: default).")
+@click.option(
+    "--chat",
+    is_flag=True,
+    help="Send PROMPT as a user message, rendered by the model's chat template "
+    "(implied by --system, --tool, --think and --no-think).",
+)
+@click.option("--system", default=None, help="A system message before PROMPT (implies --chat).")
+@click.option(
+    "--json-schema",
+    "json_schema",
+    type=_INPUT_FILE,
+    default=None,
+    help="Output valid for the JSON Schema in FILE.",
+)
+@click.option("--json-object", is_flag=True, help="Output one JSON object, any object.")
+@click.option("--regex", default=None, help="Output the whole of which matches RE (Rust syntax).")
+@click.option(
+    "--grammar", type=_INPUT_FILE, default=None, help="Output in the Lark grammar in FILE."
+)
+@click.option("--gbnf", type=_INPUT_FILE, default=None, help="Output in the GBNF grammar in FILE.")
+@click.option(
+    "--tool",
+    "tool_files",
+    type=_INPUT_FILE,
+    multiple=True,
+    help="A JSON file with a tool's name, description and parameters (a JSON Schema); "
+    "or a list of them (repeatable; implies --chat).",
+)
+@click.option(
+    "--tool-choice",
+    default="",
+    help="auto (default) | none | required | the name of the one tool to call.",
+)
+@click.option(
+    "--think/--no-think",
+    "think",
+    default=None,
+    help="The template's enable_thinking (default: the template's own; implies --chat).",
+)
+@click.option(
+    "--thinking-budget", type=click.IntRange(min=0), default=None, help="At most N thinking tokens."
+)
+@click.option(
+    "--logprobs",
+    type=click.IntRange(0, 20),
+    default=None,
+    help="Each token's logprob and the top N alternatives.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object: text, token_ids, stop_reason, tool_calls, thinking, "
+    "logprobs, usage.",
+)
 def generate(
     model: str,
     prompt: str,
@@ -95,27 +155,182 @@ def generate(
     seed: int | None,
     stop: tuple[str, ...],
     n_ctx: int,
+    chat: bool,
+    system: str | None,
+    json_schema: Path | None,
+    json_object: bool,
+    regex: str | None,
+    grammar: Path | None,
+    gbnf: Path | None,
+    tool_files: tuple[Path, ...],
+    tool_choice: str,
+    think: bool | None,
+    thinking_budget: int | None,
+    logprobs: int | None,
+    as_json: bool,
 ) -> None:
-    """Stream a completion of PROMPT from the running daemon."""
+    """Stream a completion of PROMPT from the running daemon.
+
+    Without --json: the answer text on stdout (thinking on stderr, each tool call as a line
+    ``[tool_call N] NAME ARGUMENTS``), then a summary (and with --logprobs, one line a token) on
+    stderr. With --json: one JSON object on stdout, once the completion is done:
+    {"text", "token_ids", "stop_reason", "stop_string", "tool_calls": [{"id", "name",
+    "arguments", "index"}], "thinking", "logprobs": [{"id", "logprob", "piece", "top": [{"id",
+    "logprob", "piece"}]}], "usage": {"prompt_tokens", "completion_tokens", "thinking_tokens",
+    "reused_tokens"}} (pieces as text, invalid UTF-8 replaced).
+    """
+    response_format = _response_format(json_schema, json_object, regex, grammar, gbnf)
+    tools = tuple(tool for path in tool_files for tool in _read_tools(path))
+    if tool_choice and not tools:
+        raise click.UsageError("--tool-choice needs --tool")
+    if tools and response_format is not None:
+        raise click.UsageError("--tool excludes --json-schema, --json-object, --regex, --grammar")
+    prefix: modeldconn.Chat | str = prompt
+    if chat or system is not None or tools or think is not None:
+        messages = [{"role": "system", "content": system}] if system is not None else []
+        messages.append({"role": "user", "content": prompt})
+        prefix = modeldconn.Chat(messages, tools=tools, enable_thinking=think)
+    options = modeldconn.DecodeOptions(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        stop=stop,
+        response_format=response_format,
+        tools=tools,
+        tool_choice=tool_choice,
+        thinking_budget=thinking_budget,
+        logprobs=logprobs,
+    )
     client = _client_orfail(data_root)
     try:
         with client.open_session(model, n_ctx=n_ctx) as session:
-            session.ensure_prefix(prompt)
-            final = None
-            for chunk in session.decode(
-                max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop
-            ):
-                click.echo(chunk.text, nl=False)
-                final = chunk.final or final
-            click.echo()
-            if final is not None:
-                click.echo(
-                    f"[{final.completion_tokens} tokens, {final.stop_reason}, "
-                    f"ttft {final.ttft_ms:.0f} ms, {final.tokens_per_s:.1f} tok/s]",
-                    err=True,
-                )
+            session.ensure_prefix(prefix)
+            if as_json:
+                click.echo(json.dumps(completion_as_json(session.generate(options))))
+                return
+            _stream(session.decode(options), logprobs is not None)
     except modeldconn.ModeldError as exc:
         fail(str(exc), ExitCode.STARTUP)
+
+
+def _stream(chunks: Iterable[modeldconn.DecodeChunk], show_logprobs: bool) -> None:
+    """Text to stdout as it comes, thinking to stderr, tool calls as lines; then the summary."""
+    final = None
+    tokens: list[modeldconn.TokenLogprob] = []
+    for chunk in chunks:
+        if chunk.thinking:
+            click.echo(chunk.thinking, nl=False, err=True)
+        click.echo(chunk.text, nl=False)
+        for call in chunk.tool_calls:
+            click.echo(f"[tool_call {call.index}] {call.name} {call.arguments}")
+        tokens.extend(chunk.logprobs)
+        final = chunk.final or final
+    click.echo()
+    if show_logprobs:
+        for token in tokens:
+            top = "  ".join(f"{t.text!r} {t.logprob:.3f}" for t in token.top)
+            click.echo(f"{token.id:>7} {token.logprob:9.4f} {token.text!r:16} {top}", err=True)
+    if final is not None:
+        click.echo(
+            f"[{final.completion_tokens} tokens, {final.stop_reason}, "
+            f"ttft {final.ttft_ms:.0f} ms, {final.tokens_per_s:.1f} tok/s]",
+            err=True,
+        )
+
+
+def completion_as_json(completion: modeldconn.Completion) -> dict[str, Any]:
+    """What ``modeld generate --json`` prints: plain JSON types only (pieces of logprobs as
+    text, invalid UTF-8 replaced by U+FFFD)."""
+    final = completion.final
+    return {
+        "text": completion.text,
+        "token_ids": list(completion.token_ids),
+        "stop_reason": final.stop_reason,
+        "stop_string": final.stop_string,
+        "tool_calls": [
+            {"id": c.id, "name": c.name, "arguments": c.arguments, "index": c.index}
+            for c in completion.tool_calls
+        ],
+        "thinking": completion.thinking,
+        "logprobs": [
+            {
+                "id": t.id,
+                "logprob": t.logprob,
+                "piece": t.text,
+                "top": [{"id": a.id, "logprob": a.logprob, "piece": a.text} for a in t.top],
+            }
+            for t in completion.logprobs
+        ],
+        "usage": {
+            "prompt_tokens": final.prompt_tokens,
+            "completion_tokens": final.completion_tokens,
+            "thinking_tokens": final.thinking_tokens,
+            "reused_tokens": final.reused_tokens,
+        },
+    }
+
+
+def _read_text(path: Path, option: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"{path}: {exc}", param_hint=option) from None
+
+
+def _read_json(path: Path, option: str) -> Any:
+    try:
+        return json.loads(_read_text(path, option))
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{path}: not JSON: {exc}", param_hint=option) from None
+
+
+def _read_tools(path: Path) -> list[modeldconn.ToolDefinition]:
+    """The tool (an object) or tools (a list of objects) in ``path``: each with name,
+    description and parameters, or OpenAI's {"type": "function", "function": {...}}."""
+    value = _read_json(path, "--tool")
+    try:
+        return [
+            modeldconn.ToolDefinition.of(v) for v in (value if isinstance(value, list) else [value])
+        ]
+    except modeldconn.InvalidArgument as exc:
+        raise click.BadParameter(f"{path}: {exc.message}", param_hint="--tool") from None
+
+
+def _response_format(
+    json_schema: Path | None,
+    json_object: bool,
+    regex: str | None,
+    grammar: Path | None,
+    gbnf: Path | None,
+) -> modeldconn.ResponseFormat | None:
+    """The one output constraint asked for, or None.
+
+    :raises click.UsageError: more than one; a schema file that is not JSON."""
+    given = [
+        name
+        for name, value in (
+            ("--json-schema", json_schema),
+            ("--json-object", json_object or None),
+            ("--regex", regex),
+            ("--grammar", grammar),
+            ("--gbnf", gbnf),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise click.UsageError(f"{' and '.join(given)} exclude each other: give one")
+    if json_schema is not None:
+        _read_json(json_schema, "--json-schema")  # a typo is a usage error, not the daemon's
+        return modeldconn.ResponseFormat(json_schema=_read_text(json_schema, "--json-schema"))
+    if json_object:
+        return modeldconn.ResponseFormat(json_object=True)
+    if regex is not None:
+        return modeldconn.ResponseFormat(regex=regex)
+    if grammar is not None:
+        return modeldconn.ResponseFormat(lark=_read_text(grammar, "--grammar"))
+    if gbnf is not None:
+        return modeldconn.ResponseFormat(gbnf=_read_text(gbnf, "--gbnf"))
+    return None
 
 
 @cli.command()
