@@ -14,7 +14,11 @@ checked when ``decode`` is called, before anything is sent (``InvalidArgument`` 
 Adding a sampling field means adding it to ``DecodeConfig`` in the proto and to
 :class:`DecodeOptions`: ``_convert.decode_config_to_pb`` is generic over the dataclass's fields
 (a function there rather than a ``to_pb()`` method, so no public type hands out a protobuf
-message), and a unit test fails when the two disagree.
+message), and a unit test fails when the two disagree. A field whose wire type is a message or
+a map (``response_format``, ``tools``, ``logit_bias``) is a special case there, and is frozen by
+its own rule here (``_SPECIAL_OPTIONS``): mappings become :class:`ResponseFormat` /
+:class:`ToolDefinition`, and ``logit_bias`` a tuple of (id, bias) pairs, so that options stay
+hashable.
 """
 
 from __future__ import annotations
@@ -348,7 +352,13 @@ class DecodeOptions:
     """How to sample, field for field the wire's ``DecodeConfig``; None: the daemon's default.
 
     Greedy unless ``temperature`` > 0. Lists given for ``stop`` / ``stop_token_ids`` are kept as
-    tuples (a bare string for ``stop`` is one stop string).
+    tuples (a bare string for ``stop`` is one stop string). ``response_format`` may be given as a
+    mapping (:meth:`ResponseFormat.of`), ``tools`` as mappings (:meth:`ToolDefinition.of`),
+    ``logit_bias`` as a mapping of token id to bias.
+
+    :raises InvalidArgument: a field that cannot be frozen (``tools`` given one tool, not a
+        list; ``logit_bias`` neither a mapping nor pairs; a response format of no or many
+        kinds), naming it. Ranges are checked when the request is built.
     """
 
     max_tokens: int | None = None  #: default 256
@@ -604,6 +614,9 @@ class PrefixResult:
     prefix_hash: str
     #: of ``reused``, tokens whose KV was copied from another session instead of computed
     shared: int = 0
+    #: a chat prefix: "template" (the model's template rendered it all) or "fallback" (tools
+    #: through modeld's fallback rendering); "" for text and token ids
+    rendering: str = ""
 
 
 @dataclass(frozen=True)
@@ -612,6 +625,8 @@ class SuffixResult:
     prefilled: int
     resident: int
     available: int
+    #: as ``PrefixResult.rendering``
+    rendering: str = ""
 
 
 @dataclass(frozen=True)
