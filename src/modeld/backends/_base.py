@@ -12,11 +12,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import llguidance
+import numpy as np
+
 from modeld.models._facts import ModelFacts, ModelSpec
 from modeldconn._errors import CapabilityMismatch, ContextOverflow, InvalidArgument
 from modeldconn._types import Capabilities
 
 __all__ = [
+    "MAX_LOGIT_BIAS",
     "MAX_SEED",
     "MIN_REPEAT_PENALTY",
     "MIN_TEMPERATURE",
@@ -81,6 +85,16 @@ def _seed(value: Any) -> bool:
     return value is None or (isinstance(value, int) and 0 <= value <= MAX_SEED)
 
 
+#: entries a Decode's logit_bias may hold (OpenAI allows 300; a ban list can be longer)
+MAX_LOGIT_BIAS = 1024
+
+
+def _bias(value: Any) -> bool:
+    return len(value) <= MAX_LOGIT_BIAS and all(
+        token >= 0 and (math.isfinite(bias) or bias == -math.inf) for token, bias in value
+    )
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How the sampler picks each token; defaults are what a client gets for an unset field.
@@ -112,6 +126,13 @@ class SamplingParams:
     #: None: a random seed
     seed: int | None = field(default=None, metadata=rule(_seed, f"must be in 0..{MAX_SEED}"))
     ignore_eos: bool = False
+    #: (token id, bias) pairs, ids ascending: added to the logits before any sampler step
+    #: (after a grammar's mask); -inf bans the token. Ids are checked against the vocabulary
+    #: when the Decode starts.
+    logit_bias: tuple[tuple[int, float], ...] = field(
+        default=(),
+        metadata=rule(_bias, f"at most {MAX_LOGIT_BIAS} ids >= 0, each bias finite or -inf"),
+    )
 
     @property
     def greedy(self) -> bool:
@@ -196,8 +217,16 @@ def check_state_fits(kv_len: int, n_ctx: int) -> None:
 
 
 class Sampler(Protocol):
-    def sample(self) -> int:
-        """Pick the next token from the session's current logits (natively, in the engine)."""
+    def logits(self) -> np.ndarray:
+        """The session's current logits as the model computed them, before any sampler step:
+        float32, shape (vocab_size,). Read-only, valid until the next engine call."""
+
+    def sample(self, allowed: np.ndarray | None = None) -> int:
+        """Pick the next token from the session's current logits (natively, in the engine).
+
+        ``allowed``: bool, shape (vocab_size,) (a grammar's mask): a False token's logit is
+        -inf before any sampler step, so no step can pick it; the others' are untouched.
+        """
 
     def close(self) -> None: ...
 
@@ -279,13 +308,12 @@ class EngineModel(Protocol):
 
     def is_end_of_generation(self, token: int) -> bool: ...
 
-    def render_chat(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
-        """Render ``(role, content)`` pairs with the model's own template (``sessions._inputs``
-        passes markers as content and tokenizes the real content itself).
+    def end_of_generation_ids(self) -> list[int]: ...
 
-        :raises UnsupportedFeature: the model has no template, or the engine cannot render it.
-        :raises InvalidArgument: a role with a NUL or a lone surrogate.
-        """
+    def grammar_tokenizer(self) -> llguidance.LLTokenizer:
+        """The vocabulary as llguidance reads it (each token's bytes, control tokens marked,
+        end-of-generation ids), built on first use (seconds for a 262k vocabulary) and kept.
+        Any thread: callers are off the engine thread."""
 
     def open_session(self, n_ctx: int) -> EngineSession: ...
 

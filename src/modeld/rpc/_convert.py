@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from modeld.chat._types import Message, ToolCall, ToolDefinition
 from modeld.models._facts import ModelFacts
 from modeld.sessions._embeddings import EmbedRequest, EmbedResult
 from modeld.sessions._manager import ResolvedConfig
@@ -15,6 +16,7 @@ from modeld.sessions._types import (
     TextInput,
     TokenInput,
 )
+from modeld.structured._formats import ResponseFormat
 from modeldconn._errors import InvalidArgument
 from modeldconn._pb import modeld_pb2 as pb
 from modeldconn._types import Capabilities, Capacity, PrefixResult, SuffixResult
@@ -41,9 +43,24 @@ def input_from_pb(message: pb.Input, what: str) -> SessionInput:
     if kind == "tokens":
         return TokenInput(tuple(message.tokens.ids))
     if kind == "chat":
+        chat = message.chat
         return ChatInput(
-            tuple((m.role, m.content) for m in message.chat.messages),
-            message.chat.add_generation_prompt,
+            messages=tuple(
+                Message(
+                    role=m.role,
+                    content=m.content,
+                    tool_calls=tuple(
+                        ToolCall(c.id, c.name, c.arguments, c.index) for c in m.tool_calls
+                    ),
+                    tool_call_id=m.tool_call_id,
+                    name=m.name,
+                    thinking=m.thinking,
+                )
+                for m in chat.messages
+            ),
+            add_generation_prompt=chat.add_generation_prompt,
+            tools=tuple(ToolDefinition(t.name, t.description, t.parameters) for t in chat.tools),
+            enable_thinking=(chat.enable_thinking if chat.HasField("enable_thinking") else None),
         )
     raise InvalidArgument(f"{what} is empty: set text, tokens or chat", field=what)
 
@@ -52,11 +69,24 @@ def decode_options_from_pb(config: pb.DecodeConfig) -> DecodeOptions:
     """Every field the client set, by name (unset optional scalars take the defaults).
 
     :raises InvalidArgument: a value outside its field's rule, naming the field."""
-    values = {
-        # repeated fields arrive as containers: a plain tuple crosses into the dataclass
-        fd.name: value if isinstance(value, (bool, int, float, str)) else tuple(value)
-        for fd, value in config.ListFields()
-    }
+    values: dict[str, object] = {}
+    for fd, value in config.ListFields():
+        if fd.name == "response_format":
+            kind = value.WhichOneof("kind")
+            text = "" if kind == "json_object" else getattr(value, kind)
+            if kind == "json_object" and not value.json_object:
+                continue  # false: no format
+            values[fd.name] = ResponseFormat(kind, text)
+        elif fd.name == "tools":
+            values[fd.name] = tuple(
+                ToolDefinition(t.name, t.description, t.parameters) for t in value
+            )
+        elif fd.name == "logit_bias":
+            values[fd.name] = tuple(sorted(value.items()))
+        elif isinstance(value, (bool, int, float, str)):
+            values[fd.name] = value
+        else:  # repeated fields arrive as containers: a plain tuple crosses into the dataclass
+            values[fd.name] = tuple(value)
     return DecodeOptions.from_fields(values)
 
 
@@ -106,7 +136,24 @@ def suffix_to_pb(result: SuffixResult) -> pb.PrefillSuffixResponse:
 
 
 def step_to_pb(step: DecodeStep) -> pb.DecodeChunk:
-    chunk = pb.DecodeChunk(text=step.text, token_ids=list(step.token_ids))
+    chunk = pb.DecodeChunk(
+        text=step.text,
+        token_ids=list(step.token_ids),
+        thinking=step.thinking,
+        tool_calls=[
+            pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments, index=c.index)
+            for c in step.tool_calls
+        ],
+        logprobs=[
+            pb.TokenLogprob(
+                id=p.id,
+                logprob=p.logprob,
+                piece=p.piece,
+                top=[pb.TopLogprob(id=t.id, logprob=t.logprob, piece=t.piece) for t in p.top],
+            )
+            for p in step.logprobs
+        ],
+    )
     final = step.final
     if final is not None:
         chunk.final.CopyFrom(
@@ -118,6 +165,7 @@ def step_to_pb(step: DecodeStep) -> pb.DecodeChunk:
                     prompt_tokens=final.prompt_tokens,
                     reused_tokens=final.reused_tokens,
                     completion_tokens=final.completion_tokens,
+                    thinking_tokens=final.thinking_tokens,
                 ),
                 timings=pb.DecodeTimings(
                     prefill_ms=final.prefill_ms,

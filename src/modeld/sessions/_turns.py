@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 
 from modeld._metrics import Metrics
+from modeld.chat._tool_formats import detect_format
 from modeld.engine._scheduler import EngineScheduler
 from modeld.sessions._admission import Admission
 from modeld.sessions._generation import Generation
-from modeld.sessions._inputs import check_size, to_tokens
+from modeld.sessions._inputs import check_size, to_tokens_rendered
 from modeld.sessions._models import ModelPool
 from modeld.sessions._prefill import Prefill, held_length
 from modeld.sessions._residency import Residency
 from modeld.sessions._session import Session
 from modeld.sessions._types import DecodeOptions, DecodeStep, SessionInput
+from modeld.structured import DecodeConstraints, GrammarCompiler, prepare_constraints
+from modeld.structured._plan import NONE as NO_CONSTRAINTS
 from modeldconn._errors import InvalidArgument, RemoteError
 from modeldconn._types import DecodeFinal, PrefixResult, SuffixResult
 
@@ -60,6 +64,7 @@ class Turns:
         self._generation = generation
         self._metrics = metrics
         self._decode_done = decode_done
+        self._grammars = GrammarCompiler()
 
     # ``held``: the tape length the client says it holds (see ``Prefill.hold``); None keeps the
     # tape as it is.
@@ -69,10 +74,13 @@ class Turns:
     ) -> PrefixResult:
         async with self._admission.operation(handle) as session:
             await self._hold(session, held)
-            tokens = await self._tokens(session, value, stage="ensure_prefix", start=True)
+            tokens, rendering = await self._tokens_rendered(
+                session, value, stage="ensure_prefix", start=True
+            )
             result = await self._admission.waiting_for_room(
                 lambda: self._admission.in_turns(self._prefill.ensure_prefix(session, tokens))
             )
+            result = dataclasses.replace(result, rendering=rendering)
         tokens_metric = self._metrics.tokens
         tokens_metric.labels("prefilled").inc(result.prefilled)
         tokens_metric.labels("reused").inc(result.reused - result.shared)
@@ -84,12 +92,13 @@ class Turns:
     ) -> SuffixResult:
         async with self._admission.operation(handle) as session:
             await self._hold(session, held)
-            tokens = await self._tokens(
+            tokens, rendering = await self._tokens_rendered(
                 session, value, stage="prefill_suffix", start=not session.tape
             )
             result = await self._admission.waiting_for_room(
                 lambda: self._admission.in_turns(self._prefill.prefill_suffix(session, tokens))
             )
+            result = dataclasses.replace(result, rendering=rendering)
         self._metrics.tokens.labels("prefilled").inc(result.prefilled)
         return result
 
@@ -114,12 +123,27 @@ class Turns:
         :raises ContextOverflow: the input cannot fit, whatever it tokenizes to.
         :raises InvalidArgument / UnsupportedFeature: see ``to_tokens``.
         """
+        tokens, _ = await self._tokens_rendered(
+            session, value, stage=stage, start=start, resident=resident
+        )
+        return tokens
+
+    async def _tokens_rendered(
+        self,
+        session: Session,
+        value: SessionInput,
+        *,
+        stage: str,
+        start: bool,
+        resident: int | None = None,
+    ) -> tuple[list[int], str]:
+        """:meth:`_tokens`, and how a chat input was rendered (``to_tokens_rendered``)."""
         # the session is ours (its operation runs), so its tape is not changing under us
         if resident is None:
             resident = 0 if stage == "ensure_prefix" else len(session.tape)
         check_size(value, session.n_ctx - resident, stage, resident, session.n_ctx)
         async with self._pool.borrowed(session.model) as model:
-            return await asyncio.to_thread(to_tokens, model, value, start=start)
+            return await asyncio.to_thread(to_tokens_rendered, model, value, start=start)
 
     async def decode(
         self,
@@ -145,6 +169,7 @@ class Turns:
                         session, suffix, stage="prefill_suffix", start=not tape, resident=tape
                     )
                 )
+                constraints = await self._constraints(session, request)
             except RemoteError:
                 await self._hold(session, held)  # refused, but the claim's cut still applies
                 raise
@@ -154,7 +179,7 @@ class Turns:
             def steps() -> Generator[TapedStep | None, None, None]:
                 return self._taped(
                     session,
-                    self._generation.steps(session, request, suffix_tokens, held),
+                    self._generation.steps(session, request, suffix_tokens, held, constraints),
                     lambda: loop.call_soon_threadsafe(done.set),
                 )
 
@@ -172,6 +197,27 @@ class Turns:
                         yield step
             finally:
                 del self._decode_done[session.id]
+
+    async def _constraints(self, session: Session, request: DecodeOptions) -> DecodeConstraints:
+        """The Decode's grammars, compiled on a worker thread before any KV work (see
+        ``modeld.structured``).
+
+        :raises InvalidArgument: a format or tool grammar that does not compile, or tool
+            options that contradict each other.
+        """
+        if request.response_format is None and not request.tools and not request.tool_choice:
+            return NO_CONSTRAINTS
+        async with self._pool.borrowed(session.model) as model:
+            tool_format = request.tool_call_format or detect_format(model.facts.chat_template)
+            return await asyncio.to_thread(
+                prepare_constraints,
+                self._grammars,
+                model,
+                request.response_format,
+                request.tools,
+                request.tool_choice,
+                tool_format,
+            )
 
     def _live_holding(self, session: Session, held: int | None) -> None:
         self._residency.live(session)
@@ -193,7 +239,15 @@ class Turns:
                     continue
                 if step.final is not None:
                     stopped()  # the engine work is over; only delivering the final is left
-                yield TapedStep(step.text, step.token_ids, step.final, len(session.tape))
+                yield TapedStep(
+                    step.text,
+                    step.token_ids,
+                    step.final,
+                    step.thinking,
+                    step.tool_calls,
+                    step.logprobs,
+                    tape_tokens=len(session.tape),
+                )
         finally:
             steps.close()  # closing this one (a cancelled client) closes the Decode's too
             stopped()

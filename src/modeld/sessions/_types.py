@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from modeld.backends._base import SamplingParams, rule
+from modeld.chat._types import MAX_TOOLS, ChatInput, ToolCall, ToolDefinition
+from modeld.structured._formats import ResponseFormat
 from modeldconn._errors import InvalidArgument
-from modeldconn._types import DecodeFinal
+from modeldconn._types import DecodeFinal, TokenLogprob
 
 __all__ = [
     "ChatInput",
@@ -25,6 +27,9 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_TOKENS = 64
 MAX_STOP_CHARS = 256
 DEFAULT_MAX_TOKENS = 256
+MAX_LOGPROBS = 20
+#: the tool-call syntaxes ``modeld.chat`` parses and ``modeld.structured`` enforces
+TOOL_CALL_FORMATS = ("hermes", "llama3", "mistral", "generic")
 
 
 @dataclass(frozen=True)
@@ -35,12 +40,6 @@ class TextInput:
 @dataclass(frozen=True)
 class TokenInput:
     ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ChatInput:
-    messages: tuple[tuple[str, str], ...]  #: (role, content)
-    add_generation_prompt: bool
 
 
 SessionInput = TextInput | TokenInput | ChatInput
@@ -102,7 +101,36 @@ class DecodeOptions:
     stop_token_ids: frozenset[int] = field(
         default=frozenset(), metadata=rule(_stop_ids, f"at most {MAX_STOP_TOKENS} ids >= 0")
     )
+    #: the language the output must belong to (see ``modeld.structured``)
+    response_format: ResponseFormat | None = None
+    tools: tuple[ToolDefinition, ...] = field(
+        default=(), metadata=rule(lambda v: len(v) <= MAX_TOOLS, f"at most {MAX_TOOLS} tools")
+    )
+    #: "" / "auto" | "none" | "required" | a tool's name
+    tool_choice: str = ""
+    #: "" (detected from the template) | one of ``TOOL_CALL_FORMATS``
+    tool_call_format: str = field(
+        default="",
+        metadata=rule(
+            lambda v: v in ("", *TOOL_CALL_FORMATS),
+            f"must be empty (detect) or one of {', '.join(TOOL_CALL_FORMATS)}",
+        ),
+    )
+    #: "split" (also "") | "none"
+    reasoning_format: str = field(
+        default="", metadata=rule(lambda v: v in ("", "split", "none"), "must be split or none")
+    )
+    thinking_budget: int | None = None
+    #: top alternatives per generated token (0..MAX_LOGPROBS); None: no logprobs
+    logprobs: int | None = field(
+        default=None,
+        metadata=rule(lambda v: v is None or 0 <= v <= MAX_LOGPROBS, f"must be 0..{MAX_LOGPROBS}"),
+    )
     sampling: SamplingParams = field(default_factory=SamplingParams)
+
+    @property
+    def split_thinking(self) -> bool:
+        return self.reasoning_format != "none"
 
     @classmethod
     def from_fields(cls, values: Mapping[str, object]) -> DecodeOptions:
@@ -127,6 +155,9 @@ class DecodeStep:
     text: str
     token_ids: tuple[int, ...]
     final: DecodeFinal | None = None
+    thinking: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()  #: one per id in token_ids, when asked for
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import llama_cpp as ll
+import llguidance
 import numpy as np
 
 from modeld.backends._base import (
@@ -29,7 +30,9 @@ from modeld.backends._base import (
     check_text,
     without_double_bos,
 )
+from modeld.backends._once import Once
 from modeld.backends.llama._embed import LlamaEmbedder
+from modeld.backends.llama._grammar_vocab import grammar_tokenizer
 from modeld.backends.llama._lane import Lane, exact_decode_rows
 from modeld.backends.llama._sampler import LlamaSampler
 from modeld.backends.llama._seq_state import cut_to_prefix
@@ -38,7 +41,6 @@ from modeldconn._errors import (
     ModelLoadFailed,
     SessionFatal,
     SnapshotMismatch,
-    UnsupportedFeature,
 )
 
 __all__ = ["LlamaBackend", "cpu_has_amx", "weight_params"]
@@ -256,6 +258,7 @@ class LlamaModel:
         self.n_batch = n_batch
         self._eog: list[int] | None = None
         self._piece = ctypes.create_string_buffer(256)
+        self._grammar_tokenizer = Once(lambda: grammar_tokenizer(self))
 
     def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
         """See ``EngineModel.tokenize``. The text crosses as bytes with their length, never as a
@@ -312,29 +315,8 @@ class LlamaModel:
             self._eog = [t for t in range(self.facts.vocab_size) if self.is_end_of_generation(t)]
         return self._eog
 
-    def render_chat(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
-        template = self.facts.chat_template
-        if not template:
-            raise UnsupportedFeature("this model has no chat template; send text or token ids")
-        for i, (role, content) in enumerate(messages):
-            # llama_chat_message holds NUL-terminated strings: a NUL would end the text there
-            check_text(role, f"messages[{i}].role", allow_nul=False)
-            check_text(content, f"messages[{i}].content", allow_nul=False)
-        keep = [(role.encode(), content.encode()) for role, content in messages]
-        chat = (ll.llama_chat_message * len(keep))(
-            *(ll.llama_chat_message(role=r, content=c) for r, c in keep)
-        )
-        capacity = 2 * sum(len(r) + len(c) for r, c in keep) + 256
-        while True:
-            out = ctypes.create_string_buffer(capacity)
-            count = ll.llama_chat_apply_template(
-                template.encode(), chat, len(keep), add_generation_prompt, out, capacity
-            )
-            if count < 0:
-                raise UnsupportedFeature("llama.cpp does not recognise this model's chat template")
-            if count <= capacity:
-                return out.raw[:count].decode("utf-8", errors="replace")
-            capacity = count
+    def grammar_tokenizer(self) -> llguidance.LLTokenizer:
+        return self._grammar_tokenizer.get()
 
     def open_session(self, n_ctx: int) -> LlamaSession:
         lanes = self._lanes.setdefault(n_ctx, [])
@@ -398,7 +380,14 @@ class LlamaBackend:
         # at load: LoadedModelStatus.decode_batch_rows; 1 means not here)
         batched_decode=True,
         chat_template=True,
-        grammar=False,
+        # the grammar mask, logit bias and logprobs work on the logits row every backend
+        # samples from (modeld.structured, sessions._logprobs); tools and thinking are
+        # rendering and parsing above the engine
+        grammar=True,
+        tools=True,
+        thinking=True,
+        logprobs=True,
+        logit_bias=True,
     )
 
     def __init__(self, n_threads: int, n_batch: int = 512, batch_rows: int = 0) -> None:

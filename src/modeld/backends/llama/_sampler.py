@@ -1,4 +1,10 @@
-"""llama.cpp's native sampler chain over one session's logits: Python only sees the token id."""
+"""llama.cpp's native sampler chain over one session's logits.
+
+Unconstrained, the chain runs over the context's own logits row and Python only sees the token
+id. Under a grammar's mask (or over logits kept as a copy) the same chain runs over a candidate
+array built from the row, masked tokens at -inf: llama_sampler_sample builds exactly that array
+(every id in order, its logit, p = 0), so both paths sample the same token from the same logits.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +45,17 @@ class LlamaSampler:
         model = session.model
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         self._chain = chain
+        self._vocab = model.facts.vocab_size
+        self._candidates: ctypes.Array[ll.llama_token_data] | None = None
+        self._ids = np.arange(self._vocab, dtype=np.int32)
+        if params.logit_bias:
+            pairs = params.logit_bias
+            biases = (ll.llama_logit_bias * len(pairs))(
+                *(ll.llama_logit_bias(token=t, bias=b) for t, b in pairs)
+            )
+            ll.llama_sampler_chain_add(
+                chain, ll.llama_sampler_init_logit_bias(self._vocab, len(pairs), biases)
+            )
         if params.ignore_eos:
             eog = model.end_of_generation_ids()
             biases = (ll.llama_logit_bias * len(eog))(
@@ -70,24 +87,37 @@ class LlamaSampler:
             for token in history[-window:]:
                 ll.llama_sampler_accept(chain, token)
 
-    def sample(self) -> int:
+    def logits(self) -> np.ndarray:
         session = self._session
         row = session.logits_row()
         if row is not None:
-            return int(ll.llama_sampler_sample(self._chain, session.lane.ctx, row))
+            pointer = session.lane.row_pointer(row)
+            return np.ctypeslib.as_array(pointer, shape=(self._vocab,))
         # The logits are a copy (restored from a saved state, or kept when the shared context
-        # decoded for a neighbour): run the same chain over them, as llama_sampler_sample does
-        # over the context's.
+        # decoded for a neighbour)
         saved = session.saved_logits
         if saved is None:
             raise SessionFatal("no logits for the last resident token")
-        vocab = session.model.facts.vocab_size
-        candidates = (ll.llama_token_data * vocab)()
+        return saved[: self._vocab]
+
+    def sample(self, allowed: np.ndarray | None = None) -> int:
+        session = self._session
+        row = session.logits_row()
+        if row is not None and allowed is None:
+            return int(ll.llama_sampler_sample(self._chain, session.lane.ctx, row))
+        if self._candidates is None:
+            self._candidates = (ll.llama_token_data * self._vocab)()
+        candidates = self._candidates
         view = np.ctypeslib.as_array(candidates)
-        view["id"] = np.arange(vocab, dtype=np.int32)
-        view["logit"] = saved[:vocab]
+        # the chain reorders and shrinks the array in place: every field is written anew
+        view["id"] = self._ids
+        view["logit"] = self.logits()
+        if allowed is not None:
+            view["logit"][~allowed[: self._vocab]] = -np.inf
         view["p"] = 0.0
-        array = ll.llama_token_data_array(data=candidates, size=vocab, selected=-1, sorted=False)
+        array = ll.llama_token_data_array(
+            data=candidates, size=self._vocab, selected=-1, sorted=False
+        )
         ll.llama_sampler_apply(self._chain, ctypes.byref(array))
         token = int(candidates[array.selected].id)
         ll.llama_sampler_accept(self._chain, token)

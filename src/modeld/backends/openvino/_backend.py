@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import llguidance
 import numpy as np
 import openvino as ov
 import openvino_genai as ov_genai
@@ -31,8 +32,10 @@ from modeld.backends._base import (
     check_text,
     without_double_bos,
 )
+from modeld.backends._once import Once
 from modeld.backends.openvino._block_pool import BLOCK_SIZE, BlockPool
 from modeld.backends.openvino._embed import OpenVinoEmbedder
+from modeld.backends.openvino._grammar_vocab import grammar_tokenizer
 from modeld.backends.openvino._ir import IR_MODEL, ir_from_gguf, paged_model
 from modeld.backends.openvino._session import OpenVinoSession
 from modeld.backends.openvino._vocab import detokenizer_vocab, raw_piece
@@ -67,6 +70,7 @@ class OpenVinoModel:
         self.n_batch = n_batch
         self.ir_dir = ir_dir
         self._vocab: list[bytes] | None = None
+        self._grammar_tokenizer = Once(lambda: grammar_tokenizer(self))
         self._pieces: dict[int, bytes] = {}
         self._control: dict[int, bool] = {}
         self._eog = sorted({*facts.eos_token_ids, int(tokenizer.get_eos_token_id())} - {-1})
@@ -226,23 +230,8 @@ class OpenVinoModel:
     def end_of_generation_ids(self) -> list[int]:
         return self._eog
 
-    def render_chat(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
-        if not self.facts.chat_template:
-            raise UnsupportedFeature("this model has no chat template; send text or token ids")
-        for i, (role, content) in enumerate(messages):
-            check_text(role, f"messages[{i}].role")
-            check_text(content, f"messages[{i}].content")
-        history = [{"role": role, "content": content} for role, content in messages]
-        try:
-            return str(
-                self.tokenizer.apply_chat_template(
-                    history,
-                    add_generation_prompt=add_generation_prompt,
-                    chat_template=self.facts.chat_template,
-                )
-            )
-        except RuntimeError as exc:
-            raise UnsupportedFeature(f"the chat template cannot be rendered: {exc}") from None
+    def grammar_tokenizer(self) -> llguidance.LLTokenizer:
+        return self._grammar_tokenizer.get()
 
     def open_session(self, n_ctx: int) -> OpenVinoSession:
         return OpenVinoSession(self, n_ctx)
@@ -269,7 +258,14 @@ class OpenVinoBackend:
         native_state_snapshot=True,  # the session's KV blocks, saved and written back
         batched_decode=True,  # one inference, one paged subsequence per decoding session
         chat_template=True,
-        grammar=False,
+        # the grammar mask, logit bias and logprobs work on the logits row every backend
+        # samples from (modeld.structured, sessions._logprobs); tools and thinking are
+        # rendering and parsing above the engine
+        grammar=True,
+        tools=True,
+        thinking=True,
+        logprobs=True,
+        logit_bias=True,
     )
 
     def __init__(

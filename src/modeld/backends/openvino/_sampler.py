@@ -1,6 +1,7 @@
 """Sampling over a logits vector, for engines that hand back logits rather than tokens.
 
-The steps and their order are llama.cpp's default chain (logit bias, repetition penalty, then
+The steps and their order are llama.cpp's default chain (a grammar's mask, logit bias,
+repetition penalty, then
 greedy, or top-k, top-p, min-p, temperature and a seeded draw), so one SamplingParams means the
 same thing on every backend. Each step is one vectorised pass; nothing loops over the vocabulary
 in Python.
@@ -37,13 +38,22 @@ class NumpySampler:
         self._logits = logits
         self._params = params
         self._banned = np.asarray(end_of_generation if params.ignore_eos else [], np.int64)
+        self._bias_ids = np.asarray([t for t, _ in params.logit_bias], np.int64)
+        self._bias = np.asarray([b for _, b in params.logit_bias], np.float32)
         window = params.penalty_window(n_ctx)
         self._penalised = window > 0
         self._recent: deque[int] = deque(history[-window:] if window else (), maxlen=window or 1)
         self._rng = np.random.default_rng(params.seed)
 
-    def sample(self) -> int:
+    def logits(self) -> np.ndarray:
+        return self._logits()
+
+    def sample(self, allowed: np.ndarray | None = None) -> int:
         logits = np.array(self._logits(), dtype=np.float32)
+        if allowed is not None:
+            logits[~allowed[: logits.size]] = -np.inf
+        if self._bias_ids.size:
+            logits[self._bias_ids] += self._bias
         if self._banned.size:
             logits[self._banned] = -np.inf
         if self._penalised and self._recent:

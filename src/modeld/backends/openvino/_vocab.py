@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-__all__ = ["detokenizer_vocab", "raw_piece"]
+__all__ = ["detokenizer_special_ids", "detokenizer_vocab", "raw_piece"]
 
 
 def detokenizer_vocab(ir_dir: Path) -> list[bytes]:
@@ -16,21 +16,39 @@ def detokenizer_vocab(ir_dir: Path) -> list[bytes]:
     ``Tokenizer.get_vocab_vector`` cannot return entries that are not valid UTF-8 on their own,
     and those are exactly the ones a streaming client needs byte-exact.
     """
+    node = _vocab_decoder(ir_dir)
+    if node is None:
+        return []
+    begins, ends, chars = (np.array(node.input_value(i).get_node().get_data()) for i in (1, 2, 3))
+    raw = chars.tobytes()
+    return [raw[b:e] for b, e in zip(begins.tolist(), ends.tolist(), strict=True)]
+
+
+def detokenizer_special_ids(ir_dir: Path) -> list[int]:
+    """The ids the detokenizer skips as special (its VocabDecoder's skip list): control tokens,
+    which no plain text produces."""
+    node = _vocab_decoder(ir_dir)
+    if node is None or node.get_input_size() < 5:
+        return []
+    return [int(t) for t in np.array(node.input_value(4).get_node().get_data()).tolist()]
+
+
+_CORES: list[ov.Core] = []
+
+
+def _vocab_decoder(ir_dir: Path) -> ov.Node | None:
     import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations with OpenVINO)
 
     # A Core made before that import (the backend's own) cannot read the tokenizer operations:
     # openvino_tokenizers adds its extension to each Core as it is created. This one must
     # outlive the model, whose operations live in that extension.
     core = ov.Core()
+    _CORES.append(core)
     model = core.read_model(str(ir_dir / "openvino_detokenizer.xml"))
     for node in model.get_ordered_ops():
         if node.get_type_name() == "VocabDecoder":
-            begins, ends, chars = (
-                np.array(node.input_value(i).get_node().get_data()) for i in (1, 2, 3)
-            )
-            raw = chars.tobytes()
-            return [raw[b:e] for b, e in zip(begins.tolist(), ends.tolist(), strict=True)]
-    return []
+            return node
+    return None
 
 
 def raw_piece(entry: bytes) -> bytes:
