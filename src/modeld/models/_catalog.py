@@ -31,12 +31,17 @@ from modeldconn._errors import (
 
 __all__ = ["PACKAGED_MODELS", "ModelCatalog", "ModelSpec", "PackagedModel", "names_a_path"]
 
-#: Gemma 3 turns; llama.cpp recognises this template by its <start_of_turn> markers and renders it
-#: natively (the system message is folded into the first user turn).
+#: Gemma 3 turns, as llama.cpp's native Gemma renderer wrote them before modeld rendered
+#: templates itself (and as Gemma's own template does): system text (trimmed, concatenated) is
+#: folded into the next turn that is not the model's, ahead of its text and a blank line
 GEMMA3_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{{ bos_token }}{% set ns = namespace(system='') %}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{% set ns.system = ns.system + message['content'] | trim %}"
+    "{% else %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "<start_of_turn>{{ role }}\n"
+    "{% if ns.system and role != 'model' %}{{ ns.system }}\n\n{% set ns.system = '' %}{% endif %}"
+    "{{ message['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 )
 

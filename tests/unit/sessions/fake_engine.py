@@ -144,9 +144,6 @@ class FakeModel:
     def is_end_of_generation(self, token: int) -> bool:
         return token == 2
 
-    def render_chat(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
-        return "".join(f"<{role}>{content}" for role, content in messages)
-
     def open_session(self, n_ctx: int) -> FakeSession:
         return FakeSession(self, n_ctx)
 
@@ -196,7 +193,7 @@ def fake_spec(name: str = "fake") -> ModelSpec:
         value_dim=2,
         sliding_window=0,
         vocab_size=VOCAB,
-        chat_template="fake",
+        chat_template="{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}",
         chat_template_source="gguf",
         bos_token_id=1,
         eos_token_ids=(2,),
