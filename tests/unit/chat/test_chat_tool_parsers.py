@@ -60,7 +60,12 @@ CASES = [
         '<tool_call>{"name": "x", "arguments": {"a": 1}',
         [],
     ),
-    ("hermes", "<tool_call>not json</tool_call> after", "<tool_call>not json</tool_call> after", []),
+    (
+        "hermes",
+        "<tool_call>not json</tool_call> after",
+        "<tool_call>not json</tool_call> after",
+        [],
+    ),
     (
         "llama3",
         '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}; '
