@@ -35,10 +35,13 @@ def test_tools_conversation_equals_transformers() -> None:
     assert render_fixture_tools_conversation() == theirs
 
 
-def _render(source: str, **kwargs: object) -> str:
+def _render(source: str, enable_thinking: bool | None = None) -> str:
     return render_template(
-        source, [Message("user", "héllo <b>")], add_generation_prompt=True, **kwargs
-    )  # type: ignore[arg-type]
+        source,
+        [Message("user", "héllo <b>")],
+        add_generation_prompt=True,
+        enable_thinking=enable_thinking,
+    )
 
 
 def test_environment_is_transformers() -> None:
