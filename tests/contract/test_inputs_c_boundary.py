@@ -69,12 +69,13 @@ def test_a_lone_surrogate_is_refused_by_the_client_as_invalid_argument(
 
 def test_the_daemon_refuses_a_lone_surrogate_itself() -> None:
     """Clients in other languages: the daemon checks before any text reaches the engine."""
+    from modeld.chat import Message
     from modeld.sessions._inputs import to_tokens
     from modeld.sessions._types import ChatInput, TextInput
 
     class NoEngine:  # the check comes before the engine is asked anything
         facts = None
 
-    for value in (TextInput("\ud800"), ChatInput((("user", "x\ud800"),), True)):
+    for value in (TextInput("\ud800"), ChatInput((Message("user", "x\ud800"),), True)):
         with pytest.raises(InvalidArgument):
             to_tokens(NoEngine(), value, start=True)  # type: ignore[arg-type]

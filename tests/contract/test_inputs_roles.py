@@ -43,9 +43,11 @@ def gemma(request: pytest.FixtureRequest) -> Iterator[Served]:
 
 
 def _gemma_expected(backend: str, messages: list[tuple[str, str]]) -> str:
-    """Gemma 3's turns as each backend renders them: llama.cpp's native Gemma renderer folds
-    system text into the next user turn (and, with none, renders it as a user turn); the IR's
-    template (openvino) gives system its own turn; minja writes a tool result as JSON."""
+    """Gemma 3's turns as each backend's template renders them (modeld's Jinja renderer on
+    both): the packaged GGUF's (llama) folds system text into the next user turn (and, with
+    none, it is rendered as a user turn), as llama.cpp's native Gemma renderer did; the IR's
+    (openvino) gives system its own turn. A tool result without tools or calls in the chat is
+    the template's own ``tool`` turn."""
     turns: list[tuple[str, str]] = []
     folded = ""
     for i, (role, content) in enumerate(messages):
@@ -55,11 +57,6 @@ def _gemma_expected(backend: str, messages: list[tuple[str, str]]) -> str:
                 folded += content
                 continue
             role = "user"
-        if role == "tool" and backend == "openvino":
-            role, content = (
-                "user",
-                f'{{\n  "tool_response": {{\n    "content": "{content}"\n  }}\n}}',
-            )
         if folded and role not in ("assistant", "system"):
             content, folded = f"{folded}\n\n{content}", ""
         turns.append(("model" if role == "assistant" else role, content))
@@ -69,14 +66,11 @@ def _gemma_expected(backend: str, messages: list[tuple[str, str]]) -> str:
 
 @pytest.mark.parametrize("name", sorted(SEQUENCES))
 def test_tiny_renders_every_message(client: Client, backend: str, name: str) -> None:
-    messages = SEQUENCES[name]
-    if backend == "openvino":  # minja writes a tool result as a user turn holding JSON
-        messages = [
-            ("user", f'{{\n  "tool_response": {{\n    "content": "{c}"\n  }}\n}}')
-            if r == "tool"
-            else (r, c)
-            for r, c in messages
-        ]
+    # the fixture's Qwen2.5 template writes a tool result as a user turn in <tool_response>
+    messages = [
+        ("user", f"<tool_response>\n{c}\n</tool_response>") if r == "tool" else (r, c)
+        for r, c in SEQUENCES[name]
+    ]
     body = "".join(f"<|im_start|>{r}\n{c}<|im_end|>\n" for r, c in messages)
     expected = client.tokenize(TINY, body + "<|im_start|>assistant\n")
     assert _tape_text(client, TINY, SEQUENCES[name]) == _hash(expected)

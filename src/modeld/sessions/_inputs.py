@@ -159,9 +159,6 @@ def chat_tokens(model: EngineModel, chat: ChatInput, *, start: bool) -> tuple[li
     :raises InvalidArgument: see :func:`to_tokens`.
     :raises UnsupportedFeature: the model has no chat template, or it cannot be rendered.
     """
-    template = model.facts.chat_template
-    if not template:
-        raise UnsupportedFeature("this model has no chat template; send text or token ids")
     for i, message in enumerate(chat.messages):
         if not message.role:
             raise InvalidArgument("every chat message needs a role", field="messages")
@@ -170,6 +167,9 @@ def chat_tokens(model: EngineModel, chat: ChatInput, *, start: bool) -> tuple[li
         check_text(message.role, f"messages[{i}].role", allow_nul=False)
         check_text(message.content, f"messages[{i}].content")
     check_tools(chat.tools)
+    template = model.facts.chat_template
+    if not template:
+        raise UnsupportedFeature("this model has no chat template; send text or token ids")
     _check_markup_fields(model, chat)
     for i, message in enumerate(chat.messages):
         _check_role(model, message.role, i)
