@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from modeld.backends._base import EngineSession, EngineState, SamplingParams, check_room
 from modeld.models._facts import ModelFacts, ModelSpec
 from modeldconn._errors import InvalidArgument
@@ -43,9 +45,17 @@ class FakeSampler:
     def __init__(self, session: FakeSession) -> None:
         self._session = session
 
-    def sample(self) -> int:
+    def logits(self) -> np.ndarray:
+        """One-hot at the token the fake model always picks (what a grammar would mask)."""
+        row = np.full(self._session.model.facts.vocab_size, -10.0, dtype=np.float32)
+        row[next_token(self._session.kv)] = 10.0
+        return row
+
+    def sample(self, allowed: np.ndarray | None = None) -> int:
         assert self._session.logits_current()
-        return next_token(self._session.kv)
+        token = next_token(self._session.kv)
+        assert allowed is None or allowed[token], "the fake model's token is masked out"
+        return token
 
     def close(self) -> None:
         pass

@@ -1,0 +1,228 @@
+"""Issue 16 on the real default model, Gemma 3 270M, on each backend: response formats,
+tool calls, thinking, logprobs and logit bias, with real tokens."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+
+import jsonschema
+import pytest
+from daemons import Served, stop_served
+from served_models import BACKENDS, GEMMA, serve_gemma
+
+from modeldconn import Chat, InvalidArgument, ResponseFormat
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 16},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"enum": ["admin", "editor", "viewer"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 10}, "maxItems": 2},
+        "address": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 16},
+                "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+            },
+            "required": ["city", "zip"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["name", "age", "role", "tags", "address"],
+    "additionalProperties": False,
+}
+ISO_DATE = r"(19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+TOOLS = [
+    {
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+    {
+        "name": "add",
+        "description": "Add two integers",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+            "additionalProperties": False,
+        },
+    },
+]
+SAMPLES = 50
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def gemma(request: pytest.FixtureRequest) -> Iterator[Served]:
+    daemon = serve_gemma(request.param)
+    yield daemon
+    stop_served(daemon)
+
+
+@pytest.mark.timeout(900)  # 50 samples of ~60 tokens each
+def test_json_schema_samples_all_validate(gemma: Served) -> None:
+    fmt = ResponseFormat.from_schema(PERSON)
+    with gemma.client.open_session(GEMMA) as session:
+        session.ensure_prefix([{"role": "user", "content": "Describe a user account as JSON."}])
+        for seed in range(SAMPLES):
+            out = session.generate(
+                response_format=fmt, temperature=1.0, seed=seed, max_tokens=160
+            )
+            assert out.stop_reason in ("grammar_end", "eos"), (seed, out.text)
+            jsonschema.validate(json.loads(out.text), PERSON)
+
+
+def test_regex_samples_all_match(gemma: Served) -> None:
+    with gemma.client.open_session(GEMMA) as session:
+        session.ensure_prefix("The treaty was signed on")
+        for seed in range(SAMPLES):
+            out = session.generate(
+                response_format=ResponseFormat(regex=ISO_DATE),
+                temperature=1.0,
+                seed=seed,
+                max_tokens=20,
+            )
+            assert re.fullmatch(ISO_DATE, out.text), (seed, out.text)
+            assert out.stop_reason == "grammar_end"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "field"),
+    [
+        (ResponseFormat(json_schema='{"type": "object", '), "config.response_format.json_schema"),
+        (ResponseFormat(json_schema='{"type": "nonsense"}'), "config.response_format.json_schema"),
+        (ResponseFormat(json_schema="[1, 2]"), "config.response_format.json_schema"),
+        (ResponseFormat(regex="a(b"), "config.response_format.regex"),
+        (ResponseFormat(lark="start: foo ("), "config.response_format.lark"),
+        (ResponseFormat(gbnf="root ::= ("), "config.response_format.gbnf"),
+    ],
+)
+def test_malformed_formats_are_typed_and_lose_nothing(
+    gemma: Served, fmt: ResponseFormat, field: str
+) -> None:
+    with gemma.client.open_session(GEMMA) as session:
+        session.ensure_prefix("Once upon a time")
+        before = session.generate(max_tokens=6)
+        session.ensure_prefix("Once upon a time")
+        with pytest.raises(InvalidArgument) as caught:
+            session.generate(response_format=fmt, max_tokens=6)
+        assert caught.value.field == field, caught.value
+        # refused before the KV was touched: the same greedy answer as before
+        assert session.generate(max_tokens=6).token_ids == before.token_ids
+
+
+def test_mask_does_not_perturb_allowed_tokens(gemma: Served) -> None:
+    """Greedy under a grammar equals greedy without it when the free output satisfies it."""
+    prompt = "Counting: 1, 2, 3, 4, 5,"
+    with gemma.client.open_session(GEMMA) as session:
+        session.ensure_prefix(prompt)
+        free = session.generate(max_tokens=16)
+        session.ensure_prefix(prompt)
+        pattern = r"( [0-9]+,)*( [0-9]+)?"
+        assert re.fullmatch(pattern, free.text), free.text  # the premise of the test
+        bound = session.generate(response_format=ResponseFormat(regex=pattern), max_tokens=16)
+    assert bound.token_ids == free.token_ids and bound.text == free.text
+
+
+def test_warm_equals_cold_under_a_grammar(gemma: Served) -> None:
+    fmt = ResponseFormat.from_schema(PERSON)
+    prompt = [{"role": "user", "content": "Describe a user account as JSON."}]
+    with gemma.client.open_session(GEMMA) as warm:
+        warm.ensure_prefix(prompt)
+        warm.generate(max_tokens=8)
+        warm.ensure_prefix(prompt)
+        warm_out = warm.generate(response_format=fmt, max_tokens=200)
+    with gemma.client.open_session(GEMMA) as cold:
+        cold.ensure_prefix(prompt)
+        cold_out = cold.generate(response_format=fmt, max_tokens=200)
+    assert warm_out.token_ids == cold_out.token_ids
+    jsonschema.validate(json.loads(cold_out.text), PERSON)
+
+
+def _schema(name: str) -> dict[str, object]:
+    tool = next(t for t in TOOLS if t["name"] == name)
+    parameters = tool["parameters"]
+    assert isinstance(parameters, dict)
+    return parameters
+
+
+def test_required_tool_call_streams_typed_and_validates(gemma: Served) -> None:
+    question = [{"role": "user", "content": "What is the weather in Paris, in celsius?"}]
+    with gemma.client.open_session(GEMMA) as session:
+        result = session.ensure_prefix(Chat(question, tools=TOOLS))
+        assert result.rendering == "fallback"  # Gemma's template renders no tools
+        chunks = list(session.decode(tools=TOOLS, tool_choice="required", max_tokens=120))
+    calls = [c for chunk in chunks for c in chunk.tool_calls]
+    final = chunks[-1].final
+    assert final is not None and final.stop_reason == "tool_calls"
+    assert calls and calls[0].index == 0 and calls[0].id.startswith("call_")
+    for call in calls:
+        jsonschema.validate(json.loads(call.arguments), _schema(call.name))
+    # the call is typed, never text
+    assert "<tool_call>" not in "".join(chunk.text for chunk in chunks)
+
+
+def test_named_tool_and_the_result_turn(gemma: Served) -> None:
+    history: list[dict[str, object]] = [{"role": "user", "content": "What is 2 plus 3?"}]
+    with gemma.client.open_session(GEMMA) as session:
+        session.ensure_prefix(Chat(history, tools=TOOLS))
+        out = session.generate(tools=TOOLS, tool_choice="add", max_tokens=60)
+        assert [c.name for c in out.tool_calls] == ["add"] and out.stop_reason == "tool_calls"
+        call = out.tool_calls[0]
+        jsonschema.validate(json.loads(call.arguments), _schema("add"))
+        history += [
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call.id, "name": "add", "content": "5"},
+        ]
+        result = session.ensure_prefix(Chat(history, tools=TOOLS))
+        assert result.reused > 0  # the turn so far stays warm
+        answer = session.generate(max_tokens=12)
+    assert answer.final.completion_tokens > 0 and answer.text.strip()
+
+
+def test_thinking_is_split_and_its_budget_honoured(gemma: Served) -> None:
+    lark = 'start: "<think>" /[a-z ]{1,60}/ "</think>" /[A-Za-z ]{1,30}/'
+    with gemma.client.open_session(GEMMA) as session:
+        session.ensure_prefix("Answer after thinking:")
+        out = session.generate(response_format=ResponseFormat(lark=lark), max_tokens=100)
+        assert out.thinking and out.text and "<think>" not in out.text + out.thinking
+        assert 0 < out.final.thinking_tokens < out.final.completion_tokens
+        session.ensure_prefix("Answer after thinking:")
+        budget = 3
+        short = session.generate(
+            response_format=ResponseFormat(lark=lark), thinking_budget=budget, max_tokens=100
+        )
+    end_tokens = len(gemma.client.tokenize(GEMMA, "</think>"))
+    assert short.final.thinking_tokens <= budget + end_tokens
+    assert short.text and "</think>" not in short.text
+
+
+def test_logprobs_are_the_log_softmax_of_the_logits(gemma: Served) -> None:
+    with gemma.client.open_session(GEMMA) as session:
+        session.ensure_prefix("The capital of France is")
+        out = session.generate(max_tokens=4, logprobs=5)
+    assert len(out.logprobs) == len(out.token_ids)
+    for scored, token in zip(out.logprobs, out.token_ids, strict=True):
+        assert scored.id == token and len(scored.top) == 5
+        # greedy: the sampled token is the most likely one
+        assert scored.top[0].id == token and math.isclose(scored.top[0].logprob, scored.logprob)
+        assert all(a.logprob >= b.logprob for a, b in zip(scored.top, scored.top[1:]))
+        assert sum(math.exp(t.logprob) for t in scored.top) <= 1.0 + 1e-5
+
+
+def test_logit_bias_bans_the_greedy_token(gemma: Served) -> None:
+    with gemma.client.open_session(GEMMA) as session:
+        session.ensure_prefix("The capital of France is")
+        free = session.generate(max_tokens=1)
+        session.ensure_prefix("The capital of France is")
+        banned = session.generate(max_tokens=1, logit_bias={free.token_ids[0]: -math.inf})
+    assert banned.token_ids[0] != free.token_ids[0]
