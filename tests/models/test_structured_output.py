@@ -3,6 +3,7 @@ tool calls, thinking, logprobs and logit bias, with real tokens."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -74,9 +75,7 @@ def test_json_schema_samples_all_validate(gemma: Served) -> None:
     with gemma.client.open_session(GEMMA) as session:
         session.ensure_prefix([{"role": "user", "content": "Describe a user account as JSON."}])
         for seed in range(SAMPLES):
-            out = session.generate(
-                response_format=fmt, temperature=1.0, seed=seed, max_tokens=160
-            )
+            out = session.generate(response_format=fmt, temperature=1.0, seed=seed, max_tokens=160)
             assert out.stop_reason in ("grammar_end", "eos"), (seed, out.text)
             jsonschema.validate(json.loads(out.text), PERSON)
 
@@ -215,7 +214,7 @@ def test_logprobs_are_the_log_softmax_of_the_logits(gemma: Served) -> None:
         assert scored.id == token and len(scored.top) == 5
         # greedy: the sampled token is the most likely one
         assert scored.top[0].id == token and math.isclose(scored.top[0].logprob, scored.logprob)
-        assert all(a.logprob >= b.logprob for a, b in zip(scored.top, scored.top[1:]))
+        assert all(a.logprob >= b.logprob for a, b in itertools.pairwise(scored.top))
         assert sum(math.exp(t.logprob) for t in scored.top) <= 1.0 + 1e-5
 
 
