@@ -72,9 +72,10 @@ def gemma(request: pytest.FixtureRequest) -> Iterator[Served]:
 @pytest.mark.timeout(900)  # 50 samples of ~60 tokens each
 def test_json_schema_samples_all_validate(gemma: Served) -> None:
     fmt = ResponseFormat.from_schema(PERSON)
+    prompt = [{"role": "user", "content": "Describe a user account as JSON."}]
     with gemma.client.open_session(GEMMA) as session:
-        session.ensure_prefix([{"role": "user", "content": "Describe a user account as JSON."}])
         for seed in range(SAMPLES):
+            session.ensure_prefix(prompt)  # each sample from the same prompt, warm
             out = session.generate(response_format=fmt, temperature=1.0, seed=seed, max_tokens=160)
             assert out.stop_reason in ("grammar_end", "eos"), (seed, out.text)
             jsonschema.validate(json.loads(out.text), PERSON)
@@ -82,8 +83,8 @@ def test_json_schema_samples_all_validate(gemma: Served) -> None:
 
 def test_regex_samples_all_match(gemma: Served) -> None:
     with gemma.client.open_session(GEMMA) as session:
-        session.ensure_prefix("The treaty was signed on")
         for seed in range(SAMPLES):
+            session.ensure_prefix("The treaty was signed on")
             out = session.generate(
                 response_format=ResponseFormat(regex=ISO_DATE),
                 temperature=1.0,
@@ -114,7 +115,7 @@ def test_malformed_formats_are_typed_and_lose_nothing(
         session.ensure_prefix("Once upon a time")
         with pytest.raises(InvalidArgument) as caught:
             session.generate(response_format=fmt, max_tokens=6)
-        assert caught.value.field == field, caught.value
+        assert caught.value.metadata.get("field") == field, caught.value
         # refused before the KV was touched: the same greedy answer as before
         assert session.generate(max_tokens=6).token_ids == before.token_ids
 
@@ -225,3 +226,49 @@ def test_logit_bias_bans_the_greedy_token(gemma: Served) -> None:
         session.ensure_prefix("The capital of France is")
         banned = session.generate(max_tokens=1, logit_bias={free.token_ids[0]: -math.inf})
     assert banned.token_ids[0] != free.token_ids[0]
+
+
+def test_logprobs_equal_llama_cpps_own_logits(gemma: Served) -> None:
+    """On llama: the log-softmax of llama.cpp's own logits, computed in this process through
+    llama.cpp's C API, for the same positions (the prompt in one batch, then one token at a
+    time, as the daemon computes them)."""
+    if gemma.backend != "llama":
+        pytest.skip("the reference is llama.cpp's own logits")
+    ll = pytest.importorskip("llama_cpp")
+    import numpy as np
+    from served_models import gemma_gguf
+
+    from modeld.backends.llama._backend import weight_params
+
+    prompt = "The capital of France is"
+    with gemma.client.open_session(GEMMA) as session:
+        session.ensure_prefix(prompt)
+        out = session.generate(max_tokens=6, logprobs=3)
+        tape = session.tokenize(prompt, add_special=True)
+    ll.llama_backend_init()
+    # the daemon's weight placement (no AMX-repacked buffers this process may not execute)
+    model = ll.llama_model_load_from_file(str(gemma_gguf()).encode(), weight_params())
+    params = ll.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_threads = 256, 256, 2
+    ctx = ll.llama_init_from_model(model, params)
+    vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
+
+    def feed(tokens: list[int]) -> np.ndarray:
+        array = (ll.llama_token * len(tokens))(*tokens)
+        assert ll.llama_decode(ctx, ll.llama_batch_get_one(array, len(tokens))) == 0
+        row = ll.llama_get_logits_ith(ctx, -1)
+        logits = np.ctypeslib.as_array(row, shape=(vocab,)).astype(np.float64)
+        peak = logits.max()
+        result: np.ndarray = logits - (peak + np.log(np.exp(logits - peak).sum()))
+        return result
+
+    try:
+        expected = feed(tape)
+        for token, scored in zip(out.token_ids, out.logprobs, strict=True):
+            assert abs(scored.logprob - expected[token]) < 1e-4, (token, scored.logprob)
+            for top in scored.top:
+                assert abs(top.logprob - expected[top.id]) < 1e-4
+            expected = feed([token])
+    finally:
+        ll.llama_free(ctx)
+        ll.llama_model_free(model)
