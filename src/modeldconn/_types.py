@@ -377,7 +377,8 @@ class DecodeOptions:
     response_format: ResponseFormat | None = None
     #: tools this Decode may call (ToolDefinitions or mappings, see :meth:`ToolDefinition.of`)
     tools: Sequence[ToolDefinition] = ()
-    #: "" / "auto": the model may call a tool; "none"; "required": one call or more; any other
+    #: "" / "auto": the model may call a tool; "none"; "required": a call (or more, with
+    #: ``parallel_tool_calls``); any other
     #: value names the one tool to call (OpenAI's ``{"type": "function", "function": {"name":
     #: ...}}`` is read as that name). Needs ``tools``; excludes ``response_format``.
     tool_choice: str = ""
@@ -391,6 +392,9 @@ class DecodeOptions:
     #: token id -> added to its logit (-inf bans it); a mapping or (id, bias) pairs, kept as a
     #: tuple of (id, bias) pairs sorted by id
     logit_bias: Sequence[tuple[int, float]] = ()
+    #: False (default, as llama-server): at most one tool call, then the Decode ends
+    #: (``tool_calls``); True: calls may follow one another
+    parallel_tool_calls: bool = False
 
     def __post_init__(self) -> None:
         for spec in fields(self):

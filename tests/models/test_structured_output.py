@@ -43,7 +43,10 @@ TOOLS = [
         "description": "The current weather in a city",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+            "properties": {
+                "city": {"type": "string", "maxLength": 30},
+                "unit": {"enum": ["c", "f"]},
+            },
             "required": ["city", "unit"],
             "additionalProperties": False,
         },
@@ -53,7 +56,11 @@ TOOLS = [
         "description": "Add two integers",
         "parameters": {
             "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            # bounded: a small model may otherwise write digits until max_tokens
+            "properties": {
+                "a": {"type": "integer", "minimum": -1000, "maximum": 1000},
+                "b": {"type": "integer", "minimum": -1000, "maximum": 1000},
+            },
             "required": ["a", "b"],
             "additionalProperties": False,
         },
@@ -272,3 +279,22 @@ def test_logprobs_equal_llama_cpps_own_logits(gemma: Served) -> None:
     finally:
         ll.llama_free(ctx)
         ll.llama_model_free(model)
+
+
+def test_auto_constrains_a_call_once_its_marker_appears(gemma: Served) -> None:
+    """Under auto the model is free until it writes a call's marker; from there the call is
+    held to the tools' schemas, and the Decode ends with it (parallel_tool_calls off). A
+    few-shot prompt makes the small model write the marker itself."""
+    shots = "".join(
+        f'Q: add {a} and {b}\nA: <tool_call>{{"name": "add", "arguments": {{"a": {a}, "b": {b}}}}}'
+        "</tool_call>\n"
+        for a, b in ((1, 2), (4, 9), (12, 30))
+    )
+    with gemma.client.open_session(GEMMA) as session:
+        session.ensure_prefix(shots + "Q: add 5 and 7\nA:")
+        out = session.generate(tools=TOOLS, tool_call_format="generic", max_tokens=60)
+    assert out.stop_reason == "tool_calls", out
+    assert len(out.tool_calls) == 1 and "<tool_call>" not in out.text
+    call = out.tool_calls[0]
+    assert call.name == "add"
+    jsonschema.validate(json.loads(call.arguments), _schema("add"))

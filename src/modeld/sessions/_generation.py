@@ -186,6 +186,8 @@ class Generation:
                     lazy = self._start_call(constraints, output, model, vocab)
                 elif lazy is not None and lazy.done:
                     lazy = None  # the call is complete: the model is free again
+                    done = not request.parallel_tool_calls  # or the Decode ends with it
+                    session.set_decoding(session.decoding and not done)
                 step = DecodeStep(
                     piece.text,
                     (token,),

@@ -217,6 +217,7 @@ class Turns:
                 request.tools,
                 request.tool_choice,
                 tool_format,
+                request.parallel_tool_calls,
             )
 
     def _live_holding(self, session: Session, held: int | None) -> None:

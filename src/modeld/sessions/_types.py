@@ -121,6 +121,8 @@ class DecodeOptions:
         default="", metadata=rule(lambda v: v in ("", "split", "none"), "must be split or none")
     )
     thinking_budget: int | None = None
+    #: False: the Decode ends after its first tool call; True: calls may follow one another
+    parallel_tool_calls: bool = False
     #: top alternatives per generated token (0..MAX_LOGPROBS); None: no logprobs
     logprobs: int | None = field(
         default=None,

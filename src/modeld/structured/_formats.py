@@ -24,10 +24,11 @@ __all__ = ["FORMAT_KINDS", "JSON_OPTIONS", "ResponseFormat", "grammar_text", "js
 
 FORMAT_KINDS = ("json_schema", "json_object", "regex", "lark", "gbnf")
 
-#: JSON output may hold whitespace between tokens, as much as a pretty-printer writes, but a
-#: bounded run: an unbounded pattern lets a small model spend its whole budget on spaces
-#: before the closing brace. Separators stay llguidance's defaults ("," and ":").
-JSON_OPTIONS: JsonCompileOptions = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,32}"}
+#: Between JSON tokens: nothing, one space, or one newline and up to 20 spaces or tabs of
+#: indentation (llama.cpp's json-schema grammar's ``space`` rule): a pretty-printed layout
+#: fits, runs of blank lines do not. llguidance's default (any run of whitespace) lets a small
+#: model at temperature 1 spend its whole budget on newlines before the closing brace.
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_pattern": r"(?:\x20|\x0A[\x20\x09]{0,20})?"}
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ def prepare_constraints(
     tools: Sequence[ToolDefinition],
     tool_choice: str,
     tool_format: str,
+    parallel: bool = False,
 ) -> DecodeConstraints:
     """Any thread but the engine's. ``tool_format``: the syntax, already resolved (the
     request's, else the one detected from the model's template).
@@ -84,6 +85,6 @@ def prepare_constraints(
                 f"tool_choice {choice!r}: not auto, none, required or a tool's name ({names})",
                 field="config.tool_choice",
             )
-    grammar = calls_grammar(model, tool_format, chosen)
+    grammar = calls_grammar(model, tool_format, chosen, several=parallel)
     whole = compiler.compile(tokenizer, grammar, "config.tools")
     return DecodeConstraints(whole=whole, tool_format=tool_format, tools=tuple(tools))

@@ -62,22 +62,30 @@ def _literal(model: EngineModel, text: str) -> str:
     return json.dumps(text)
 
 
-def calls_grammar(model: EngineModel, fmt: str, tools: Sequence[ToolDefinition]) -> str:
-    """The output is one or more calls of ``tools`` (``tool_choice`` required, or one named
-    tool), in the syntax ``fmt``: llguidance grammar text.
+def calls_grammar(
+    model: EngineModel, fmt: str, tools: Sequence[ToolDefinition], *, several: bool = True
+) -> str:
+    """The output is one call of ``tools`` (``tool_choice`` required, or one named tool), or
+    with ``several`` one or more, in the syntax ``fmt``: llguidance grammar text.
 
     :raises InvalidArgument: a tool's parameters are not a JSON object schema.
     """
     if fmt == "llama3":
         lark = f"start: body\nbody: {_json_rule(_body_schema(tools, 'parameters'))}\n"
     elif fmt == "mistral":
-        array = {"type": "array", "items": _body_schema(tools, "arguments"), "minItems": 1}
+        array: dict[str, object] = {
+            "type": "array",
+            "items": _body_schema(tools, "arguments"),
+            "minItems": 1,
+        }
+        if not several:
+            array["maxItems"] = 1
         lark = f"start: {_literal(model, '[TOOL_CALLS]')} body\n"
         lark += f"body: {_json_rule(array)}\n"
     else:
         start, end = _literal(model, "<tool_call>"), _literal(model, "</tool_call>")
         newline = '"\\n"' if fmt == "hermes" else ""
-        lark = f"start: call ({newline} call)*\n"
+        lark = f"start: call ({newline} call)*\n" if several else "start: call\n"
         lark += f"call: {start} {newline} body {newline} {end}\n"
         lark += f"body: {_json_rule(_body_schema(tools, 'arguments'))}\n"
     return llguidance.LLMatcher.grammar_from_lark(lark)
