@@ -28,7 +28,10 @@ class _Vocabulary:
         vocab = model.facts.vocab_size
         entries = detokenizer_vocab(model.ir_dir)
         entries += [b""] * (vocab - len(entries))
-        self.special_token_ids = detokenizer_special_ids(model.ir_dir)
+        special = detokenizer_special_ids(model.ir_dir)
+        if special is None:  # not stored: ask the tokenizer, token by token (once per model)
+            special = [t for t in range(vocab) if model.is_control(t)]
+        self.special_token_ids = special
         self.tokens = [raw_piece(entry) for entry in entries[:vocab]]
         for t in self.special_token_ids:
             if t < vocab:

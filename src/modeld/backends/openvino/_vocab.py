@@ -24,13 +24,17 @@ def detokenizer_vocab(ir_dir: Path) -> list[bytes]:
     return [raw[b:e] for b, e in zip(begins.tolist(), ends.tolist(), strict=True)]
 
 
-def detokenizer_special_ids(ir_dir: Path) -> list[int]:
+def detokenizer_special_ids(ir_dir: Path) -> list[int] | None:
     """The ids the detokenizer skips as special (its VocabDecoder's skip list): control tokens,
-    which no plain text produces."""
+    which no plain text produces. None when the IR computes that list rather than storing it
+    (a Slice of a constant, in some converters' output)."""
     node = _vocab_decoder(ir_dir)
     if node is None or node.get_input_size() < 5:
         return []
-    return [int(t) for t in np.array(node.input_value(4).get_node().get_data()).tolist()]
+    source = node.input_value(4).get_node()
+    if source.get_type_name() != "Constant":
+        return None
+    return [int(t) for t in np.array(source.get_data()).tolist()]
 
 
 _CORES: list[ov.Core] = []
