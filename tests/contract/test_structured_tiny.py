@@ -76,3 +76,19 @@ def test_logprobs_agree_across_backends() -> None:
         for t in a.top:
             if t.id in top_b:  # near-ties may order differently within the tolerance
                 assert t.logprob == pytest.approx(top_b[t.id], abs=2.5e-2)
+
+
+def test_a_cancelled_grammar_stream_leaves_nothing_behind(client: modeldconn.Client) -> None:
+    """The grammar's state lives and dies with its Decode: after a stream abandoned mid-object,
+    the next Decode starts the language afresh (its own output is a whole valid object), and
+    the session still decodes freely."""
+    fmt = ResponseFormat.from_schema(SCHEMA)
+    with client.open_session(TINY) as session:
+        session.ensure_prefix("the cat sat on the")
+        stream = session.decode(response_format=fmt, temperature=1.0, seed=1, max_tokens=80)
+        for _ in range(3):
+            next(stream)
+        stream.close()  # cancelled mid-object
+        out = session.generate(response_format=fmt, temperature=1.0, seed=2, max_tokens=80)
+        jsonschema.validate(json.loads(out.text), SCHEMA)
+        assert session.generate(max_tokens=4).final.completion_tokens == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,28 @@ def test_cli_describe_and_generate(served: Served) -> None:
         expected = session.generate(max_tokens=8).text
     assert generated.stdout == expected + "\n"
     assert "8 tokens, max_tokens" in generated.stderr
+
+
+def test_cli_generate_json_with_a_regex_and_logprobs(served: Served) -> None:
+    """`modeld generate --json` on a live daemon: one JSON object scripts can read, the text
+    held to the regex, logprobs per token; a malformed regex is one typed line, exit 3."""
+    date = r"(19|20)[0-9][0-9]-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9])"
+    root = ("--data-root", str(served.root))
+    generated = run_modeld(
+        "generate", MODEL, "The treaty was signed on", "--regex", date, "--logprobs", "2",
+        "--max-tokens", "20", "--json", *root,
+    )  # fmt: skip
+    assert generated.returncode == 0, generated.stderr
+    result = json.loads(generated.stdout)
+    assert result["stop_reason"] == "grammar_end"
+    assert re.fullmatch(date, result["text"]), result["text"]
+    assert (
+        len(result["logprobs"]) == len(result["token_ids"]) == result["usage"]["completion_tokens"]
+    )
+    assert all(len(entry["top"]) == 2 for entry in result["logprobs"])
+    bad = run_modeld("generate", MODEL, "x", "--regex", "a(b", "--json", *root)
+    assert bad.returncode == 3 and bad.stdout == ""
+    assert bad.stderr.startswith("modeld: invalid_argument") and bad.stderr.count("\n") >= 1
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
