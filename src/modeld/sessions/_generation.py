@@ -121,7 +121,7 @@ class Generation:
             tool_format=constraints.tool_format,
             tools=constraints.tools,
         )
-        whole = None if constraints.whole is None else constraints.whole.start()
+        whole = constraints.whole
         grammar = None if whole is None else TokenConstraint(whole, vocab)
         lazy: TokenConstraint | None = None  # a call's grammar, switched on at its marker
         forced: list[int] = []  # tokens written without sampling (a thinking budget's end)
@@ -262,7 +262,7 @@ class Generation:
         state). None when that text already left the grammar: the call is then parsed as
         written, and reported only if it parses."""
         assert constraints.call is not None
-        constraint = TokenConstraint(constraints.call.start(), vocab)
+        constraint = TokenConstraint(constraints.call, vocab)
         text = output.call_text()
         ids = model.tokenize(text, add_special=False, parse_special=True) if text else []
         if not constraint.accepts(ids):

@@ -29,6 +29,8 @@ class CompiledGrammar:
     """A compiled grammar in its start state; :meth:`start` hands out a copy to consume."""
 
     prototype: llguidance.LLMatcher
+    #: the tokenizer's vocabulary size: the width of the matcher's token masks
+    vocab_size: int
     compile_ms: float  #: what compiling it took, when it was first compiled
     cached: bool  #: this lookup found it compiled already
 
@@ -59,12 +61,13 @@ class GrammarCompiler:
             the wire field that carried it.
         """
         key = (id(tokenizer), grammar)
+        vocab = tokenizer.vocab_size
         with self._lock:
             found = self._cache.get(key)
             if found is not None:
                 self._cache.move_to_end(key)
                 self.hits += 1
-                return CompiledGrammar(found[0], found[1], cached=True)
+                return CompiledGrammar(found[0], vocab, found[1], cached=True)
         started = time.perf_counter()
         matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
         if matcher.is_error():
@@ -75,7 +78,7 @@ class GrammarCompiler:
             self._cache[key] = (matcher, elapsed)
             while len(self._cache) > self._size:
                 self._cache.popitem(last=False)
-        return CompiledGrammar(matcher, elapsed, cached=False)
+        return CompiledGrammar(matcher, vocab, elapsed, cached=False)
 
 
 def _first_lines(message: str, limit: int = 12) -> str:

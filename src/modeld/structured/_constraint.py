@@ -7,24 +7,23 @@ carried between turns.
 
 from __future__ import annotations
 
-import llguidance
 import numpy as np
 from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
+from modeld.structured._compiler import CompiledGrammar
 from modeldconn._errors import SessionFatal
 
 __all__ = ["TokenConstraint"]
 
 
 class TokenConstraint:
-    """``matcher``: a started matcher (``CompiledGrammar.start``); ``vocab_size``: the length
-    of the logits rows it masks (tokens past the grammar tokenizer's vocabulary are never
-    allowed)."""
+    """A Decode's own copy of ``grammar`` in its start state; ``vocab_size``: the length of the
+    logits rows it masks (tokens past the grammar tokenizer's vocabulary are never allowed)."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int) -> None:
-        self._matcher = matcher
+    def __init__(self, grammar: CompiledGrammar, vocab_size: int) -> None:
+        self._matcher = grammar.start()
         self._vocab_size = vocab_size
-        self._bits = allocate_token_bitmask(1, vocab_size)
+        self._bits = allocate_token_bitmask(1, grammar.vocab_size)
         self._allowed = np.zeros(vocab_size, dtype=bool)
         self.consumed = 0
 

@@ -4,6 +4,7 @@ llama.cpp's tokenizer, which it calls for the literal strings of a grammar."""
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import llguidance
@@ -18,6 +19,10 @@ __all__ = ["grammar_tokenizer"]
 def grammar_tokenizer(model: LlamaModel) -> llguidance.LLTokenizer:
     """Seconds for a 262k vocabulary (one llama_token_to_piece call per token): built once per
     loaded model (``Once``), off the engine thread."""
-    return lltokenizer_from_vocab(
-        model.vocab, n_vocab=model.facts.vocab_size, eos_token=model.end_of_generation_ids()
-    )
+    with warnings.catch_warnings():
+        # llguidance 1.9 reads token attributes through llama-cpp-python's deprecated alias
+        # (llama_token_get_attr); the call is the same as the new name's
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return lltokenizer_from_vocab(
+            model.vocab, n_vocab=model.facts.vocab_size, eos_token=model.end_of_generation_ids()
+        )
