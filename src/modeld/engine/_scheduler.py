@@ -71,6 +71,13 @@ class _Stream:
         self.loop.call_soon_threadsafe(settle)
 
 
+#: how recently another client must have run a job for the engine to count as shared (see
+#: ``EngineScheduler.contended``): longer than a client's round trip between two jobs of a
+#: turn, shorter than a human pause
+CONTENTION_WINDOW_S = 0.5
+_FORGET_S = 10.0
+
+
 class _FairQueue:
     """Per-tenant FIFO queues; the next job comes from the tenant that has had the least engine
     time (its *virtual time*, as in CFS or weighted fair queueing), so a client whose jobs are
@@ -98,6 +105,11 @@ class _FairQueue:
     def waiting(self, tenant: str) -> int:
         queue = self._queues.get(tenant)
         return len(queue) if queue is not None else 0
+
+    def others_waiting(self, tenant: str) -> bool:
+        """Jobs of a tenant other than ``tenant`` are queued."""
+        with self._ready:
+            return any(t != tenant for t in self._queues)
 
     def put(self, tenant: str, job: Any) -> None:
         with self._ready:
@@ -151,6 +163,9 @@ class EngineScheduler:
         self.max_pending = max_pending
         self.after_job = after_job
         self._jobs = _FairQueue()
+        self._running: str | None = None  # the tenant of the job on the engine thread
+        #: when each tenant's last job ended (engine thread only)
+        self._ended: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -161,6 +176,19 @@ class EngineScheduler:
 
     def on_engine_thread(self) -> bool:
         return threading.current_thread() is self._thread
+
+    def contended(self, window_s: float = CONTENTION_WINDOW_S) -> bool:
+        """Engine thread, inside a job: another tenant has jobs waiting, or had one end less
+        than ``window_s`` ago. The second half matters: an interactive client's turn is a few
+        jobs in a row (EnsurePrefix, then Decode) with a round trip between them, and each
+        arrives while the job in flight started in an empty queue."""
+        running = self._running
+        if running is None:
+            return False
+        if self._jobs.others_waiting(running):
+            return True
+        now = time.perf_counter()
+        return any(t != running and now - at < window_s for t, at in self._ended.items())
 
     def _admit(self) -> str:
         tenant = TENANT.get()
@@ -222,6 +250,7 @@ class EngineScheduler:
             if job is None:
                 return
             started = time.perf_counter()
+            self._running = tenant
             if job[0] == "call":
                 self._run_call(*job[1:])
             elif job[0] == "submit":
@@ -232,7 +261,13 @@ class EngineScheduler:
                 self._after()
             else:
                 self._step(job[1])
-            self._jobs.charge(tenant, time.perf_counter() - started)
+            ended = time.perf_counter()
+            self._running = None
+            self._ended[tenant] = ended
+            # forget tenants quiet for longer than any window asked about
+            for quiet in [t for t, at in self._ended.items() if ended - at > _FORGET_S]:
+                del self._ended[quiet]
+            self._jobs.charge(tenant, ended - started)
 
     def _after(self) -> None:
         try:

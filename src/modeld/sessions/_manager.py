@@ -75,7 +75,13 @@ class SessionManager:
         self._residency = Residency(self._table, self._pool, lot)
         self._engine_counters = EngineCounters()
         self._loop_counters = LoopCounters()
-        self._prefill = Prefill(self._table, self._pool, self._residency, self._engine_counters)
+        self._prefill = Prefill(
+            self._table,
+            self._pool,
+            self._residency,
+            self._engine_counters,
+            contended=scheduler.contended,
+        )
         self._generation = Generation(
             self._table,
             self._pool,

@@ -18,14 +18,17 @@ turn equals a cold run only if both compute every chunk in the same single call.
 ``exact_prefix`` a session therefore keeps only whole chunks of what it shares with the new
 prompt (``exact_keep``) and recomputes the partial one together with the new tokens; generated
 tokens (computed a row at a time) are never kept as such: the next turn recomputes them as
-aligned chunks. Chunk sizes depend on positions only, never on time or load.
+aligned chunks. With ``exact_prefix``, chunk sizes depend on positions only, never on time or
+load. Without it, a chunk is computed in calls of ``CONTENDED_CALL`` tokens while another
+client is using the engine (``EngineScheduler.contended``), so what that client waits for is a
+quarter of a chunk: fairness over the long prompt's throughput, and only while shared.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 from modeld.backends._base import EngineSession
 from modeld.sessions._models import ModelPool
@@ -38,6 +41,7 @@ from modeldconn._errors import ContextOverflow, InvalidArgument
 from modeldconn._types import PrefixResult, SuffixResult
 
 __all__ = [
+    "CONTENDED_CALL",
     "MIN_SHARED_TOKENS",
     "PREFIX_CHUNK",
     "Prefill",
@@ -50,6 +54,11 @@ __all__ = [
 #: C, the aligned prefill chunk (tokens). Measured on gemma3-270m Q4_K_M, 2 threads
 #: (bench/exact_prefix_bench.py --chunks): see the README's "Warm equals cold"
 PREFIX_CHUNK = 128
+
+#: tokens per engine call of a prefill while another client shares the engine (sessions without
+#: exact_prefix): at 8k tokens of context a 128-token chunk takes ~0.44 s on 2 cores, and a
+#: bystander's turn (two jobs) waits for one call each (bench/fairness_bench.py)
+CONTENDED_CALL = 32
 
 #: a prefix held by another session is copied (a few ms) rather than computed (~1.4 ms a token on
 #: 2 cores) once it beats the session's own resident prefix by this many tokens
@@ -104,11 +113,14 @@ class Prefill:
         pool: ModelPool,
         residency: Residency,
         counters: EngineCounters,
+        contended: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``contended``: engine thread, whether another client shares the engine now."""
         self._table = table
         self._pool = pool
         self._residency = residency
         self._counters = counters
+        self._contended = contended
 
     def hold(self, session: Session, tape_tokens: int | None) -> None:
         """Engine thread: cut the tape back to the ``tape_tokens`` the client holds (None: keep
@@ -153,12 +165,17 @@ class Prefill:
 
     def in_turns(self, session: Session, full: list[int]) -> Generator[None, None, None]:
         """Compute ``full[kv_len:]`` a chunk at a time, each engine call ending at the next
-        multiple of ``PREFIX_CHUNK`` (or the prompt's end), the tape always matching the KV."""
+        multiple of ``PREFIX_CHUNK`` (or the prompt's end), the tape always matching the KV;
+        in calls of ``CONTENDED_CALL`` tokens while the engine is shared (not with
+        ``exact_prefix``: see the module)."""
         engine = self._residency.live(session)
         try:
             while engine.kv_len < len(full):
                 start = engine.kv_len
-                engine.prefill(full[start : chunk_floor(start) + PREFIX_CHUNK])
+                end = chunk_floor(start) + PREFIX_CHUNK
+                if not session.exact_prefix and self._contended():
+                    end = min(end, start + CONTENDED_CALL)
+                engine.prefill(full[start:end])
                 session.tape = full[: engine.kv_len]
                 if start == session.aligned and start % PREFIX_CHUNK == 0:
                     session.aligned = engine.kv_len  # a whole chunk, or the prompt's last one

@@ -36,6 +36,8 @@ class Work:
     """What the engine computed, for the tests' arithmetic."""
 
     prefilled: int = 0
+    #: tokens of each prefill call, in order
+    prefill_calls: list[int] = field(default_factory=list)
     decode_calls: int = 0
     threads: set[str] = field(default_factory=set)  #: where KV work ran
     tokenize_threads: set[str] = field(default_factory=set)
@@ -92,6 +94,7 @@ class FakeSession:
         check_room(len(self.kv), len(tokens), self.n_ctx)
         self.kv.extend(tokens)
         self.model.work.prefilled += len(tokens)
+        self.model.work.prefill_calls.append(len(tokens))
         self._logits_for = len(self.kv)
 
     def logits_current(self) -> bool:
