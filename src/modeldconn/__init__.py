@@ -42,7 +42,7 @@ from ._errors import (
 )
 from ._lease import LeaseRecord
 from ._probe import ProbeResult, ProbeState, available, backend, probe
-from ._sync import Client, Session, describe, embed, open_session
+from ._sync import Client, Session, describe, embed, open_session, rerank
 from ._types import (
     Capabilities,
     Capacity,
@@ -60,6 +60,8 @@ from ._types import (
     ModelFacts,
     ModelRef,
     PrefixResult,
+    Reranking,
+    RerankUsage,
     ResponseFormat,
     SessionInfo,
     SnapshotInfo,
@@ -112,6 +114,8 @@ __all__ = [
     "ProbeResult",
     "ProbeState",
     "RemoteError",
+    "RerankUsage",
+    "Reranking",
     "ResponseFormat",
     "Session",
     "SessionBusy",
@@ -139,6 +143,7 @@ __all__ = [
     "embed",
     "open_session",
     "probe",
+    "rerank",
     "resolve_data_root",
     "set_data_root",
 ]

@@ -34,6 +34,7 @@ from ._types import (
     InputLike,
     ModelRef,
     PrefixResult,
+    Reranking,
     SessionInfo,
     SnapshotInfo,
     SuffixResult,
@@ -160,6 +161,32 @@ class AsyncClient(ClientBase):
 
     async def detokenize(self, model: ModelRef | str, ids: Sequence[int]) -> str:
         return await self._unary(rq.detokenize(ids, model=model))
+
+    async def rerank(
+        self,
+        model: ModelRef | str,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        truncate: bool = False,
+    ) -> Reranking:
+        """One relevance score per document for ``query``, and the documents' order.
+
+        ``result.scores``: in input order, higher is more relevant; ``result.order``: indices,
+        best first (the ``top_n`` best when given); ``result.method``: "cross_encoder" (a
+        reranker model: its own score for the pair) or "generative_yes_no" (a generative
+        model: P(yes) normalised over {yes, no} under the documented prompt, in [0, 1]). A pair
+        longer than the model takes is ``ContextOverflow`` naming the document (metadata
+        ``input``), unless ``truncate`` cuts the document.
+
+        :raises InvalidArgument: an empty query (field ``query``), no documents
+            (``documents``), an empty one (``documents[i]``).
+        :raises CapabilityMismatch: the model neither reranks nor generates (embedding-only).
+        :raises UnsupportedFeature: this backend cannot run this cross-encoder.
+        """
+        call = rq.rerank(model, query, documents, top_n=top_n, truncate=truncate)
+        return await self._unary(call)
 
     async def embed(
         self,

@@ -30,6 +30,8 @@ from ._types import (
     ModelFacts,
     ModelRef,
     PrefixResult,
+    Reranking,
+    RerankUsage,
     ResponseFormat,
     SessionInfo,
     SnapshotInfo,
@@ -52,6 +54,8 @@ __all__ = [
     "input_to_pb",
     "model_ref_to_pb",
     "prefix_result_from_pb",
+    "rerank_documents_to_pb",
+    "reranking_from_pb",
     "response_format_to_pb",
     "session_info_from_pb",
     "snapshot_info_from_pb",
@@ -429,4 +433,34 @@ def embeddings_from_pb(reply: pb.EmbedResponse) -> Embeddings:
             tuple(usage.input_tokens), usage.total_tokens, tuple(usage.truncated_tokens)
         ),
         engine_calls=reply.engine_calls,
+    )
+
+
+def rerank_documents_to_pb(query: str, documents: Sequence[str]) -> list[str]:
+    """The documents, checked as texts (the query too).
+
+    :raises InvalidArgument: a lone str instead of a list (field ``documents``), a document
+        that is not a str or holds a lone surrogate (``documents[i]``), a bad query."""
+    checked_text(query, "query")
+    if isinstance(documents, str):
+        raise InvalidArgument("documents is one str: pass a list of texts", field="documents")
+    out: list[str] = []
+    for i, value in enumerate(documents):
+        if not isinstance(value, str):
+            raise InvalidArgument(
+                f"documents[{i}] is {type(value).__name__}: send a str", field=f"documents[{i}]"
+            )
+        out.append(checked_text(value, f"documents[{i}]"))
+    return out
+
+
+def reranking_from_pb(reply: pb.RerankResponse) -> Reranking:
+    usage = reply.usage
+    return Reranking(
+        scores=tuple(float(x) for x in reply.scores),
+        order=tuple(int(i) for i in reply.order),
+        method=reply.method,
+        usage=RerankUsage(
+            tuple(usage.input_tokens), usage.total_tokens, tuple(usage.truncated_tokens)
+        ),
     )

@@ -26,6 +26,8 @@ from ._convert import (
     input_to_pb,
     model_ref_to_pb,
     prefix_result_from_pb,
+    rerank_documents_to_pb,
+    reranking_from_pb,
     session_info_from_pb,
     snapshot_info_from_pb,
     suffix_result_from_pb,
@@ -42,6 +44,7 @@ from ._types import (
     InputLike,
     ModelRef,
     PrefixResult,
+    Reranking,
     SessionInfo,
     SnapshotInfo,
     SuffixResult,
@@ -59,6 +62,7 @@ __all__ = [
     "instance_of",
     "open_session",
     "prefill_suffix",
+    "rerank",
     "restore",
     "snapshot",
     "status",
@@ -225,3 +229,22 @@ def embed(
         pooling=pooling,
     )
     return Call("Embed", request, embeddings_from_pb)
+
+
+def rerank(
+    model: ModelRef | str,
+    query: str,
+    documents: Sequence[str],
+    *,
+    top_n: int | None = None,
+    truncate: bool = False,
+) -> Call[Reranking]:
+    request = pb.RerankRequest(
+        model=model_ref_to_pb(model),
+        query=query,
+        documents=rerank_documents_to_pb(query, documents),
+        truncate=truncate,
+    )
+    if top_n is not None:
+        request.top_n = top_n
+    return Call("Rerank", request, reranking_from_pb)

@@ -48,6 +48,8 @@ __all__ = [
     "ModelFacts",
     "ModelRef",
     "PrefixResult",
+    "RerankUsage",
+    "Reranking",
     "ResponseFormat",
     "SessionInfo",
     "SnapshotInfo",
@@ -717,3 +719,28 @@ class Embeddings:
     normalized: bool
     usage: EmbedUsage
     engine_calls: int  #: engine calls the batch took
+
+
+@dataclass(frozen=True)
+class RerankUsage:
+    #: tokens the model read per document (its whole input: prompt, query and document)
+    input_tokens: tuple[int, ...]
+    #: tokens computed in all (a prompt prefix every document shares is counted once)
+    total_tokens: int
+    truncated_tokens: tuple[int, ...]  #: tokens cut off per document (all 0 unless truncate)
+
+
+@dataclass(frozen=True)
+class Reranking:
+    """What ``rerank`` answers.
+
+    ``scores``: one float per document, in input order, higher is more relevant: a
+    cross-encoder's own output for the pair (``method`` "cross_encoder", unbounded), or
+    P(yes) normalised over {yes, no} in [0, 1] (``method`` "generative_yes_no"). ``order``:
+    document indices, best first (ties: lower index first), only the ``top_n`` best when asked.
+    """
+
+    scores: tuple[float, ...]
+    order: tuple[int, ...]
+    method: str  #: "cross_encoder" | "generative_yes_no"
+    usage: RerankUsage

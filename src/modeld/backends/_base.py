@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import llguidance
 import numpy as np
@@ -31,6 +31,7 @@ __all__ = [
     "EngineModel",
     "EngineSession",
     "EngineState",
+    "RankingEngine",
     "Sampler",
     "SamplingParams",
     "check_generates",
@@ -379,6 +380,25 @@ class EmbeddingEngine(Protocol):
 
     def close(self) -> None:
         """Free everything, the weights too where this engine owns them."""
+
+
+@runtime_checkable
+class RankingEngine(Protocol):
+    """An embedding side that scores (query, document) pairs: a cross-encoder's. Steps are
+    planned as :class:`EmbeddingEngine`'s (``max_inputs``, ``step_tokens``, ``max_tokens``)."""
+
+    def rank_parts(self, query: str, document: str) -> tuple[list[int], list[int], list[int]]:
+        """The pair's input as ``(head, body, tail)``, ``body`` the document's own tokens
+        (truncation cuts it only).
+
+        :raises InvalidArgument: a lone surrogate in either text.
+        """
+
+    def rank_step(self, inputs: Sequence[Sequence[int]]) -> Any:
+        """One engine call: float32, shape ``(len(inputs),)``, the model's score per pair.
+
+        :raises SessionFatal: the engine failed.
+        """
 
 
 class EmbeddingBackend(Protocol):

@@ -1,4 +1,5 @@
-"""The client-side commands: `lease show`, `describe`, `generate`, `status`, `embed`."""
+"""The client-side commands: `lease show`, `describe`, `generate`, `status`, `embed`,
+`rerank`."""
 
 from __future__ import annotations
 
@@ -447,3 +448,50 @@ def _camel_case(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_camel_case(item) for item in value]
     return value
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("query")
+@click.argument("documents", nargs=-1, required=True)
+@data_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--top-n", type=click.IntRange(min=1), default=None, help="Order the N best only.")
+@click.option("--truncate", is_flag=True, help="Cut documents longer than the model takes.")
+def rerank(
+    model: str,
+    query: str,
+    documents: tuple[str, ...],
+    data_root: Path | None,
+    as_json: bool,
+    top_n: int | None,
+    truncate: bool,
+) -> None:
+    """Score each DOC's relevance to QUERY with MODEL on the running daemon.
+
+    With --json, one object: {"scores": [...], "order": [...], "method": ..., "usage":
+    {"input_tokens": [...], "total_tokens": N, "truncated_tokens": [...]}}. Without, one line
+    per document, best first: its index, its score and its start.
+    """
+    client = _client_orfail(data_root)
+    try:
+        result = client.rerank(model, query, list(documents), top_n=top_n, truncate=truncate)
+    except modeldconn.ModeldError as exc:
+        fail(str(exc), ExitCode.STARTUP)
+    if as_json:
+        usage = result.usage
+        document = {
+            "scores": list(result.scores),
+            "order": list(result.order),
+            "method": result.method,
+            "usage": {
+                "input_tokens": list(usage.input_tokens),
+                "total_tokens": usage.total_tokens,
+                "truncated_tokens": list(usage.truncated_tokens),
+            },
+        }
+        click.echo(json.dumps(document))
+        return
+    for i in result.order:
+        click.echo(f"{i:>3}  {result.scores[i]:+.4f}  {documents[i][:60]!r}")
+    click.echo(f"[{result.method}, {result.usage.total_tokens} tokens]", err=True)

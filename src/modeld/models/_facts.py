@@ -45,11 +45,13 @@ class ModelFacts:
     bos_token_id: int
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     add_bos: bool = True
-    #: what the model can do: "generate" (sessions), "embed" (Embed)
+    #: what the model can do: "generate" (sessions), "embed" (Embed), "rerank" (Rerank: a
+    #: cross-encoder's score, or a generative model's yes/no answer)
     tasks: tuple[str, ...] = ("generate",)
     #: floats in one Embed vector (the hidden size); 0 when the model cannot embed
     embedding_dims: int = 0
-    #: the pooling Embed uses by default (POOLINGS); "" when the model cannot embed
+    #: the pooling Embed uses by default (POOLINGS); "rank" for a cross-encoder (it does not
+    #: embed); "" when the model cannot embed
     pooling: str = ""
 
     @property
@@ -98,10 +100,14 @@ def facts_from_gguf(
     source = "model" if template else fallback_template_source
     # an encoder (BERT and kin: attention.causal false) only embeds; a decoder generates, and
     # llama.cpp pools its hidden states too (mean unless the header declares a pooling)
+    # a generative model reranks too (its yes/no answer); one that declares rank pooling is a
+    # cross-encoder: it reranks and does nothing else
     causal = bool(meta.get(f"{arch}.attention.causal", True))
     declared = GGUF_POOLING.get(arch_int("pooling_type"), "none")
     pooling = declared if declared in POOLINGS else "mean"
-    tasks = ("generate", "embed") if causal else ("embed",)
+    tasks: tuple[str, ...] = ("generate", "embed", "rerank") if causal else ("embed",)
+    if declared == "rank" and not causal:
+        tasks, pooling = ("rerank",), "rank"
     return ModelFacts(
         name=name,
         path=path,

@@ -129,7 +129,7 @@ def facts_from_ir(
         bos_token_id=int(bos) if isinstance(bos, int) else -1,
         eos_token_ids=eos,
         add_bos=bos is not None,
-        tasks=("embed",) if encoder else ("generate",),
+        tasks=("embed",) if encoder else ("generate", "rerank"),
         embedding_dims=hidden if encoder else 0,
         pooling=(declared or "cls") if encoder else "",
     )

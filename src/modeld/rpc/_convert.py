@@ -8,6 +8,7 @@ from modeld.chat._types import Message, ToolCall, ToolDefinition
 from modeld.models._facts import ModelFacts
 from modeld.sessions._embeddings import EmbedRequest, EmbedResult
 from modeld.sessions._manager import ResolvedConfig
+from modeld.sessions._rerank import RerankRequest, RerankResult
 from modeld.sessions._types import (
     ChatInput,
     DecodeOptions,
@@ -30,6 +31,8 @@ __all__ = [
     "facts_to_pb",
     "input_from_pb",
     "prefix_to_pb",
+    "rerank_request_from_pb",
+    "rerank_result_to_pb",
     "resolved_to_pb",
     "step_to_pb",
     "suffix_to_pb",
@@ -212,4 +215,27 @@ def embed_result_to_pb(result: EmbedResult) -> pb.EmbedResponse:
             truncated_tokens=list(usage.truncated_tokens),
         ),
         engine_calls=result.engine_calls,
+    )
+
+
+def rerank_request_from_pb(request: pb.RerankRequest) -> RerankRequest:
+    return RerankRequest(
+        query=request.query,
+        documents=tuple(request.documents),
+        top_n=request.top_n if request.HasField("top_n") else 0,
+        truncate=request.truncate,
+    )
+
+
+def rerank_result_to_pb(result: RerankResult) -> pb.RerankResponse:
+    usage = result.usage
+    return pb.RerankResponse(
+        scores=result.scores.tolist(),
+        order=list(result.order),
+        method=result.method,
+        usage=pb.RerankUsage(
+            input_tokens=list(usage.input_tokens),
+            total_tokens=usage.total_tokens,
+            truncated_tokens=list(usage.truncated_tokens),
+        ),
     )

@@ -24,12 +24,15 @@ from modeld.rpc._convert import (
     facts_to_pb,
     input_from_pb,
     prefix_to_pb,
+    rerank_request_from_pb,
+    rerank_result_to_pb,
     resolved_to_pb,
     step_to_pb,
     suffix_to_pb,
 )
 from modeld.sessions._manager import ResolvedConfig, SessionManager
 from modeld.sessions._prefill import PREFIX_CHUNK
+from modeld.sessions._rerank import Reranker
 from modeld.sessions._session import Session
 from modeldconn._errors import InvalidArgument, SnapshotNotFound
 from modeldconn._pb import modeld_pb2 as pb
@@ -100,6 +103,7 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         self._gate = gate
         self._endpoint = endpoint
         self._sessions = sessions
+        self._reranker = Reranker(sessions.embeddings)
         self._started = time.monotonic()
 
     async def _spec(self, ref: pb.ModelRef) -> ModelSpec:
@@ -273,3 +277,8 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         spec = await self._spec(request.model)
         value = embed_request_from_pb(request)
         return embed_result_to_pb(await self._sessions.embed(spec, value))
+
+    async def Rerank(self, request: pb.RerankRequest, context: Context) -> pb.RerankResponse:
+        spec = await self._spec(request.model)
+        result = await self._reranker.rerank(spec, rerank_request_from_pb(request))
+        return rerank_result_to_pb(result)

@@ -133,6 +133,34 @@ class Embeddings:
         self._sides: dict[tuple[str, str], _Side] = {}
         self._reaper: asyncio.TimerHandle | None = None
 
+    @property
+    def scheduler(self) -> EngineScheduler:
+        return self._scheduler
+
+    @property
+    def pool(self) -> ModelPool:
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def side(self, spec: ModelSpec) -> AsyncIterator[EmbeddingEngine]:
+        """``spec``'s embedding side for one call (Rerank's cross-encoder uses it too): made
+        on first use, counted as in use until the block ends, freed after idling as Embed's.
+
+        :raises UnsupportedFeature: this backend does not embed (or rank) this model.
+        :raises ModelLoadFailed: the engine could not load the model.
+        """
+        side = self._sides.get(spec.key)
+        if side is None:
+            side = self._sides[spec.key] = _Side(spec)
+        side.users += 1
+        try:
+            async with self._engine(side) as engine:
+                yield engine
+        finally:
+            side.users -= 1
+            side.last_used = time.monotonic()
+            self._arm_reaper()
+
     def status(self) -> list[EmbeddingModelStatus]:
         """Every model with an embedding side (safe from the loop; counts may lag a step)."""
         return [

@@ -750,3 +750,39 @@ class EmbedResponse(_message.Message):
     usage: EmbedUsage
     engine_calls: int
     def __init__(self, dims: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ..., pooling: _Optional[str] = ..., normalized: _Optional[bool] = ..., usage: _Optional[_Union[EmbedUsage, _Mapping]] = ..., engine_calls: _Optional[int] = ...) -> None: ...
+
+class RerankRequest(_message.Message):
+    __slots__ = ("model", "query", "documents", "top_n", "truncate")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    query: str
+    documents: _containers.RepeatedScalarFieldContainer[str]
+    top_n: int
+    truncate: bool
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., top_n: _Optional[int] = ..., truncate: _Optional[bool] = ...) -> None: ...
+
+class RerankUsage(_message.Message):
+    __slots__ = ("input_tokens", "total_tokens", "truncated_tokens")
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    input_tokens: _containers.RepeatedScalarFieldContainer[int]
+    total_tokens: int
+    truncated_tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, input_tokens: _Optional[_Iterable[int]] = ..., total_tokens: _Optional[int] = ..., truncated_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RerankResponse(_message.Message):
+    __slots__ = ("scores", "order", "method", "usage")
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    order: _containers.RepeatedScalarFieldContainer[int]
+    method: str
+    usage: RerankUsage
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., order: _Optional[_Iterable[int]] = ..., method: _Optional[str] = ..., usage: _Optional[_Union[RerankUsage, _Mapping]] = ...) -> None: ...

@@ -100,6 +100,11 @@ class ModeldStub:
                 request_serializer=modeld_dot_v1_dot_modeld__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=modeld_dot_v1_dot_modeld__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Rerank = channel.unary_unary(
+                '/modeld.v1.Modeld/Rerank',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.RerankRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.RerankResponse.FromString,
+                _registered_method=True)
 
 
 class ModeldServicer:
@@ -201,6 +206,14 @@ class ModeldServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rerank(self, request, context):
+        """One relevance score per document for a query, and the documents' order, best first (see
+        RerankRequest for the two methods, the prompt and the score).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModeldServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -268,6 +281,11 @@ def add_ModeldServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=modeld_dot_v1_dot_modeld__pb2.EmbedRequest.FromString,
                     response_serializer=modeld_dot_v1_dot_modeld__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.RerankRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.RerankResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -621,6 +639,33 @@ class Modeld:
             '/modeld.v1.Modeld/Embed',
             modeld_dot_v1_dot_modeld__pb2.EmbedRequest.SerializeToString,
             modeld_dot_v1_dot_modeld__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/Rerank',
+            modeld_dot_v1_dot_modeld__pb2.RerankRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.RerankResponse.FromString,
             options,
             channel_credentials,
             insecure,

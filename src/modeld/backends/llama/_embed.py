@@ -5,6 +5,11 @@ One context per pooling asked for, made on the first step that needs it and free
 llama_decode, each input its own sequence (``n_seq_max`` of them), and reads each sequence's
 pooled vector (``llama_get_embeddings_seq``). An encoder (BERT) keeps no KV; a decoder's KV
 is cleared before every step, so a step never sees another's tokens.
+
+A cross-encoder (a GGUF that declares rank pooling) scores (query, document) pairs the same way:
+one context with rank pooling, one sequence per pair, each pair's score the first value of its
+pooled output (llama.cpp applies the model's classification head to the pair), formed exactly
+as llama-server ``--rerank`` forms it (:meth:`LlamaEmbedder.rank_parts`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ _POOLING = {
     "mean": ll.LLAMA_POOLING_TYPE_MEAN,
     "cls": ll.LLAMA_POOLING_TYPE_CLS,
     "last": ll.LLAMA_POOLING_TYPE_LAST,
+    "rank": ll.LLAMA_POOLING_TYPE_RANK,
 }
 #: inputs one step computes at most (sequences of the embedding context)
 MAX_INPUTS = 32
@@ -66,12 +72,12 @@ class LlamaEmbedder:
     def step_cost(self, lengths: Sequence[int]) -> int:
         return sum(lengths)
 
-    def _tokenize(self, raw: bytes, add_special: bool) -> list[int]:
+    def _tokenize(self, raw: bytes, add_special: bool, parse_special: bool = False) -> list[int]:
         capacity = len(raw) + 8
         while True:
             buffer = (ll.llama_token * capacity)()
             count = ll.llama_tokenize(
-                self.vocab, raw, len(raw), buffer, capacity, add_special, False
+                self.vocab, raw, len(raw), buffer, capacity, add_special, parse_special
             )
             if count >= 0:
                 return list(buffer[:count])
@@ -87,6 +93,58 @@ class LlamaEmbedder:
             if whole[start : start + len(body)] == body:
                 return whole[:start], body, whole[start + len(body) :]
         return [], whole, []  # the specials changed the text's own tokens: keep them whole
+
+    def rank_parts(self, query: str, document: str) -> tuple[list[int], list[int], list[int]]:
+        """The pair as llama-server's ``format_prompt_rerank`` forms it, split around the
+        document's own tokens as ``(head, body, tail)`` (truncation cuts ``body`` only).
+
+        With the model's ``rerank`` chat template: the template with ``{query}`` and
+        ``{document}`` replaced (markup parsed for control tokens; query and document are plain
+        text, each part tokenized on its own). Without one: ``[BOS] query [EOS] [SEP] document
+        [EOS]``, each special only where the vocabulary adds it (``add_bos``, ``add_eos``,
+        ``add_sep``) and SEP standing in for a missing EOS.
+
+        :raises InvalidArgument: a lone surrogate in ``query`` or ``document``.
+        """
+        check_text(query, "query")
+        check_text(document, "document")
+        template = ll.llama_model_chat_template(self.model, b"rerank")
+        if template:
+            text = template.decode("utf-8", "replace")
+            before, _, after = text.partition("{document}")
+
+            def markup(part: str) -> list[int]:
+                ids: list[int] = []
+                for i, piece in enumerate(part.split("{query}")):
+                    if i:
+                        ids += self._tokenize(query.encode("utf-8"), False)
+                    ids += self._tokenize(piece.encode("utf-8"), False, parse_special=True)
+                return ids
+
+            return markup(before), self._tokenize(document.encode("utf-8"), False), markup(after)
+        vocab = self.vocab
+        eos = ll.llama_vocab_eos(vocab)
+        if eos == ll.LLAMA_TOKEN_NULL:
+            eos = ll.llama_vocab_sep(vocab)
+        head: list[int] = []
+        if ll.llama_vocab_get_add_bos(vocab):
+            head.append(ll.llama_vocab_bos(vocab))
+        head += self._tokenize(query.encode("utf-8"), False)
+        if ll.llama_vocab_get_add_eos(vocab):
+            head.append(eos)
+        if ll.llama_vocab_get_add_sep(vocab):
+            head.append(ll.llama_vocab_sep(vocab))
+        tail = [eos] if ll.llama_vocab_get_add_eos(vocab) else []
+        return head, self._tokenize(document.encode("utf-8"), False), tail
+
+    def rank_step(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
+        """One llama_encode over pairs (sequence ``i`` = pair ``i``): float32, shape
+        ``(len(inputs),)``, each the model's score for that pair (the first value of its rank
+        pooling, as llama-server reports it).
+
+        :raises SessionFatal: llama.cpp failed or returned no score.
+        """
+        return self.embed_step(inputs, "rank", width=1)[:, 0]
 
     def _context(self, pooling: str) -> Any:
         ctx = self._contexts.get(pooling)
@@ -109,8 +167,11 @@ class LlamaEmbedder:
             self._contexts[pooling] = ctx
         return ctx
 
-    def embed_step(self, inputs: Sequence[Sequence[int]], pooling: str) -> np.ndarray:
-        """See ``EmbeddingEngine.embed_step``: one llama_decode, sequence ``i`` = input ``i``."""
+    def embed_step(
+        self, inputs: Sequence[Sequence[int]], pooling: str, width: int = 0
+    ) -> np.ndarray:
+        """See ``EmbeddingEngine.embed_step``: one llama_decode, sequence ``i`` = input ``i``;
+        ``width``: floats read per sequence (0: ``dims``)."""
         ctx = self._context(pooling)
         total = sum(len(ids) for ids in inputs)
         assert 0 < len(inputs) <= self.max_inputs and total <= self.step_tokens
@@ -134,13 +195,14 @@ class LlamaEmbedder:
         status = run(ctx, batch)
         if status != 0:
             raise SessionFatal(f"llama.cpp embedding step failed with status {status}")
-        out = np.empty((len(inputs), self.dims), dtype=np.float32)
+        width = width or self.dims
+        out = np.empty((len(inputs), width), dtype=np.float32)
         for seq in range(len(inputs)):
             pointer = ll.llama_get_embeddings_seq(ctx, seq)
             if not pointer:
                 raise SessionFatal(f"llama.cpp returned no pooled embedding for input {seq}")
             out[seq] = np.ctypeslib.as_array(
-                ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(self.dims,)
+                ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(width,)
             )
         if memory:
             ll.llama_memory_clear(memory, True)
