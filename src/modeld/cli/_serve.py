@@ -24,6 +24,12 @@ __all__ = ["serve"]
 @data_root_option
 @click.option("--listen", default=None, help="unix:PATH or HOST:PORT (loopback; port 0 = any).")
 @click.option(
+    "--http-listen",
+    default=None,
+    help="Serve the OpenAI-compatible HTTP API on HOST:PORT (the leader only; port 0: any; "
+    "non-loopback needs --auth-token-file; TLS with --tls-cert/--tls-key). Default: off.",
+)
+@click.option(
     "--socket-dir",
     type=click.Path(path_type=Path),
     default=None,
@@ -176,6 +182,7 @@ def serve(
     backend: str,
     data_root: Path | None,
     listen: str | None,
+    http_listen: str | None,
     socket_dir: Path | None,
     lease_ttl: float,
     standby: bool,
@@ -225,6 +232,7 @@ def serve(
         data_root=resolve_data_root(data_root),
         backend=backend,
         listen=listen,
+        http_listen=http_listen,
         socket_dir=socket_dir,
         lease_ttl_s=lease_ttl,
         standby=standby,

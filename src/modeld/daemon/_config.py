@@ -74,6 +74,8 @@ class ServeSettings:
     metrics_listen: str | None = None
     #: directories outside <data root>/models a ModelRef path may point into (links resolved)
     allowed_model_roots: tuple[Path, ...] = ()
+    #: HOST:PORT of the OpenAI-compatible HTTP API (leader only); None: off
+    http_listen: str | None = None
     #: a 0600 file holding the bearer token every call but health must carry
     auth_token_file: Path | None = None
     #: PEM certificate chain and private key (0600): the TCP listener speaks TLS

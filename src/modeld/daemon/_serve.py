@@ -36,6 +36,7 @@ from modeld.daemon._config import ServeSettings
 from modeld.daemon._sdnotify import notify
 from modeld.daemon._storage import prepare_data_root
 from modeld.engine._scheduler import EngineScheduler
+from modeld.http._listen import HttpListen, parse_http_listen
 from modeld.lease._election import Election
 from modeld.lease._gate import Gate, Phase
 from modeld.lease._identity import Identity, modeld_version
@@ -255,6 +256,46 @@ async def _preload(sessions: SessionManager, model: str) -> LoadedModel:
     return LoadedModel(spec.facts.name, spec.facts.digest)
 
 
+async def _start_http(
+    listen: HttpListen,
+    settings: ServeSettings,
+    sessions: SessionManager,
+    gate: Gate,
+    root: Path,
+    token: str | None,
+    model: LoadedModel | None,
+) -> Any:
+    """The OpenAI-compatible HTTP API, bound and serving (an ``HttpServer``); imported only
+    when asked for, so a daemon without it never loads FastAPI.
+
+    :raises StartupError: the address cannot be bound."""
+    from modeld.http._app import HttpContext, create_app
+    from modeld.http._binding import SessionBinder
+    from modeld.http._server import HttpServer
+
+    binder = SessionBinder(sessions, exact_prefix=settings.exact_prefix)
+    binder.start()
+    app = create_app(
+        HttpContext(
+            sessions=sessions,
+            binder=binder,
+            gate=gate,
+            models_dir=root / "models",
+            served_model=model.name if model is not None else "",
+            auth_token=token,
+        )
+    )
+    server = HttpServer(
+        app,
+        listen,
+        tls_cert=settings.tls_cert_file,
+        tls_key=settings.tls_key_file,
+        grace_s=settings.drain_grace_s,
+    )
+    await server.start()
+    return server
+
+
 async def _drain(
     gate: Gate, bound: BoundServer, election: Election, held: asyncio.Future[str], grace_s: float
 ) -> int:
@@ -299,6 +340,11 @@ async def serve(settings: ServeSettings) -> int:
     )
     if listener.remote and tls is None:
         log.warning("the bearer token crosses the network in the clear: add --tls-cert/--tls-key")
+    http_listen = (
+        parse_http_listen(settings.http_listen, authenticated=bool(token))
+        if settings.http_listen
+        else None
+    )
     gate = Gate(identity.instance_id)
     endpoint = ""
     metrics = Metrics()
@@ -379,7 +425,19 @@ async def serve(settings: ServeSettings) -> int:
                         raise
                     log.info("stopped while loading; lease released")
                     return ExitCode.OK
-            # 4. Serve, until a signal or a loss of leadership.
+            # 4. Serve, until a signal or a loss of leadership. The HTTP API binds now, as leader
+            # only: a standby never holds its address, and after a takeover the new leader binds
+            # the same one.
+            http: Any = None
+            if http_listen is not None:
+                try:
+                    http = await _start_http(
+                        http_listen, settings, sessions, gate, root, token, model
+                    )
+                except StartupError:
+                    await _cancel(held)
+                    await election.release()
+                    raise
             try:
                 listener.publish_stable_name()
             except OSError as exc:  # for people and tools only: clients dial the lease's endpoint
@@ -394,6 +452,8 @@ async def serve(settings: ServeSettings) -> int:
                 await _while_leading(stop.wait(), held)
             finally:
                 await _cancel(reaper)
+                if http is not None:  # stopping or fenced: in-flight requests get the grace
+                    await _cleanup("stopping the HTTP API", http.stop())
             # 5. Drain, still renewing.
             metrics.leadership.labels("released").inc()
             return await _drain(gate, bound, election, held, settings.drain_grace_s)

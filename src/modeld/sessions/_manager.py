@@ -25,9 +25,11 @@ from modeld.models._facts import ModelSpec
 from modeld.sessions._admission import Admission
 from modeld.sessions._embeddings import Embeddings, EmbedRequest, EmbedResult
 from modeld.sessions._generation import Generation
+from modeld.sessions._inputs import check_size, to_tokens_rendered
 from modeld.sessions._models import LoadedModel, ModelPool
 from modeld.sessions._parking import ParkingLot
 from modeld.sessions._prefill import Prefill
+from modeld.sessions._prefix_index import common_prefix
 from modeld.sessions._residency import Residency
 from modeld.sessions._session import Session
 from modeld.sessions._snapshots import Snapshot, SnapshotStore
@@ -39,7 +41,7 @@ from modeld.sessions._types import DecodeOptions, ResolvedConfig, SessionInput
 from modeldconn._errors import InvalidArgument, SessionNotFound, UnknownClient
 from modeldconn._types import Capabilities, Capacity, PrefixResult, SuffixResult
 
-__all__ = ["CLOSE_WAIT_S", "ResolvedConfig", "SessionManager", "TapedStep"]
+__all__ = ["CLOSE_WAIT_S", "CachedPrefix", "ResolvedConfig", "SessionManager", "TapedStep"]
 
 log = logging.getLogger("modeld.sessions")
 T = TypeVar("T")
@@ -47,6 +49,19 @@ T = TypeVar("T")
 #: how long CloseSession waits for a running operation's engine work to stop (a Decode stops
 #: within one engine step; this bounds the wait for a long prefill, or a stream nobody reads)
 CLOSE_WAIT_S = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedPrefix:
+    """An open session whose tape shares a prefix with a prompt (:meth:`SessionManager.cached`),
+    measured exactly on the engine thread as of the lookup."""
+
+    handle: str
+    owner: str
+    busy: bool
+    common: int  #: leading tokens its tape shares with the prompt
+    tape_tokens: int  #: its tape's length (> common: the tape diverges from the prompt there)
+    prefix_tokens: int  #: the length of its last EnsurePrefix (the last prompt it was given)
 
 
 class SessionManager:
@@ -393,6 +408,56 @@ class SessionManager:
         session.tape = list(snapshot.tape)
         session.prefix_len = snapshot.prefix_len
         session.model.index.update(session.id, session.tape)
+
+    # -- prompts and the prefix index, for front ends that bind requests to sessions ---------
+
+    async def load_model(self, spec: ModelSpec) -> LoadedModel:
+        """``spec``'s entry with its weights in (loading them once, however many ask).
+
+        :raises ModelLoadFailed: the engine could not load it."""
+        return await self._pool.load(spec)
+
+    async def render(self, model: LoadedModel, value: SessionInput) -> tuple[list[int], str]:
+        """``value`` as the tokens it would put at the start of a tape (BOS included), and its
+        rendering (see ``to_tokens_rendered``), computed on a worker thread.
+
+        :raises ContextOverflow: far over the model's trained context, before tokenizing.
+        :raises InvalidArgument / UnsupportedFeature: see ``to_tokens``."""
+        limit = model.spec.facts.context_length
+        check_size(value, limit, "ensure_prefix", 0, limit)
+        async with self._pool.borrowed(model) as engine:
+            return await asyncio.to_thread(to_tokens_rendered, engine, value, start=True)
+
+    async def cached(
+        self, model: LoadedModel, tokens: list[int], limit: int = 8
+    ) -> list[CachedPrefix]:
+        """Open sessions of ``model`` holding the longest indexed prefix of ``tokens`` (the
+        prefix index: O(prompt), whatever the number of sessions), each measured exactly
+        against its tape, longest common prefix first; [] when none holds a whole block."""
+
+        def lookup() -> list[CachedPrefix]:
+            _, holders = model.index.longest(tokens, None, limit)
+            table = self._table.snapshot()
+            found = []
+            for holder in holders:
+                session = table.get(holder)
+                if session is None or session.model is not model:
+                    continue
+                found.append(
+                    CachedPrefix(
+                        handle=session.handle,
+                        owner=session.owner,
+                        busy=session.busy,
+                        common=common_prefix(session.tape, tokens),
+                        tape_tokens=len(session.tape),
+                        prefix_tokens=session.prefix_len,
+                    )
+                )
+            found.sort(key=lambda c: -c.common)
+            return found
+
+        # the index and the tapes are the engine thread's
+        return await self._scheduler.call(lookup)
 
     # -- embeddings -----------------------------------------------------------------------------
 
