@@ -23,6 +23,7 @@ from modeld.sessions._models import ModelPool
 from modeld.sessions._prefill import Prefill, held_length
 from modeld.sessions._residency import Residency
 from modeld.sessions._session import Session
+from modeld.sessions._twins import InFlightPrefixes
 from modeld.sessions._types import DecodeOptions, DecodeStep, SessionInput
 from modeld.structured import DecodeConstraints, GrammarCompiler, prepare_constraints
 from modeld.structured._plan import NONE as NO_CONSTRAINTS
@@ -65,6 +66,8 @@ class Turns:
         self._metrics = metrics
         self._decode_done = decode_done
         self._grammars = GrammarCompiler()
+        #: EnsurePrefix prompts being computed now (see ``_twins``)
+        self.in_flight = InFlightPrefixes()
 
     # ``held``: the tape length the client says it holds (see ``Prefill.hold``); None keeps the
     # tape as it is.
@@ -77,9 +80,12 @@ class Turns:
             tokens, rendering = await self._tokens_rendered(
                 session, value, stage="ensure_prefix", start=True
             )
-            result = await self._admission.waiting_for_room(
-                lambda: self._admission.in_turns(self._prefill.ensure_prefix(session, tokens))
-            )
+            # a twin computing the same long prefix right now: copy it once it is done
+            await self.in_flight.wait_for_twins(session, tokens)
+            with self.in_flight.computing(session, tokens):
+                result = await self._admission.waiting_for_room(
+                    lambda: self._admission.in_turns(self._prefill.ensure_prefix(session, tokens))
+                )
             result = dataclasses.replace(result, rendering=rendering)
         tokens_metric = self._metrics.tokens
         tokens_metric.labels("prefilled").inc(result.prefilled)
