@@ -4,11 +4,11 @@ Structure (what a new API plugs into):
 
 * :class:`HttpContext` is everything a route needs: the SessionManager, the
   :class:`~modeld.http._binding.SessionBinder` (which session serves a request), the gate, the
-  models directory. A route reaches it with ``context(request)`` or as the FastAPI dependency
-  ``Depends(context)``.
-* Each API is an ``APIRouter`` in a module of its own (``_openai``); :func:`create_app` includes
-  the routers it is given (``ROUTERS`` by default). A router that answers errors in another
-  shape registers it for its paths (``_errors.register_shape``).
+  models directory. A route reaches it with ``context(request)``, or as a route parameter
+  typed :data:`Ctx`.
+* Each API is an ``APIRouter`` in a module of its own (``_openai``); :func:`create_app`
+  includes the routers it is given (default: :func:`default_routers`). A router that answers
+  errors in another shape registers it for its paths (``_errors.register_shape``).
 * :func:`modeld.http._turn.start_turn` runs a conversation turn (bind, EnsurePrefix, Decode,
   diagnostics) for any router.
 * Middleware, for every router alike: authentication (the gRPC listener's rule: a token from
@@ -23,8 +23,9 @@ import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from modeld.engine._scheduler import TENANT
@@ -34,7 +35,7 @@ from modeld.lease._gate import Gate
 from modeld.sessions._manager import SessionManager
 from modeldconn._errors import RemoteError
 
-__all__ = ["HttpContext", "context", "create_app"]
+__all__ = ["Ctx", "HttpContext", "context", "create_app", "default_routers"]
 
 #: paths answered without a token and in every phase (liveness for load balancers)
 _OPEN_PATHS = frozenset({"/health"})
@@ -59,6 +60,17 @@ def context(request: Request) -> HttpContext:
     return ctx
 
 
+#: the app's context as a route parameter: ``async def route(body: X, ctx: Ctx)``
+Ctx = Annotated[HttpContext, Depends(context)]
+
+
+def default_routers() -> list[APIRouter]:
+    """Every API modeld speaks over HTTP; a new one is added here."""
+    from modeld.http._openai import router as openai
+
+    return [openai]
+
+
 def _token_of(request: Request) -> str | None:
     authorization = request.headers.get("authorization")
     if authorization is not None:
@@ -80,9 +92,7 @@ def _check_token(expected: str, given: str | None) -> ApiError | None:
 def create_app(ctx: HttpContext, routers: Sequence[APIRouter] | None = None) -> FastAPI:
     """The app serving ``routers`` (default: every API modeld speaks) over ``ctx``."""
     if routers is None:
-        from modeld.http._openai import router as openai
-
-        routers = (openai,)
+        routers = default_routers()
     app = FastAPI(title="modeld", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.modeld = ctx
     install_handlers(app)

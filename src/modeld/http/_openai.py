@@ -16,14 +16,14 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from modeld.chat._types import ChatInput, Message, ToolCall, ToolDefinition
-from modeld.http._app import HttpContext, context
+from modeld.http._app import Ctx, HttpContext
 from modeld.http._errors import HttpError, api_error, openai_body
 from modeld.http._openai_schema import (
     ChatMessage,
@@ -45,8 +45,6 @@ from modeldconn._types import DecodeFinal, TokenLogprob
 __all__ = ["router"]
 
 router = APIRouter()
-#: the app's context, as a route parameter
-Ctx = Annotated[HttpContext, Depends(context)]
 
 SESSION_ID_HEADER = "x-session-id"
 #: an absent max_tokens: until EOS or a full context, as OpenAI's chat completions
