@@ -32,6 +32,7 @@ async def test_concurrent_twins_compute_the_shared_prefix_once(
     assert work.prefilled - before == len(SHARED) + 4 * 8
     assert sorted(r.shared for r in results) == [0, len(SHARED), len(SHARED), len(SHARED)]
     assert all(r.prefix_tokens == len(SHARED) + 8 for r in results)
+    assert h.manager.turns.in_flight.waits == 3
 
 
 async def test_a_twin_with_a_long_tail_of_its_own_is_not_waited_for(
@@ -44,10 +45,9 @@ async def test_a_twin_with_a_long_tail_of_its_own_is_not_waited_for(
     shared = SHARED[:100]
     long_prompt = (*shared, *range(2000, 2400))
     short_prompt = (*shared, 7, 7, 7)
-    work = h.backend.models[0].work
-    before = work.prefilled
     await asyncio.gather(
         h.manager.ensure_prefix(long_one.handle, TokenInput(long_prompt)),
         h.manager.ensure_prefix(short_one.handle, TokenInput(short_prompt)),
     )
-    assert work.prefilled - before == len(long_prompt) + len(short_prompt)
+    # (the short one may still copy the shared part, if the long one is done before it starts)
+    assert h.manager.turns.in_flight.waits == 0
