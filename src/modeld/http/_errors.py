@@ -141,6 +141,10 @@ def openai_body(error: ApiError) -> dict[str, Any]:
 
 Shape = Callable[[ApiError], dict[str, Any]]
 
+#: prefix → shape every app starts with: a router module whose API has its own error body adds
+#: it at import, so that even the middleware's refusals (401, 503) on its paths take it
+DEFAULT_SHAPES: dict[str, Shape] = {}
+
 
 def register_shape(app: FastAPI, prefix: str, shape: Shape) -> None:
     """Errors of requests whose path starts with ``prefix`` take ``shape`` (the longest
@@ -186,7 +190,7 @@ def _validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
 
 def install_handlers(app: FastAPI) -> None:
     """Every failure as an API error (see the module's docstring)."""
-    app.state.error_shapes = {}
+    app.state.error_shapes = dict(DEFAULT_SHAPES)
 
     async def on_remote(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RemoteError)
