@@ -66,9 +66,11 @@ Ctx = Annotated[HttpContext, Depends(context)]
 
 def default_routers() -> list[APIRouter]:
     """Every API modeld speaks over HTTP; a new one is added here."""
+    from modeld.http._anthropic import router as anthropic
     from modeld.http._openai import router as openai
+    from modeld.http._responses import router as responses
 
-    return [openai]
+    return [openai, anthropic, responses]
 
 
 def _token_of(request: Request) -> str | None:
