@@ -161,3 +161,37 @@ class SessionBinder:
         before = await self._sessions.detokenize(model, tokens[max(0, at - WINDOW_TOKENS) : at])
         after = await self._sessions.detokenize(model, tokens[at : at + WINDOW_TOKENS])
         return Divergence(at, before, after, best.tape_tokens)
+
+    # -- named sessions for other front ends (the OpenAI Responses router, ``_responses``): --
+    # -- a name per stored response, moved along as its session goes on to the next one ----
+
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` still means an open session."""
+        handle = self._names.get(name)
+        return handle is not None and self._open_handle(handle)
+
+    def rename(self, old: str | None, new: str, handle: str) -> None:
+        """``handle`` now ends at what ``new`` names: ``old`` (the turn it continued) no longer
+        means it, as its tape went on past that point."""
+        if old is not None and self._names.get(old) == handle:
+            del self._names[old]
+        if self._open_handle(handle):
+            self._names.pop(new, None)
+            self._names[new] = handle
+            while len(self._names) > MAX_NAMES:
+                del self._names[next(iter(self._names))]
+
+    def forget(self, name: str) -> None:
+        """``name`` no longer means a session (the session itself stays open)."""
+        self._names.pop(name, None)
+
+    async def restore(self, spec: ModelSpec, snapshot_id: str, name: str) -> str:
+        """A new HTTP session from a snapshot, named ``name`` (not in use: the next
+        :meth:`acquire` of ``name`` takes it).
+
+        :raises SnapshotNotFound / SnapshotMismatch: evicted, corrupt, or another model's.
+        :raises InsufficientMemory / Overloaded: no room for it."""
+        session, _ = await self._sessions.restore(spec, snapshot_id, 0, self._owner)
+        session.exact_prefix = self._exact_prefix
+        self.rename(None, name, session.handle)
+        return session.handle
