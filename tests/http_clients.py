@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import re
-
 import daemons
 import openai
 
-#: what the daemon logs once the HTTP listener is bound (port 0 picks a free one)
-_BOUND = re.compile(r"OpenAI-compatible HTTP API at (https?://\S+)")
-
 
 def http_url(served: daemons.Served) -> str:
-    """The base URL the daemon's log says its HTTP API is bound to."""
+    """The base URL of the daemon's HTTP API, as its lease advertises it once serving."""
 
-    def bound() -> str | None:
-        found = _BOUND.search(served.log.read_text())
-        return found.group(1) if found else None
+    def advertised() -> str | None:
+        try:
+            url = daemons.lease_json(served.root).get("http_endpoint", "")
+        except AssertionError:  # no readable lease yet
+            return None
+        return str(url) if url else None
 
-    return daemons.wait_for("the HTTP API to be bound", bound, daemons.STARTUP_LIMIT_S)
+    return daemons.wait_for("the HTTP API in the lease", advertised, daemons.STARTUP_LIMIT_S)
 
 
 def openai_client(served: daemons.Served, api_key: str = "unused") -> openai.OpenAI:

@@ -107,6 +107,9 @@ class LeaseRecord:
     auth: bool = False
     #: the endpoint speaks TLS (the daemon's --tls-cert); dial it with a verified channel
     tls: bool = False
+    #: the HTTP API's base URL (``http(s)://HOST:PORT``, the OpenAI and Anthropic routes under
+    #: ``/v1``) once serving with ``--http-listen``; "" when it is off
+    http_endpoint: str = ""
     schema: int = LEASE_SCHEMA
 
     def to_json(self) -> str:
@@ -282,7 +285,15 @@ def parse_lease(text: str) -> LeaseRecord:
         model=model,
         auth=data.get("auth") is True,
         tls=data.get("tls") is True,
+        http_endpoint=_http_endpoint(data.get("http_endpoint")),
     )
+
+
+def _http_endpoint(value: object) -> str:
+    """An advertised HTTP base URL, or "" for anything else (an older daemon writes none)."""
+    if isinstance(value, str) and value.startswith(("http://", "https://")) and len(value) < 512:
+        return value
+    return ""
 
 
 _KINDS = (

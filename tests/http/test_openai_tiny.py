@@ -232,3 +232,15 @@ def test_non_loopback_listener_wants_the_token() -> None:
         stop_served(served)
         token_file.unlink()
         folder.rmdir()
+
+
+def test_the_lease_advertises_the_http_api(tiny: Served) -> None:
+    """Clients (and people) find the HTTP API where they find the daemon: in its lease."""
+    from daemons import lease_json, run_modeld
+
+    url = lease_json(tiny.root)["http_endpoint"]
+    assert url.startswith("http://127.0.0.1:") and url in tiny.log.read_text()
+    shown = run_modeld("lease", "show", "--data-root", str(tiny.root))
+    assert f"http api     {url}" in shown.stdout
+    status = run_modeld("status", "--data-root", str(tiny.root))
+    assert f"http api   {url}" in status.stdout

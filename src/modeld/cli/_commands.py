@@ -334,6 +334,12 @@ def _response_format(
     return None
 
 
+def _advertised_http(data_root: Path | None) -> str:
+    """The HTTP API's URL from the lease (the daemon advertises it there), or ""."""
+    result = probe(data_root=data_root)
+    return result.lease.http_endpoint if result.lease is not None else ""
+
+
 @cli.command()
 @data_root_option
 @click.option("--json", "as_json", is_flag=True, help="Print the Status reply as JSON.")
@@ -350,6 +356,9 @@ def status(data_root: Path | None, as_json: bool) -> None:
     click.echo(f"instance   {reply.instance_id} (pid {reply.pid} on {reply.host})")
     click.echo(f"state      {reply.state}, backend {reply.backend}, up {reply.uptime_s:.0f} s")
     click.echo(f"endpoint   {reply.endpoint}")
+    http_api = _advertised_http(data_root)
+    if http_api:
+        click.echo(f"http api   {http_api}")
     click.echo(f"version    modeld {reply.version}, protocol {reply.protocol}")
     click.echo(
         f"sessions   {reply.sessions_open} open: {reply.sessions_live} live "

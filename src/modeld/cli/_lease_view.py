@@ -38,6 +38,7 @@ def lease_as_text(result: ProbeResult, root: str) -> str:
             f"holder       instance {lease.instance_id}",
             f"             pid {lease.pid} on host {lease.host}",
             f"endpoint     {lease.endpoint}",
+            f"http api     {lease.http_endpoint or '-'}",
             f"backend      {lease.backend}",
             f"state        {lease.state}",
             f"age          {now - lease.acquired_at:.1f} s (acquired {_when(lease.acquired_at)})",

@@ -442,7 +442,10 @@ async def serve(settings: ServeSettings) -> int:
                 listener.publish_stable_name()
             except OSError as exc:  # for people and tools only: clients dial the lease's endpoint
                 log.warning("cannot point modeld.sock at this instance: %s", exc.strerror or exc)
-            await election.publish(state="serving", **({"model": model} if model else {}))
+            advertised: dict[str, Any] = {"model": model} if model else {}
+            if http is not None:  # clients and `modeld lease show` find the HTTP API here
+                advertised["http_endpoint"] = http.url
+            await election.publish(state="serving", **advertised)
             gate.phase = Phase.SERVING
             await bound.set_serving(True)
             notify("READY=1", f"STATUS=serving {settings.backend} on {endpoint}")
