@@ -117,6 +117,8 @@ def test_describe_status_and_capability_mismatch(minilm: Served) -> None:
     with pytest.raises(modeldconn.CapabilityMismatch) as mismatch:
         minilm.client.open_session(MINILM)
     assert mismatch.value.metadata["task"] == "generate"
+    with pytest.raises(modeldconn.CapabilityMismatch):  # tapes' tokens: sessions' models only
+        minilm.client.tokenize(MINILM, "hello world")
 
 
 def test_async_client_embeds(minilm: Served) -> None:
