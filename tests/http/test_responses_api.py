@@ -285,3 +285,26 @@ def test_function_call_round_trip(gemma: Served) -> None:
     assert second.output_text
     assert _extra(second)["continued"] == "live"
     assert first.usage is not None and _cached(second) >= first.usage.input_tokens
+
+
+def test_fork_keeps_both_branches(tiny: Served) -> None:
+    """Two continuations of one response: the first takes its live session on; the second (a
+    fork) is restored from the response's snapshot instead of cutting the first branch's tape
+    short, and both reuse the whole earlier history."""
+    client = openai_client(tiny)
+    root = client.responses.create(model=TINY, input="A shared beginning " * 8, max_output_tokens=4)
+    assert root.usage is not None
+    branches, ids = [], []
+    for word in ("left", "right"):
+        branch = client.responses.create(
+            model=TINY, input=word, previous_response_id=root.id, max_output_tokens=4
+        )
+        assert _cached(branch) >= root.usage.input_tokens, (word, branch.usage)
+        branches.append(_extra(branch)["continued"])
+        ids.append(branch.id)
+    assert branches == ["live", "snapshot"]
+    # the first branch's session still ends where it did: continuing it is live
+    on = client.responses.create(
+        model=TINY, input="on", previous_response_id=ids[0], max_output_tokens=2
+    )
+    assert _extra(on)["continued"] == "live"
