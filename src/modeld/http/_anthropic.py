@@ -159,7 +159,9 @@ def last_breakpoint(body: _Prompt) -> Mark | None:
     block (a string content counts as one text block)."""
     if body.cache_control is not None:
         last = body.messages[-1].content
-        return ("messages", len(body.messages) - 1, 0 if isinstance(last, str) else len(last) - 1)
+        if isinstance(last, str) or last:  # an empty message has no block to mark
+            at = 0 if isinstance(last, str) else len(last) - 1
+            return ("messages", len(body.messages) - 1, at)
     found: Mark | None = None
     for i, tool in enumerate(body.tools or ()):
         if tool.cache_control is not None:
