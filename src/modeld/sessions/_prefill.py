@@ -19,15 +19,18 @@ turn equals a cold run only if both compute every chunk in the same single call.
 prompt (``exact_keep``) and recomputes the partial one together with the new tokens; generated
 tokens (computed a row at a time) are never kept as such: the next turn recomputes them as
 aligned chunks. With ``exact_prefix``, chunk sizes depend on positions only, never on time or
-load. Without it, a chunk is computed in calls of ``CONTENDED_CALL`` tokens while another
-client is using the engine (``EngineScheduler.contended``), so what that client waits for is a
-quarter of a chunk: fairness over the long prompt's throughput, and only while shared.
+load. Without it, while another client is using the engine (``EngineScheduler.contended``), a
+chunk is computed in calls sized by time: as many tokens as the last call's speed says fit in
+``CONTENDED_SLICE_S`` (``CONTENDED_CALL`` before there is a speed to go by), so what that client
+waits for is about one slice whatever the context's depth: fairness over the long prompt's
+throughput, and only while shared.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+import time
 from collections.abc import Callable, Generator
 
 from modeld.backends._base import EngineSession
@@ -55,10 +58,13 @@ __all__ = [
 #: (bench/exact_prefix_bench.py --chunks): see the README's "Warm equals cold"
 PREFIX_CHUNK = 128
 
-#: tokens per engine call of a prefill while another client shares the engine (sessions without
-#: exact_prefix): at 8k tokens of context a 128-token chunk takes ~0.44 s on 2 cores, and a
-#: bystander's turn (two jobs) waits for one call each (bench/fairness_bench.py)
+#: engine seconds one prefill call may take while another client shares the engine (sessions
+#: without exact_prefix): a bystander's turn is two jobs, each waiting for one call
+#: (bench/fairness_bench.py; at 8k tokens of context a 128-token chunk takes ~0.44 s on 2 cores)
+CONTENDED_SLICE_S = 0.1
+#: tokens of the first such call, before a speed is known; and the fewest of any
 CONTENDED_CALL = 32
+MIN_CONTENDED_CALL = 8
 
 #: a prefix held by another session is copied (a few ms) rather than computed (~1.4 ms a token on
 #: 2 cores) once it beats the session's own resident prefix by this many tokens
@@ -114,13 +120,16 @@ class Prefill:
         residency: Residency,
         counters: EngineCounters,
         contended: Callable[[], bool] = lambda: False,
+        slice_s: float = CONTENDED_SLICE_S,
     ) -> None:
-        """``contended``: engine thread, whether another client shares the engine now."""
+        """``contended``: engine thread, whether another client shares the engine now;
+        ``slice_s``: what one prefill call may take then."""
         self._table = table
         self._pool = pool
         self._residency = residency
         self._counters = counters
         self._contended = contended
+        self._slice_s = slice_s
 
     def hold(self, session: Session, tape_tokens: int | None) -> None:
         """Engine thread: cut the tape back to the ``tape_tokens`` the client holds (None: keep
@@ -166,16 +175,19 @@ class Prefill:
     def in_turns(self, session: Session, full: list[int]) -> Generator[None, None, None]:
         """Compute ``full[kv_len:]`` a chunk at a time, each engine call ending at the next
         multiple of ``PREFIX_CHUNK`` (or the prompt's end), the tape always matching the KV;
-        in calls of ``CONTENDED_CALL`` tokens while the engine is shared (not with
-        ``exact_prefix``: see the module)."""
+        in calls sized by time while the engine is shared (not with ``exact_prefix``: see the
+        module)."""
         engine = self._residency.live(session)
+        rate = 0.0  # tokens a second of the last call: the context's depth sets it
         try:
             while engine.kv_len < len(full):
                 start = engine.kv_len
                 end = chunk_floor(start) + PREFIX_CHUNK
                 if not session.exact_prefix and self._contended():
-                    end = min(end, start + CONTENDED_CALL)
+                    end = min(end, start + self._contended_call(rate))
+                began = time.perf_counter()
                 engine.prefill(full[start:end])
+                rate = (engine.kv_len - start) / max(time.perf_counter() - began, 1e-6)
                 session.tape = full[: engine.kv_len]
                 if start == session.aligned and start % PREFIX_CHUNK == 0:
                     session.aligned = engine.kv_len  # a whole chunk, or the prompt's last one
@@ -186,6 +198,12 @@ class Prefill:
             session.tape = list(full)
         finally:
             session.model.index.update(session.id, session.tape)
+
+    def _contended_call(self, rate: float) -> int:
+        """Tokens for one call that should take ``slice_s`` at ``rate`` tokens a second."""
+        if rate <= 0:
+            return CONTENDED_CALL
+        return max(MIN_CONTENDED_CALL, min(PREFIX_CHUNK, int(rate * self._slice_s)))
 
     def ensure_prefix(
         self, session: Session, tokens: list[int], held: int | None = None

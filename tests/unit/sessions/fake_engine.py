@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -92,6 +93,8 @@ class FakeSession:
     def prefill(self, tokens: Sequence[int]) -> None:
         self._touch()
         check_room(len(self.kv), len(tokens), self.n_ctx)
+        if self.model.seconds_per_token:
+            time.sleep(len(tokens) * self.model.seconds_per_token)
         self.kv.extend(tokens)
         self.model.work.prefilled += len(tokens)
         self.model.work.prefill_calls.append(len(tokens))
@@ -143,6 +146,8 @@ class FakeModel:
         self.decode_batch_exact = True
         self.work = Work()
         self.refused_adoptions = 0
+        #: engine time a prefilled token costs (0: none), for tests of time-sized calls
+        self.seconds_per_token = 0.0
 
     def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
         self.work.tokenize_threads.add(threading.current_thread().name)
