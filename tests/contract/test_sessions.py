@@ -195,14 +195,20 @@ def test_capabilities_are_pinned(client: Client) -> None:
         caps = session.info.capabilities
     # both drive the engine's KV directly: llama.cpp's per-sequence state, OpenVINO's paged
     # KV blocks; both batch several sessions' decode steps (how many rows at once: Status,
-    # tested in test_batched_decode.py). Neither constrains by grammar.
+    # tested in test_batched_decode.py). Both sample from a logits row the daemon can mask
+    # (grammars), bias and score (logprobs); tools and thinking are rendering and parsing
+    # above the engine (test_structured_tiny.py, tests/models/test_structured_output.py).
     assert caps == modeldconn.Capabilities(
         token_level_truncation=True,
         kv_copy_between_sessions=True,
         native_state_snapshot=True,
         batched_decode=True,
         chat_template=True,
-        grammar=False,
+        grammar=True,
+        tools=True,
+        thinking=True,
+        logprobs=True,
+        logit_bias=True,
     )
 
 
