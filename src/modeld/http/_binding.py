@@ -40,6 +40,11 @@ HTTP_CLIENT = "http"
 WINDOW_TOKENS = 12
 #: names kept for x-session-id / prompt_cache_key; the oldest is forgotten beyond it
 MAX_NAMES = 4096
+#: HTTP sessions kept open at most: opening one more first closes the least recently used
+#: idle one. Without a bound, requests that bind to nothing (prompts shorter than one index
+#: block, or new conversations) would each leave a session behind until the idle close
+#: (a day by default), parked to RAM and disk.
+MAX_SESSIONS = 64
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,9 @@ class SessionBinder:
         self._owner = owner
         self._names: dict[str, str] = {}  #: name → handle, oldest use first
         self._in_use: set[str] = set()
+        #: the HTTP sessions this binder opened, least recently used first
+        self._opened: dict[str, None] = {}
+        self.closed_for_room = 0  #: sessions closed to stay within MAX_SESSIONS
 
     def start(self) -> None:
         """Give HTTP sessions their client identity (its end closes them: :meth:`stop`)."""
@@ -128,19 +136,40 @@ class SessionBinder:
                 and candidate.common >= max(candidate.prefix_tokens, BLOCK)
             ):
                 self._in_use.add(candidate.handle)
+                self._used(candidate.handle)
                 return Binding(candidate.handle, "prefix")
         return Binding(await self._open(spec), "new")
 
     async def _open(self, spec: ModelSpec) -> str:
+        await self._make_room()
         session, _ = await self._sessions.open(spec, 0, self._owner)
         session.exact_prefix = self._exact_prefix  # before its first operation
         self._in_use.add(session.handle)
+        self._used(session.handle)
         return session.handle
+
+    def _used(self, handle: str) -> None:
+        self._opened.pop(handle, None)
+        self._opened[handle] = None
+
+    async def _make_room(self) -> None:
+        """Close least recently used idle HTTP sessions until one more fits MAX_SESSIONS."""
+        for gone in [h for h in self._opened if not self._open_handle(h)]:
+            del self._opened[gone]  # closed meanwhile (idle close, a client's CloseSession)
+        while len(self._opened) >= MAX_SESSIONS:
+            victim = next((h for h in self._opened if h not in self._in_use), None)
+            if victim is None:
+                return  # every one serves a request now: the session pool's limits decide
+            del self._opened[victim]
+            await self._sessions.close(victim)
+            self.closed_for_room += 1
 
     def release(self, binding: Binding) -> None:
         """The request is over: its session may serve the next one; its name now means it (the
         session that served the conversation's latest turn)."""
         self._in_use.discard(binding.handle)
+        if binding.handle in self._opened:
+            self._used(binding.handle)
         if binding.name is not None and self._open_handle(binding.handle):
             self._names.pop(binding.name, None)
             self._names[binding.name] = binding.handle
@@ -191,7 +220,9 @@ class SessionBinder:
 
         :raises SnapshotNotFound / SnapshotMismatch: evicted, corrupt, or another model's.
         :raises InsufficientMemory / Overloaded: no room for it."""
+        await self._make_room()
         session, _ = await self._sessions.restore(spec, snapshot_id, 0, self._owner)
         session.exact_prefix = self._exact_prefix
+        self._used(session.handle)
         self.rename(None, name, session.handle)
         return session.handle
