@@ -13,9 +13,9 @@ from typing import Any
 import anthropic
 import jsonschema
 import pytest
-from daemons import Served, stop_served
+from daemons import Served
 from http_clients import http_url
-from served_models import GEMMA, TINY, serve_gemma, serve_tiny
+from served_models import GEMMA, TINY
 
 #: a long, stable system prompt (~600 tokens on the tiny fixture's tokenizer)
 LONG_SYSTEM = "You are a careful assistant who follows the house rules exactly. " * 40
@@ -33,13 +33,6 @@ WEATHER: dict[str, Any] = {
 
 def anthropic_client(served: Served, api_key: str = "unused") -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=http_url(served), api_key=api_key, max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Iterator[Served]:
-    daemon = serve_tiny("llama", "--http-listen", "127.0.0.1:0", "--threads", "1")
-    yield daemon
-    stop_served(daemon)
 
 
 @pytest.fixture(scope="module")
@@ -227,13 +220,6 @@ def test_errors_in_anthropic_shape(tiny: Served, client: anthropic.Anthropic) ->
 
 
 # -- Gemma: a tool_use round trip needs a model that reads the tool result -----------------------
-
-
-@pytest.fixture(scope="module")
-def gemma() -> Iterator[Served]:
-    daemon = serve_gemma("llama", "--http-listen", "127.0.0.1:0", "--threads", "2")
-    yield daemon
-    stop_served(daemon)
 
 
 def test_tool_use_round_trip(gemma: Served) -> None:

@@ -31,13 +31,6 @@ WEATHER = {
 
 
 @pytest.fixture(scope="module")
-def gemma() -> Iterator[Served]:
-    daemon = serve_gemma("llama", "--http-listen", "127.0.0.1:0", "--threads", "2")
-    yield daemon
-    stop_served(daemon)
-
-
-@pytest.fixture(scope="module")
 def cold_gemma() -> Iterator[Served]:
     """A daemon of its own for cold runs: on the HTTP daemon a new session would start from
     the HTTP sessions' KV (prefix sharing), which is exactly not a cold run."""

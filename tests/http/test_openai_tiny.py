@@ -9,7 +9,6 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,9 @@ import openai
 import pytest
 from daemons import Served, start_served, stop_served
 from http_clients import http_url, openai_client
-from served_models import TINY, TINY_FILE, require_backend, serve_tiny
+from served_models import TINY, TINY_FILE, require_backend
 
 SYSTEM = "You are a careful assistant. " * 6
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Iterator[Served]:
-    daemon = serve_tiny("llama", "--http-listen", "127.0.0.1:0", "--threads", "1")
-    yield daemon
-    stop_served(daemon)
 
 
 def _extra(response: Any) -> dict[str, Any]:

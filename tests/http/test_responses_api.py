@@ -238,13 +238,6 @@ WEATHER = {
 }
 
 
-@pytest.fixture(scope="module")
-def gemma() -> Iterator[Served]:
-    daemon = serve_gemma("llama", "--http-listen", "127.0.0.1:0", "--threads", "2")
-    yield daemon
-    stop_served(daemon)
-
-
 def test_function_call_round_trip(gemma: Served) -> None:
     client = openai_client(gemma)
     first = client.responses.create(

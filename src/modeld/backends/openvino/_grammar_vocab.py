@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import llguidance
 
-from modeld.backends.openvino._vocab import detokenizer_special_ids, detokenizer_vocab, raw_piece
+from modeld.backends.openvino._vocab import raw_piece, read_detokenizer_vocab
 
 if TYPE_CHECKING:
     from modeld.backends.openvino._backend import OpenVinoModel
@@ -26,9 +26,9 @@ class _Vocabulary:
     def __init__(self, model: OpenVinoModel) -> None:
         self._model = model
         vocab = model.facts.vocab_size
-        entries = detokenizer_vocab(model.ir_dir)
-        entries += [b""] * (vocab - len(entries))
-        special = detokenizer_special_ids(model.ir_dir)
+        stored = read_detokenizer_vocab(model.ir_dir)
+        entries = stored.entries + [b""] * (vocab - len(stored.entries))
+        special = stored.special_ids
         if special is None:  # not stored: ask the tokenizer, token by token (once per model)
             special = [t for t in range(vocab) if model.is_control(t)]
         self.special_token_ids = special
