@@ -33,6 +33,8 @@ On the wire an error is a ``google.rpc.Status`` whose single detail is an
           ├── UnknownClient         unknown_client       FAILED_PRECONDITION
           ├── UnsupportedProtocol   unsupported_protocol FAILED_PRECONDITION
           ├── CapabilityMismatch    capability_mismatch  FAILED_PRECONDITION
+          ├── PermissionDenied      permission_denied    PERMISSION_DENIED
+          ├── ModelLoadTimeout      model_load_timeout   DEADLINE_EXCEEDED
           ├── Unavailable           unavailable          UNAVAILABLE   (no answer at all)
           └── InternalError         internal             INTERNAL      (a daemon bug; logged there)
 
@@ -65,11 +67,13 @@ __all__ = [
     "InvalidArgument",
     "LeaseStale",
     "ModelLoadFailed",
+    "ModelLoadTimeout",
     "ModelNotFound",
     "ModelPathForbidden",
     "ModeldError",
     "NotReady",
     "Overloaded",
+    "PermissionDenied",
     "ProbeError",
     "RemoteError",
     "SessionBusy",
@@ -324,6 +328,22 @@ class CapabilityMismatch(RemoteError):
 
     reason = "capability_mismatch"
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PermissionDenied(RemoteError):
+    """The session belongs to another client (metadata ``handle``): a caller that names a client
+    sees and controls only that client's sessions; the operator (no client named) sees all."""
+
+    reason = "permission_denied"
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ModelLoadTimeout(RemoteError):
+    """The model did not load within its load timeout (metadata ``name``, ``timeout_s``);
+    nothing of the attempt stays resident."""
+
+    reason = "model_load_timeout"
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class Unavailable(RemoteError):

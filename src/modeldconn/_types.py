@@ -475,6 +475,11 @@ class LoadedModelStatus:
     decode_batch_rows: int
     #: every batched row bit-identical to solo; false only after --decode-batch-rows asked more
     decode_batch_exact: bool
+    #: bumped by every load and unload of this model (a changed value: weights reloaded)
+    generation: int = 0
+    alias: str = ""  #: the catalog alias it was loaded under, if any
+    loads: int = 0  #: times its weights were loaded
+    last_load_s: float = 0.0  #: seconds the last load took
 
 
 @dataclass(frozen=True)
@@ -519,6 +524,11 @@ class DaemonStatus:
     #: what a session gets when it does not ask (``open_session(exact_prefix=None)``)
     exact_prefix: bool = False
     prefix_chunk: int = 0  #: C: prompts are computed in chunks [k*C, (k+1)*C)
+    #: the catalog in force (``<data root>/models.toml``), its aliases, and why the last
+    #: reload was refused ("" when it was not; the previous catalog then stays in force)
+    catalog_path: str = ""
+    catalog_error: str = ""
+    catalog_aliases: int = 0
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
     ERROR_REASON_UNAVAILABLE: _ClassVar[ErrorReason]
     ERROR_REASON_CAPABILITY_MISMATCH: _ClassVar[ErrorReason]
+    ERROR_REASON_PERMISSION_DENIED: _ClassVar[ErrorReason]
+    ERROR_REASON_MODEL_LOAD_TIMEOUT: _ClassVar[ErrorReason]
 PROTOCOL_VERSION_UNSPECIFIED: ProtocolVersion
 PROTOCOL_VERSION_CURRENT: ProtocolVersion
 ERROR_REASON_UNSPECIFIED: ErrorReason
@@ -69,6 +71,8 @@ ERROR_REASON_UNSUPPORTED_PROTOCOL: ErrorReason
 ERROR_REASON_INTERNAL: ErrorReason
 ERROR_REASON_UNAVAILABLE: ErrorReason
 ERROR_REASON_CAPABILITY_MISMATCH: ErrorReason
+ERROR_REASON_PERMISSION_DENIED: ErrorReason
+ERROR_REASON_MODEL_LOAD_TIMEOUT: ErrorReason
 
 class ModelRef(_message.Message):
     __slots__ = ("name", "type", "digest", "path")
@@ -87,7 +91,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("instance_id", "protocol", "min_protocol", "backend", "version", "state", "pid", "host", "endpoint", "uptime_s", "sessions_open", "models", "prefix_shares", "prefix_shared_tokens", "sessions_live", "sessions_parked", "parked_ram_bytes", "parked_disk_bytes", "parks", "restores", "max_live_sessions", "queue_depth", "clients_attached", "sessions_reaped", "prefix_hits", "prefix_misses", "model_loads", "decode_calls", "decode_rows", "prefix_share_failures", "embedding_contexts", "embedding_models", "exact_prefix", "prefix_chunk")
+    __slots__ = ("instance_id", "protocol", "min_protocol", "backend", "version", "state", "pid", "host", "endpoint", "uptime_s", "sessions_open", "models", "prefix_shares", "prefix_shared_tokens", "sessions_live", "sessions_parked", "parked_ram_bytes", "parked_disk_bytes", "parks", "restores", "max_live_sessions", "queue_depth", "clients_attached", "sessions_reaped", "prefix_hits", "prefix_misses", "model_loads", "decode_calls", "decode_rows", "prefix_share_failures", "embedding_contexts", "embedding_models", "catalog_path", "catalog_error", "catalog_aliases", "exact_prefix", "prefix_chunk")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     MIN_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +124,9 @@ class StatusResponse(_message.Message):
     PREFIX_SHARE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODELS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_PATH_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_ALIASES_FIELD_NUMBER: _ClassVar[int]
     EXACT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CHUNK_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
@@ -154,9 +161,12 @@ class StatusResponse(_message.Message):
     prefix_share_failures: int
     embedding_contexts: int
     embedding_models: _containers.RepeatedCompositeFieldContainer[EmbeddingModelStatus]
+    catalog_path: str
+    catalog_error: str
+    catalog_aliases: int
     exact_prefix: bool
     prefix_chunk: int
-    def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ..., prefix_shares: _Optional[int] = ..., prefix_shared_tokens: _Optional[int] = ..., sessions_live: _Optional[int] = ..., sessions_parked: _Optional[int] = ..., parked_ram_bytes: _Optional[int] = ..., parked_disk_bytes: _Optional[int] = ..., parks: _Optional[int] = ..., restores: _Optional[int] = ..., max_live_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., clients_attached: _Optional[int] = ..., sessions_reaped: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., prefix_misses: _Optional[int] = ..., model_loads: _Optional[int] = ..., decode_calls: _Optional[int] = ..., decode_rows: _Optional[int] = ..., prefix_share_failures: _Optional[int] = ..., embedding_contexts: _Optional[int] = ..., embedding_models: _Optional[_Iterable[_Union[EmbeddingModelStatus, _Mapping]]] = ..., exact_prefix: _Optional[bool] = ..., prefix_chunk: _Optional[int] = ...) -> None: ...
+    def __init__(self, instance_id: _Optional[str] = ..., protocol: _Optional[int] = ..., min_protocol: _Optional[int] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., endpoint: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions_open: _Optional[int] = ..., models: _Optional[_Iterable[_Union[LoadedModelStatus, _Mapping]]] = ..., prefix_shares: _Optional[int] = ..., prefix_shared_tokens: _Optional[int] = ..., sessions_live: _Optional[int] = ..., sessions_parked: _Optional[int] = ..., parked_ram_bytes: _Optional[int] = ..., parked_disk_bytes: _Optional[int] = ..., parks: _Optional[int] = ..., restores: _Optional[int] = ..., max_live_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., clients_attached: _Optional[int] = ..., sessions_reaped: _Optional[int] = ..., prefix_hits: _Optional[int] = ..., prefix_misses: _Optional[int] = ..., model_loads: _Optional[int] = ..., decode_calls: _Optional[int] = ..., decode_rows: _Optional[int] = ..., prefix_share_failures: _Optional[int] = ..., embedding_contexts: _Optional[int] = ..., embedding_models: _Optional[_Iterable[_Union[EmbeddingModelStatus, _Mapping]]] = ..., catalog_path: _Optional[str] = ..., catalog_error: _Optional[str] = ..., catalog_aliases: _Optional[int] = ..., exact_prefix: _Optional[bool] = ..., prefix_chunk: _Optional[int] = ...) -> None: ...
 
 class EmbeddingModelStatus(_message.Message):
     __slots__ = ("name", "digest", "contexts", "weights_loaded", "shares_weights")
@@ -173,7 +183,7 @@ class EmbeddingModelStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., contexts: _Optional[int] = ..., weights_loaded: _Optional[bool] = ..., shares_weights: _Optional[bool] = ...) -> None: ...
 
 class LoadedModelStatus(_message.Message):
-    __slots__ = ("name", "digest", "path", "sessions", "weights_loaded", "decode_batch_rows", "decode_batch_exact")
+    __slots__ = ("name", "digest", "path", "sessions", "weights_loaded", "decode_batch_rows", "decode_batch_exact", "generation", "alias", "loads", "last_load_s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +191,10 @@ class LoadedModelStatus(_message.Message):
     WEIGHTS_LOADED_FIELD_NUMBER: _ClassVar[int]
     DECODE_BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
     DECODE_BATCH_EXACT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    LOADS_FIELD_NUMBER: _ClassVar[int]
+    LAST_LOAD_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     digest: str
     path: str
@@ -188,7 +202,11 @@ class LoadedModelStatus(_message.Message):
     weights_loaded: bool
     decode_batch_rows: int
     decode_batch_exact: bool
-    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., path: _Optional[str] = ..., sessions: _Optional[int] = ..., weights_loaded: _Optional[bool] = ..., decode_batch_rows: _Optional[int] = ..., decode_batch_exact: _Optional[bool] = ...) -> None: ...
+    generation: int
+    alias: str
+    loads: int
+    last_load_s: float
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., path: _Optional[str] = ..., sessions: _Optional[int] = ..., weights_loaded: _Optional[bool] = ..., decode_batch_rows: _Optional[int] = ..., decode_batch_exact: _Optional[bool] = ..., generation: _Optional[int] = ..., alias: _Optional[str] = ..., loads: _Optional[int] = ..., last_load_s: _Optional[float] = ...) -> None: ...
 
 class ModelFacts(_message.Message):
     __slots__ = ("name", "path", "digest", "file_bytes", "architecture", "context_length", "layers", "attention_heads", "kv_heads", "head_dim", "sliding_window", "vocab_size", "chat_template", "chat_template_source", "bos_token_id", "eos_token_ids", "add_bos", "tasks", "embedding_dims", "pooling")
@@ -289,15 +307,17 @@ class DescribeResponse(_message.Message):
     def __init__(self, facts: _Optional[_Union[ModelFacts, _Mapping]] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ..., end_of_generation_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SessionConfig(_message.Message):
-    __slots__ = ("n_ctx", "exact_prefix")
+    __slots__ = ("n_ctx", "exact_prefix", "kv_cache_type")
     N_CTX_FIELD_NUMBER: _ClassVar[int]
     EXACT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_TYPE_FIELD_NUMBER: _ClassVar[int]
     n_ctx: int
     exact_prefix: bool
-    def __init__(self, n_ctx: _Optional[int] = ..., exact_prefix: _Optional[bool] = ...) -> None: ...
+    kv_cache_type: str
+    def __init__(self, n_ctx: _Optional[int] = ..., exact_prefix: _Optional[bool] = ..., kv_cache_type: _Optional[str] = ...) -> None: ...
 
 class ResolvedSessionConfig(_message.Message):
-    __slots__ = ("n_ctx", "requested_n_ctx", "model_max_context", "memory_fit_context", "n_threads", "n_batch", "exact_prefix", "prefix_chunk")
+    __slots__ = ("n_ctx", "requested_n_ctx", "model_max_context", "memory_fit_context", "n_threads", "n_batch", "exact_prefix", "prefix_chunk", "kv_cache_type")
     N_CTX_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_N_CTX_FIELD_NUMBER: _ClassVar[int]
     MODEL_MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +326,7 @@ class ResolvedSessionConfig(_message.Message):
     N_BATCH_FIELD_NUMBER: _ClassVar[int]
     EXACT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_TYPE_FIELD_NUMBER: _ClassVar[int]
     n_ctx: int
     requested_n_ctx: int
     model_max_context: int
@@ -314,7 +335,8 @@ class ResolvedSessionConfig(_message.Message):
     n_batch: int
     exact_prefix: bool
     prefix_chunk: int
-    def __init__(self, n_ctx: _Optional[int] = ..., requested_n_ctx: _Optional[int] = ..., model_max_context: _Optional[int] = ..., memory_fit_context: _Optional[int] = ..., n_threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., exact_prefix: _Optional[bool] = ..., prefix_chunk: _Optional[int] = ...) -> None: ...
+    kv_cache_type: str
+    def __init__(self, n_ctx: _Optional[int] = ..., requested_n_ctx: _Optional[int] = ..., model_max_context: _Optional[int] = ..., memory_fit_context: _Optional[int] = ..., n_threads: _Optional[int] = ..., n_batch: _Optional[int] = ..., exact_prefix: _Optional[bool] = ..., prefix_chunk: _Optional[int] = ..., kv_cache_type: _Optional[str] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("model", "config")
@@ -786,3 +808,267 @@ class RerankResponse(_message.Message):
     method: str
     usage: RerankUsage
     def __init__(self, scores: _Optional[_Iterable[float]] = ..., order: _Optional[_Iterable[int]] = ..., method: _Optional[str] = ..., usage: _Optional[_Union[RerankUsage, _Mapping]] = ...) -> None: ...
+
+class PlanRequest(_message.Message):
+    __slots__ = ("model", "n_ctx", "kv_cache_type")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    N_CTX_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    n_ctx: int
+    kv_cache_type: str
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., n_ctx: _Optional[int] = ..., kv_cache_type: _Optional[str] = ...) -> None: ...
+
+class PlanMemory(_message.Message):
+    __slots__ = ("weights_bytes", "kv_bytes_per_token", "overhead_bytes", "free_bytes", "required_bytes", "weights_resident")
+    WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OVERHEAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_RESIDENT_FIELD_NUMBER: _ClassVar[int]
+    weights_bytes: int
+    kv_bytes_per_token: int
+    overhead_bytes: int
+    free_bytes: int
+    required_bytes: int
+    weights_resident: bool
+    def __init__(self, weights_bytes: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., overhead_bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., required_bytes: _Optional[int] = ..., weights_resident: _Optional[bool] = ...) -> None: ...
+
+class PlanResponse(_message.Message):
+    __slots__ = ("executable", "backend", "device", "device_reason", "support_level", "reason", "fallback_reason", "fix", "capabilities", "memory", "max_context", "sessions_at_default_context", "default_context", "n_ctx", "fits", "n_gpu_layers", "kv_cache_type", "alias", "facts", "loaded")
+    EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_REASON_FIELD_NUMBER: _ClassVar[int]
+    SUPPORT_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    FIX_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_AT_DEFAULT_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    N_CTX_FIELD_NUMBER: _ClassVar[int]
+    FITS_FIELD_NUMBER: _ClassVar[int]
+    N_GPU_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    executable: bool
+    backend: str
+    device: str
+    device_reason: str
+    support_level: str
+    reason: str
+    fallback_reason: str
+    fix: str
+    capabilities: Capabilities
+    memory: PlanMemory
+    max_context: int
+    sessions_at_default_context: int
+    default_context: int
+    n_ctx: int
+    fits: bool
+    n_gpu_layers: int
+    kv_cache_type: str
+    alias: str
+    facts: ModelFacts
+    loaded: bool
+    def __init__(self, executable: _Optional[bool] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., device_reason: _Optional[str] = ..., support_level: _Optional[str] = ..., reason: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., fix: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., memory: _Optional[_Union[PlanMemory, _Mapping]] = ..., max_context: _Optional[int] = ..., sessions_at_default_context: _Optional[int] = ..., default_context: _Optional[int] = ..., n_ctx: _Optional[int] = ..., fits: _Optional[bool] = ..., n_gpu_layers: _Optional[int] = ..., kv_cache_type: _Optional[str] = ..., alias: _Optional[str] = ..., facts: _Optional[_Union[ModelFacts, _Mapping]] = ..., loaded: _Optional[bool] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelEntry(_message.Message):
+    __slots__ = ("alias", "path", "source", "backend", "tasks", "size_bytes", "digest", "architecture", "loaded", "warmup", "error")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    path: str
+    source: str
+    backend: str
+    tasks: _containers.RepeatedScalarFieldContainer[str]
+    size_bytes: int
+    digest: str
+    architecture: str
+    loaded: bool
+    warmup: str
+    error: str
+    def __init__(self, alias: _Optional[str] = ..., path: _Optional[str] = ..., source: _Optional[str] = ..., backend: _Optional[str] = ..., tasks: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ..., digest: _Optional[str] = ..., architecture: _Optional[str] = ..., loaded: _Optional[bool] = ..., warmup: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "catalog_path", "catalog_error")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_PATH_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_ERROR_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelEntry]
+    catalog_path: str
+    catalog_error: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelEntry, _Mapping]]] = ..., catalog_path: _Optional[str] = ..., catalog_error: _Optional[str] = ...) -> None: ...
+
+class LoadModelRequest(_message.Message):
+    __slots__ = ("model", "timeout_s")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    timeout_s: float
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class LoadModelResponse(_message.Message):
+    __slots__ = ("facts", "already_loaded", "generation", "load_s")
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_LOADED_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    LOAD_S_FIELD_NUMBER: _ClassVar[int]
+    facts: ModelFacts
+    already_loaded: bool
+    generation: int
+    load_s: float
+    def __init__(self, facts: _Optional[_Union[ModelFacts, _Mapping]] = ..., already_loaded: _Optional[bool] = ..., generation: _Optional[int] = ..., load_s: _Optional[float] = ...) -> None: ...
+
+class UnloadModelRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+
+class UnloadModelResponse(_message.Message):
+    __slots__ = ("unloaded", "sessions_parked", "generation")
+    UNLOADED_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_PARKED_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    unloaded: bool
+    sessions_parked: int
+    generation: int
+    def __init__(self, unloaded: _Optional[bool] = ..., sessions_parked: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class ListSessionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SessionInfo(_message.Message):
+    __slots__ = ("handle", "model", "model_digest", "client_id", "client_name", "tape_tokens", "residency", "kv_bytes", "idle_s", "pinned", "pin_remaining_s", "prefix_hash", "n_ctx", "kv_cache_type", "busy")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    TAPE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    IDLE_S_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    PIN_REMAINING_S_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_HASH_FIELD_NUMBER: _ClassVar[int]
+    N_CTX_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    model: str
+    model_digest: str
+    client_id: str
+    client_name: str
+    tape_tokens: int
+    residency: str
+    kv_bytes: int
+    idle_s: float
+    pinned: bool
+    pin_remaining_s: float
+    prefix_hash: str
+    n_ctx: int
+    kv_cache_type: str
+    busy: bool
+    def __init__(self, handle: _Optional[str] = ..., model: _Optional[str] = ..., model_digest: _Optional[str] = ..., client_id: _Optional[str] = ..., client_name: _Optional[str] = ..., tape_tokens: _Optional[int] = ..., residency: _Optional[str] = ..., kv_bytes: _Optional[int] = ..., idle_s: _Optional[float] = ..., pinned: _Optional[bool] = ..., pin_remaining_s: _Optional[float] = ..., prefix_hash: _Optional[str] = ..., n_ctx: _Optional[int] = ..., kv_cache_type: _Optional[str] = ..., busy: _Optional[bool] = ...) -> None: ...
+
+class ListSessionsResponse(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionInfo]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionInfo, _Mapping]]] = ...) -> None: ...
+
+class ExplainSessionRequest(_message.Message):
+    __slots__ = ("handle", "last_turns")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    LAST_TURNS_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    last_turns: int
+    def __init__(self, handle: _Optional[str] = ..., last_turns: _Optional[int] = ...) -> None: ...
+
+class TurnReuse(_message.Message):
+    __slots__ = ("operation", "at_unix_s", "reused", "prefilled", "dropped", "generated", "shared", "restored_from")
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FIELD_NUMBER: _ClassVar[int]
+    PREFILLED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_FROM_FIELD_NUMBER: _ClassVar[int]
+    operation: str
+    at_unix_s: float
+    reused: int
+    prefilled: int
+    dropped: int
+    generated: int
+    shared: int
+    restored_from: str
+    def __init__(self, operation: _Optional[str] = ..., at_unix_s: _Optional[float] = ..., reused: _Optional[int] = ..., prefilled: _Optional[int] = ..., dropped: _Optional[int] = ..., generated: _Optional[int] = ..., shared: _Optional[int] = ..., restored_from: _Optional[str] = ...) -> None: ...
+
+class ExplainSessionResponse(_message.Message):
+    __slots__ = ("session", "turns")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    TURNS_FIELD_NUMBER: _ClassVar[int]
+    session: SessionInfo
+    turns: _containers.RepeatedCompositeFieldContainer[TurnReuse]
+    def __init__(self, session: _Optional[_Union[SessionInfo, _Mapping]] = ..., turns: _Optional[_Iterable[_Union[TurnReuse, _Mapping]]] = ...) -> None: ...
+
+class EvictSessionRequest(_message.Message):
+    __slots__ = ("handle", "to")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    to: str
+    def __init__(self, handle: _Optional[str] = ..., to: _Optional[str] = ...) -> None: ...
+
+class EvictSessionResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: SessionInfo
+    def __init__(self, session: _Optional[_Union[SessionInfo, _Mapping]] = ...) -> None: ...
+
+class PinSessionRequest(_message.Message):
+    __slots__ = ("handle", "ttl_s")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    ttl_s: float
+    def __init__(self, handle: _Optional[str] = ..., ttl_s: _Optional[float] = ...) -> None: ...
+
+class PinSessionResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: SessionInfo
+    def __init__(self, session: _Optional[_Union[SessionInfo, _Mapping]] = ...) -> None: ...
+
+class ForkSessionRequest(_message.Message):
+    __slots__ = ("handle", "at_tokens", "config")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    AT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    at_tokens: int
+    config: SessionConfig
+    def __init__(self, handle: _Optional[str] = ..., at_tokens: _Optional[int] = ..., config: _Optional[_Union[SessionConfig, _Mapping]] = ...) -> None: ...

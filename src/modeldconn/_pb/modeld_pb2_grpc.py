@@ -105,6 +105,51 @@ class ModeldStub:
                 request_serializer=modeld_dot_v1_dot_modeld__pb2.RerankRequest.SerializeToString,
                 response_deserializer=modeld_dot_v1_dot_modeld__pb2.RerankResponse.FromString,
                 _registered_method=True)
+        self.Plan = channel.unary_unary(
+                '/modeld.v1.Modeld/Plan',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.PlanRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.PlanResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/modeld.v1.Modeld/ListModels',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/modeld.v1.Modeld/LoadModel',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/modeld.v1.Modeld/UnloadModel',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/modeld.v1.Modeld/ListSessions',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
+        self.ExplainSession = channel.unary_unary(
+                '/modeld.v1.Modeld/ExplainSession',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.ExplainSessionRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.ExplainSessionResponse.FromString,
+                _registered_method=True)
+        self.EvictSession = channel.unary_unary(
+                '/modeld.v1.Modeld/EvictSession',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.EvictSessionRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.EvictSessionResponse.FromString,
+                _registered_method=True)
+        self.PinSession = channel.unary_unary(
+                '/modeld.v1.Modeld/PinSession',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.PinSessionRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.PinSessionResponse.FromString,
+                _registered_method=True)
+        self.ForkSession = channel.unary_unary(
+                '/modeld.v1.Modeld/ForkSession',
+                request_serializer=modeld_dot_v1_dot_modeld__pb2.ForkSessionRequest.SerializeToString,
+                response_deserializer=modeld_dot_v1_dot_modeld__pb2.OpenSessionResponse.FromString,
+                _registered_method=True)
 
 
 class ModeldServicer:
@@ -214,6 +259,74 @@ class ModeldServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Plan(self, request, context):
+        """The model runtime. What running a model would take and whether this daemon can, without
+        loading any weights: backend, device, support level, capabilities, memory arithmetic.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Every catalog alias and every model file or IR directory under the model roots.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModel(self, request, context):
+        """Load a model's weights now (once, however many ask at the same time), within its load
+        timeout. A model already loaded answers at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Free a model's weights; its sessions park first (each restores on its next use).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """Session control. A caller that names a client (x-modeld-client) sees and controls only
+        that client's sessions (another's: permission_denied); a caller that names none is the
+        operator, admitted by the socket's permissions or the auth token, and sees all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainSession(self, request, context):
+        """One session, with its reuse history: the last turns' reused, prefilled, dropped tokens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvictSession(self, request, context):
+        """Park a session's KV to RAM or disk now, or drop its KV and keep its tape.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinSession(self, request, context):
+        """Exempt a session from idle parking and idle closing for ttl_s seconds (0 unpins).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkSession(self, request, context):
+        """A new session from another's tape up to a token position, by KV copy: a branch or a
+        rewind. The source is left as it was.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModeldServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -286,6 +399,51 @@ def add_ModeldServicer_to_server(servicer, server):
                     servicer.Rerank,
                     request_deserializer=modeld_dot_v1_dot_modeld__pb2.RerankRequest.FromString,
                     response_serializer=modeld_dot_v1_dot_modeld__pb2.RerankResponse.SerializeToString,
+            ),
+            'Plan': grpc.unary_unary_rpc_method_handler(
+                    servicer.Plan,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.PlanRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.PlanResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.ListModelsRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.LoadModelRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.UnloadModelRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.UnloadModelResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.ListSessionsRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'ExplainSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainSession,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.ExplainSessionRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.ExplainSessionResponse.SerializeToString,
+            ),
+            'EvictSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvictSession,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.EvictSessionRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.EvictSessionResponse.SerializeToString,
+            ),
+            'PinSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinSession,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.PinSessionRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.PinSessionResponse.SerializeToString,
+            ),
+            'ForkSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkSession,
+                    request_deserializer=modeld_dot_v1_dot_modeld__pb2.ForkSessionRequest.FromString,
+                    response_serializer=modeld_dot_v1_dot_modeld__pb2.OpenSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -666,6 +824,249 @@ class Modeld:
             '/modeld.v1.Modeld/Rerank',
             modeld_dot_v1_dot_modeld__pb2.RerankRequest.SerializeToString,
             modeld_dot_v1_dot_modeld__pb2.RerankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Plan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/Plan',
+            modeld_dot_v1_dot_modeld__pb2.PlanRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.PlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/ListModels',
+            modeld_dot_v1_dot_modeld__pb2.ListModelsRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/LoadModel',
+            modeld_dot_v1_dot_modeld__pb2.LoadModelRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/UnloadModel',
+            modeld_dot_v1_dot_modeld__pb2.UnloadModelRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.UnloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/ListSessions',
+            modeld_dot_v1_dot_modeld__pb2.ListSessionsRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/ExplainSession',
+            modeld_dot_v1_dot_modeld__pb2.ExplainSessionRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.ExplainSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvictSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/EvictSession',
+            modeld_dot_v1_dot_modeld__pb2.EvictSessionRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.EvictSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/PinSession',
+            modeld_dot_v1_dot_modeld__pb2.PinSessionRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.PinSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modeld.v1.Modeld/ForkSession',
+            modeld_dot_v1_dot_modeld__pb2.ForkSessionRequest.SerializeToString,
+            modeld_dot_v1_dot_modeld__pb2.OpenSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,
