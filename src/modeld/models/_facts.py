@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modeld.models._aliases import Alias
 from modeld.models._gguf import GgufArray, read_gguf_metadata
 
 __all__ = [
@@ -138,6 +139,9 @@ class ModelSpec:
     """A resolved, verified model: what sessions and the engine are keyed by."""
 
     facts: ModelFacts
+    #: the catalog alias the reference named, if it named one (its defaults apply); not part
+    #: of the key: two aliases of one file share its weights
+    alias: Alias | None = field(default=None, compare=False)
 
     @property
     def key(self) -> tuple[str, str]:
