@@ -12,6 +12,7 @@ from modeld.models._gguf import GgufArray, read_gguf_metadata
 __all__ = [
     "GGUF_POOLING",
     "KV_ELEMENT_BYTES",
+    "KV_TYPE_BYTES",
     "POOLINGS",
     "ModelFacts",
     "ModelSpec",
@@ -20,6 +21,9 @@ __all__ = [
 
 #: K and V are cached as f16 (llama.cpp's default type_k / type_v).
 KV_ELEMENT_BYTES = 2
+#: bytes per element of each KV cache type, as a fraction (numerator, denominator): ggml's
+#: q8_0 block is 32 int8 + one f16 scale (34 B / 32), q4_0 is 32 nibbles + one f16 scale (18 B / 32)
+KV_TYPE_BYTES: dict[str, tuple[int, int]] = {"f16": (2, 1), "q8_0": (34, 32), "q4_0": (18, 32)}
 #: the poolings Embed computes (either backend, any model that can embed)
 POOLINGS = ("mean", "cls", "last")
 #: llama.cpp's pooling_type values, as the GGUF header writes them (``{arch}.pooling_type``)
@@ -62,8 +66,17 @@ class ModelFacts:
         Sliding-window layers are *not* capped at their window: the daemon keeps them full size
         (llama.cpp ``swa_full``) so a session's tape can be truncated at any token.
         """
-        per_layer = self.kv_heads * (self.head_dim + self.value_dim) * KV_ELEMENT_BYTES
-        return self.layers * per_layer
+        return self.kv_bytes_per_token_at("f16")
+
+    def kv_bytes_per_token_at(self, kv_cache_type: str) -> int:
+        """Bytes of K and V one token costs in every layer with K and V stored as
+        ``kv_cache_type`` (KV_TYPE_BYTES: "f16", "q8_0", "q4_0"; "" = f16), rounded up.
+
+        :raises KeyError: an unknown type (callers validate against KV_TYPE_BYTES first).
+        """
+        numerator, denominator = KV_TYPE_BYTES[kv_cache_type or "f16"]
+        elements = self.layers * self.kv_heads * (self.head_dim + self.value_dim)
+        return -(-elements * numerator // denominator)
 
 
 def _first_int(value: Any, default: int) -> int:
