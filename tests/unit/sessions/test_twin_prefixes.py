@@ -32,7 +32,10 @@ async def test_concurrent_twins_compute_the_shared_prefix_once(
     assert work.prefilled - before == len(SHARED) + 4 * 8
     assert sorted(r.shared for r in results) == [0, len(SHARED), len(SHARED), len(SHARED)]
     assert all(r.prefix_tokens == len(SHARED) + 8 for r in results)
-    assert h.manager.turns.in_flight.waits == 3
+    # the shared part was computed once (above); how many waited for it rather than found it
+    # already resident depends on when each call reached the loop (a slow machine may finish
+    # the first before the last arrives), so at least one waited and none computed it again
+    assert 1 <= h.manager.turns.in_flight.waits <= 3
 
 
 async def test_a_twin_with_a_long_tail_of_its_own_is_not_waited_for(
