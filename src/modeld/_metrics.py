@@ -16,6 +16,7 @@ __all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _TOKEN_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1)
+_LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 class _SessionsCollector(Collector):
@@ -107,6 +108,36 @@ class Metrics:
             ["event"],
             registry=r,
         )
+        self.model_load_seconds = Histogram(
+            "modeld_model_load_seconds",
+            "Time to load a model's weights, by model (loads that were kept)",
+            ["model"],
+            buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
+        self.model_loads = Counter(
+            "modeld_model_loads",
+            "Model loads by outcome: ok, failed, timeout",
+            ["outcome"],
+            registry=r,
+        )
+        self.model_unloads = Counter(
+            "modeld_model_unloads",
+            "Model unloads by reason: idle, lru (to make room), explicit (UnloadModel)",
+            ["reason"],
+            registry=r,
+        )
+
+    # the session layer's model pool counts its loads here (from the engine thread and the
+    # loop; prometheus_client's metrics are thread-safe)
+    def model_loaded(self, model: str, seconds: float) -> None:
+        self.model_load_seconds.labels(model).observe(seconds)
+
+    def model_load_ended(self, outcome: str) -> None:
+        self.model_loads.labels(outcome).inc()
+
+    def model_unloaded(self, reason: str) -> None:
+        self.model_unloads.labels(reason).inc()
 
     def watch_sessions(self, figures: Callable[[], Stats], queue_depth: Callable[[], int]) -> None:
         """Report the session layer's figures at every scrape: ``figures`` must be safe to call
