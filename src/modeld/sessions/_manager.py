@@ -23,9 +23,11 @@ from modeld.models._capacity import MemoryBudget
 from modeld.models._catalog import ModelCatalog
 from modeld.models._facts import ModelSpec
 from modeld.sessions._admission import Admission
+from modeld.sessions._control import SessionControl
 from modeld.sessions._embeddings import Embeddings, EmbedRequest, EmbedResult
 from modeld.sessions._generation import Generation
 from modeld.sessions._inputs import check_size, to_tokens_rendered
+from modeld.sessions._loading import DEFAULT_LOAD_TIMEOUT_S
 from modeld.sessions._models import LoadedModel, ModelPool
 from modeld.sessions._parking import ParkingLot
 from modeld.sessions._prefill import Prefill
@@ -76,6 +78,8 @@ class SessionManager:
         lot: ParkingLot,
         snapshots: SnapshotStore,
         metrics: Metrics,
+        max_loaded_models: int = 0,
+        load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
     ) -> None:
         self._catalog = catalog
         self._backend = backend
@@ -84,7 +88,17 @@ class SessionManager:
         self.snapshots = snapshots
         self._metrics = metrics
         self._table = SessionTable(instance_id)
-        self._pool = ModelPool(backend, scheduler, budget, self._held_by_sessions)
+        self._pool = ModelPool(
+            backend,
+            scheduler,
+            budget,
+            self._held_by_sessions,
+            sessions_of=self._sessions_of,
+            park=lot.park,
+            max_loaded=max_loaded_models,
+            load_timeout_s=load_timeout_s,
+            metrics=metrics,
+        )
         #: the Embed verb's models and contexts, apart from sessions
         self.embeddings = Embeddings(backend, scheduler, self._pool)
         self._residency = Residency(self._table, self._pool, lot)
@@ -106,6 +120,8 @@ class SessionManager:
             metrics,
         )
         self._clients: set[str] = set()
+        #: Attach id -> the name the client gave (AttachRequest.client_name), for ListSessions
+        self._client_names: dict[str, str] = {}
         #: per decoding session: set (from the engine thread) once its Decode's engine work has
         #: ended, so CloseSession can wait for exactly that
         self._decode_done: dict[str, asyncio.Event] = {}
@@ -120,6 +136,16 @@ class SessionManager:
             generation=self._generation,
             metrics=metrics,
             decode_done=self._decode_done,
+        )
+        #: ListSessions, ExplainSession, EvictSession, PinSession, ForkSession
+        self.control = SessionControl(
+            table=self._table,
+            admission=self._admission,
+            scheduler=scheduler,
+            residency=self._residency,
+            client_names=self._client_names,
+            open_session=self.open,
+            close=self._close_now,
         )
         self._engine_stats = Stats()
         self._publish()
@@ -200,13 +226,15 @@ class SessionManager:
 
     # -- clients ------------------------------------------------------------------------------
 
-    def attach(self, client_id: str) -> None:
+    def attach(self, client_id: str, name: str = "") -> None:
         self._clients.add(client_id)
+        self._client_names[client_id] = name
         self._loop_counters.clients_attached = len(self._clients)
 
     def detach(self, client_id: str) -> int:
         """The client is gone: close every session it opened; returns how many."""
         self._clients.discard(client_id)
+        self._client_names.pop(client_id, None)
         self._loop_counters.clients_attached = len(self._clients)
         gone = [s for s in self._table if s.owner == client_id]
         for session in gone:
@@ -216,11 +244,11 @@ class SessionManager:
 
     async def reap(self, *, park_after_s: float, close_after_s: float) -> None:
         """Park sessions idle longer than ``park_after_s``; close those idle past
-        ``close_after_s`` (0 disables either)."""
+        ``close_after_s`` (0 disables either). A pinned session (PinSession) is neither."""
         now = time.monotonic()
         for session in self._table:
             idle_for = now - session.last_used
-            if session.busy:
+            if session.busy or session.pinned_until > now:
                 continue
             if close_after_s and idle_for > close_after_s:
                 log.info("closing session %s, idle for %.0f s", session.id, idle_for)
@@ -312,6 +340,11 @@ class SessionManager:
             return False  # its operation frees it when it ends
         self._free(session)
         return True
+
+    def _close_now(self, session: Session) -> None:
+        """Close a session nobody has used yet (a fork that failed)."""
+        session.close()
+        self._free(session)
 
     def _free(self, session: Session) -> None:
         if not self._table.remove(session):
@@ -408,14 +441,26 @@ class SessionManager:
         session.tape = list(snapshot.tape)
         session.prefix_len = snapshot.prefix_len
         session.model.index.update(session.id, session.tape)
+        session.reuse.record("restore", reused=snapshot.state.kv_len)
 
     # -- prompts and the prefix index, for front ends that bind requests to sessions ---------
 
-    async def load_model(self, spec: ModelSpec) -> LoadedModel:
-        """``spec``'s entry with its weights in (loading them once, however many ask).
+    async def load_model(self, spec: ModelSpec, timeout_s: float = 0.0) -> LoadedModel:
+        """``spec``'s entry with its weights in (loading them once, however many ask, within
+        ``timeout_s`` when > 0, else the alias's or the daemon's load timeout).
 
-        :raises ModelLoadFailed: the engine could not load it."""
-        return await self._pool.load(spec)
+        :raises ModelLoadFailed: the engine could not load it.
+        :raises ModelLoadTimeout / Overloaded / InsufficientMemory: see ``ModelPool.load``."""
+        return await self._pool.load(spec, timeout_s)
+
+    async def unload_model(self, spec: ModelSpec) -> tuple[bool, int, int]:
+        """Free ``spec``'s weights, parking its sessions: (unloaded, sessions parked,
+        generation); see ``ModelPool.unload``."""
+        return await self._pool.unload(spec)
+
+    def _sessions_of(self, model: LoadedModel) -> list[Session]:
+        """The open sessions of ``model`` (any thread: reads the table's snapshot)."""
+        return [s for s in self._table.snapshot().values() if s.model is model]
 
     async def render(self, model: LoadedModel, value: SessionInput) -> tuple[list[int], str]:
         """``value`` as the tokens it would put at the start of a tape (BOS included), and its

@@ -148,15 +148,54 @@ class ParkingLot:
             self.park(victim)
             live.remove(victim)
 
-    def park(self, session: Parkable) -> None:
-        """Save the session's state to RAM, else disk, and free its context.
+    def park(self, session: Parkable, tier: str = "") -> None:
+        """Save the session's state to RAM, else disk, and free its context. ``tier`` "ram" or
+        "disk" uses that tier only (EvictSession).
 
-        :raises ParkingFull: neither tier can take it; the session stays live.
+        :raises ParkingFull: no allowed tier can take it; the session stays live.
         """
         engine = session.engine
         assert engine is not None
-        state = engine.save_state()
-        if self.ram_bytes + state.size <= self.ram_budget:
+        self._store(session, engine.save_state(), tier)
+        engine.close()
+        session.engine = None
+        self.parks += 1
+
+    def move(self, session: Parkable, tier: str) -> None:
+        """Move a parked session's state to ``tier`` ("ram" | "disk"); nothing when it is
+        there already.
+
+        :raises ParkingFull: ``tier`` cannot take it; it stays where it was.
+        :raises SessionFatal: its parked state is lost.
+        """
+        parked = session.parked
+        assert parked is not None
+        if (parked.state is not None) == (tier == "ram"):
+            return
+        state = self.saved_state(session)
+        session.parked = None
+        try:
+            self._store(session, state, tier)
+        except BaseException:
+            session.parked = parked
+            raise
+        moved, session.parked = session.parked, parked
+        self.forget(session)  # the old tier's bytes and file
+        session.parked = moved
+
+    def _store(self, session: Parkable, state: EngineState, tier: str) -> None:
+        """Set ``session.parked`` to ``state`` kept in RAM, else on disk (``tier``: only there).
+
+        :raises ParkingFull: no allowed tier can take it (``session.parked`` stays None)."""
+        ram_fits = self.ram_bytes + state.size <= self.ram_budget
+        if tier != "disk" and (ram_fits or tier == "ram"):
+            if not ram_fits:
+                raise ParkingFull(
+                    f"the RAM tier cannot take {state.size} bytes: {self.ram_bytes} of "
+                    f"{self.ram_budget} bytes are used (--park-ram)",
+                    retry_after_s=5,
+                    why="ram_budget",
+                )
             session.parked = ParkedState(state.kv_len, state.size, state, None)
             self.ram_bytes += state.size
         else:
@@ -182,15 +221,15 @@ class ParkingLot:
                     session.parked = ParkedState(state.kv_len, size, None, path)
                     self.disk_bytes += size
             if session.parked is None:
-                raise ParkingFull(
-                    f"cannot park a session to make room: the RAM tier is full ({self.ram_bytes} "
-                    f"of {self.ram_budget} bytes, --park-ram) and {problem}",
-                    retry_after_s=5,
-                    why=why,
+                ram = (
+                    ""
+                    if tier == "disk"
+                    else f"the RAM tier is full ({self.ram_bytes} of {self.ram_budget} bytes, "
+                    "--park-ram) and "
                 )
-        engine.close()
-        session.engine = None
-        self.parks += 1
+                raise ParkingFull(
+                    f"cannot park a session: {ram}{problem}", retry_after_s=5, why=why
+                )
 
     def restore(self, session: Parkable, open_context: Callable[[], EngineSession]) -> None:
         parked = session.parked

@@ -38,14 +38,22 @@ class Residency:
         session.last_used = time.monotonic()
         if session.engine is None:
             self.lot.make_room(self._table.snapshot().values(), keep=session)
-            self.lot.restore(
-                session, lambda: self._pool.engine_of(session.model).open_session(session.n_ctx)
-            )
+            if session.parked is None:  # dropped (EvictSession): an empty KV; the tape stays
+                session.engine = self._pool.engine_of(session.model).open_session(session.n_ctx)
+                session.aligned = 0
+            else:
+                session.reuse.note_restore("ram" if session.parked.state is not None else "disk")
+                self.lot.restore(
+                    session,
+                    lambda: self._pool.engine_of(session.model).open_session(session.n_ctx),
+                )
         assert session.engine is not None
         return session.engine
 
     def state_of(self, session: Session) -> EngineState:
         """Its KV (and logits) as a saved state, wherever it lives."""
+        if session.engine is None and session.parked is None:  # dropped: an empty KV
+            return self.live(session).save_state()
         return session.engine.save_state() if session.engine else self.lot.saved_state(session)
 
     def resident_len(self, session: Session) -> int:
@@ -57,6 +65,15 @@ class Residency:
     def park_if_idle(self, session: Session) -> None:
         if session.engine is not None and not session.busy and session.id in self._table.snapshot():
             self.lot.park(session)
+
+    def drop(self, session: Session) -> None:
+        """Free its KV, live or parked, keeping its tape: its next turn recomputes the tape
+        (as a cold run would, so warm equals cold still holds)."""
+        if session.engine is not None:
+            session.engine.close()
+            session.engine = None
+        self.lot.forget(session)
+        session.aligned = 0
 
     def release(self, session: Session) -> None:
         """Free its context or parked state, and forget its prefixes (it is closed)."""

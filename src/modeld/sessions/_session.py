@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from modeld.backends._base import EngineSession
+from modeld.sessions._reuse_log import ReuseLog
 
 if TYPE_CHECKING:
     from modeld.sessions._models import LoadedModel
@@ -79,6 +80,10 @@ class Session:
     pending_bytes: bytes = b""
     #: the tape's (length, last tokens) when ``pending_bytes`` were kept
     pending_at: tuple[int, tuple[int, ...]] = (0, ())
+    #: its last turns' reuse (ExplainSession) and its tape's cached hash (ListSessions)
+    reuse: ReuseLog = field(default_factory=ReuseLog)
+    #: time.monotonic() until which PinSession exempts it from idle parking and closing
+    pinned_until: float = 0.0
 
     def __post_init__(self) -> None:
         self.idle.set()

@@ -87,6 +87,13 @@ class Turns:
                     lambda: self._admission.in_turns(self._prefill.ensure_prefix(session, tokens))
                 )
             result = dataclasses.replace(result, rendering=rendering)
+            session.reuse.record(
+                "ensure_prefix",
+                reused=result.reused,
+                prefilled=result.prefilled,
+                dropped=result.dropped,
+                shared=result.shared,
+            )
         tokens_metric = self._metrics.tokens
         tokens_metric.labels("prefilled").inc(result.prefilled)
         tokens_metric.labels("reused").inc(result.reused - result.shared)
@@ -105,6 +112,11 @@ class Turns:
                 lambda: self._admission.in_turns(self._prefill.prefill_suffix(session, tokens))
             )
             result = dataclasses.replace(result, rendering=rendering)
+            session.reuse.record(
+                "prefill_suffix",
+                reused=result.resident - result.prefilled,
+                prefilled=result.prefilled,
+            )
         self._metrics.tokens.labels("prefilled").inc(result.prefilled)
         return result
 
@@ -181,8 +193,12 @@ class Turns:
                 raise
             done = self._decode_done[session.id] = asyncio.Event()
             loop = asyncio.get_running_loop()
+            # the KV resident as the Decode starts, for its reuse record (the session is
+            # held by this operation: nothing else changes its KV meanwhile)
+            resident_before = [0]
 
             def steps() -> Generator[TapedStep | None, None, None]:
+                resident_before[0] = self._residency.resident_len(session)
                 return self._taped(
                     session,
                     self._generation.steps(session, request, suffix_tokens, held, constraints),
@@ -200,6 +216,14 @@ class Turns:
                             continue
                         if step.final is not None:
                             self._observe(step.final)
+                            final = step.final
+                            session.reuse.record(
+                                "decode",
+                                reused=min(resident_before[0], final.prompt_tokens),
+                                prefilled=final.prompt_tokens - resident_before[0],
+                                dropped=resident_before[0] - final.prompt_tokens,
+                                generated=final.completion_tokens,
+                            )
                         yield step
             finally:
                 del self._decode_done[session.id]
