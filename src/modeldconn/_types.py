@@ -45,8 +45,14 @@ __all__ = [
     "Embeddings",
     "InputLike",
     "LoadedModelStatus",
+    "ModelEntry",
     "ModelFacts",
+    "ModelList",
+    "ModelLoad",
     "ModelRef",
+    "ModelUnload",
+    "Plan",
+    "PlanMemory",
     "PrefixResult",
     "RerankUsage",
     "Reranking",
@@ -483,6 +489,25 @@ class LoadedModelStatus:
 
 
 @dataclass(frozen=True)
+class ModelLoad:
+    """What ``Client.load_model()`` answers."""
+
+    facts: ModelFacts
+    already_loaded: bool  #: the weights were in: answered at once
+    generation: int  #: the model's generation now (bumped by every load and unload)
+    load_s: float  #: seconds this call waited for the load (0 when already loaded)
+
+
+@dataclass(frozen=True)
+class ModelUnload:
+    """What ``Client.unload_model()`` answers."""
+
+    unloaded: bool  #: False: its weights were not loaded
+    sessions_parked: int  #: its live sessions, parked first (each restores on its next use)
+    generation: int  #: the model's generation now
+
+
+@dataclass(frozen=True)
 class DaemonStatus:
     """What ``Client.status()`` answers: the daemon's identity, state, sessions and counters."""
 
@@ -529,6 +554,34 @@ class DaemonStatus:
     catalog_path: str = ""
     catalog_error: str = ""
     catalog_aliases: int = 0
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model ``Client.list_models()`` found: a catalog alias, a GGUF file or IR directory
+    under the model roots, or a packaged model not assembled yet."""
+
+    alias: str  #: "" for a file no alias names
+    path: str
+    source: str  #: "catalog" | "file" | "packaged"
+    backend: str  #: the backend type that reads it: "llama" | "openvino"
+    tasks: tuple[str, ...]
+    size_bytes: int
+    digest: str  #: sha256 hex, cached by path, size and mtime
+    architecture: str
+    loaded: bool  #: weights resident in this daemon now
+    warmup: str  #: aliases: "eager" | "background" | "lazy"
+    error: str  #: why its facts could not be read, if they could not
+
+
+@dataclass(frozen=True)
+class ModelList:
+    """What ``Client.list_models()`` answers: the entries, aliases first, and the catalog."""
+
+    models: tuple[ModelEntry, ...]
+    catalog_path: str
+    #: why the last reload was refused ("" when it was not; the previous catalog stays)
+    catalog_error: str
 
 
 @dataclass(frozen=True)
@@ -594,6 +647,46 @@ class Capabilities:
     thinking: bool = False  #: thinking sections split into ``DecodeChunk.thinking``
     logprobs: bool = False  #: ``DecodeOptions.logprobs``
     logit_bias: bool = False  #: ``DecodeOptions.logit_bias``
+
+
+@dataclass(frozen=True)
+class PlanMemory:
+    """A plan's memory arithmetic, in bytes (``Plan.memory``)."""
+
+    weights_bytes: int  #: what the weights take resident (the file's size)
+    kv_bytes_per_token: int  #: at the planned KV cache type
+    overhead_bytes: int  #: compute buffers and the like, per context
+    free_bytes: int  #: what modeld may still spend now
+    required_bytes: int  #: weights (unless resident) + KV x n_ctx + overhead
+    weights_resident: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``Client.plan()`` answers: whether and how this daemon would run a model, with no
+    weights loaded. ``support_level``: "full" | "partial" (``reason`` says what is missing) |
+    "unsupported" (``reason``, and ``fix``: what would make it run)."""
+
+    executable: bool
+    backend: str  #: "llama" | "openvino"
+    device: str  #: "CPU", "GPU", "NPU", "AUTO", "CUDA0", ...
+    device_reason: str
+    support_level: str
+    reason: str
+    fallback_reason: str  #: when the plan fell back (another device, fewer layers)
+    fix: str
+    capabilities: Capabilities
+    memory: PlanMemory
+    max_context: int  #: the largest context that fits now, tokens
+    sessions_at_default_context: int
+    default_context: int
+    n_ctx: int  #: the context planned for (the request's or the default)
+    fits: bool  #: memory.required_bytes <= memory.free_bytes
+    n_gpu_layers: int  #: llama: layers offloaded (0 on a CPU)
+    kv_cache_type: str
+    alias: str  #: the catalog alias the reference named, if it named one
+    facts: ModelFacts | None  #: None when the model's header could not be read
+    loaded: bool  #: weights resident now
 
 
 @dataclass(frozen=True)

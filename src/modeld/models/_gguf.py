@@ -91,7 +91,8 @@ class _Cursor:
 
 
 def read_gguf_metadata(path: Path) -> dict[str, Any]:
-    """The header's key/value metadata, plus ``gguf.version`` and ``gguf.tensor_count``.
+    """The header's key/value metadata, plus ``gguf.version``, ``gguf.tensor_count`` and
+    ``gguf.tensor_info_offset`` (the byte where the tensor infos start).
 
     :raises GgufError: not a GGUF file, or a damaged header.
     :raises OSError: the file cannot be opened.
@@ -110,4 +111,6 @@ def read_gguf_metadata(path: Path) -> dict[str, Any]:
             for _ in range(count):
                 key = cursor.string()
                 metadata[key] = cursor.value(cursor.unpack("<I"))
+            # where the tensor infos start (models._gguf_tensors reads them from here)
+            metadata["gguf.tensor_info_offset"] = cursor.at
             return metadata
