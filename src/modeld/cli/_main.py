@@ -6,7 +6,12 @@ The commands register on the group as their modules are imported: ``_serve`` (th
 
 from __future__ import annotations
 
-from modeld.cli import _commands, _serve  # noqa: F401  (they register their commands)
+from modeld.cli import (  # noqa: F401  (they register their commands)
+    _commands,
+    _load_cmd,
+    _models_cmd,
+    _serve,
+)
 from modeld.cli._group import cli
 
 __all__ = ["main"]

@@ -109,7 +109,7 @@ class ModelCatalog:
         cache_file = data_root / "cache" / "digests.json" if data_root.is_dir() else None
         self.digests = digests if digests is not None else DigestCache(cache_file)
         self.aliases = CatalogState(catalog_path(data_root))
-        self.aliases.reload()
+        self.aliases.reload(quiet=True)  # a daemon refuses to start on an invalid one
 
     def resolve(self, name: str, type_: str, digest: str, path: str) -> ModelSpec:
         """A catalog alias first (when ``name`` is one and no ``path`` is given), else a name

@@ -368,11 +368,12 @@ class CatalogState:
     def get(self, name: str) -> Alias | None:
         return self.aliases.get(name)
 
-    def reload(self) -> bool:
+    def reload(self, *, quiet: bool = False) -> bool:
         """Read the file again; True when the catalog in force changed.
 
         A file that cannot be used leaves the catalog in force as it was and records why in
-        :attr:`error` (logged once per distinct problem).
+        :attr:`error` (logged once per distinct problem, unless ``quiet``: a command line that
+        reports it itself).
         """
         signature = file_signature(self.path)
         try:
@@ -381,7 +382,7 @@ class CatalogState:
             with self._lock:
                 self._signature = signature
                 said, self._error = self._error, str(exc)
-            if said != str(exc):
+            if said != str(exc) and not quiet:
                 log.error("catalog not reloaded, the previous one stays in force: %s", exc)
             return False
         with self._lock:
@@ -389,7 +390,7 @@ class CatalogState:
             self._error = ""
             changed = dict(self._aliases) != aliases
             self._aliases = MappingProxyType(aliases)
-        if changed:
+        if changed and not quiet:
             log.info("catalog %s: %d aliases (%s)", self.path, len(aliases), ", ".join(aliases))
         return changed
 
