@@ -144,6 +144,21 @@ __all__ = ["serve"]
     help="Free a model's weights when no live session used it this many seconds (0: never).",
 )
 @click.option(
+    "--max-loaded-models",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Models whose weights stay loaded at once; loading one more unloads the least recently "
+    "used idle one, parking its sessions (0: no limit but --memory-limit).",
+)
+@click.option(
+    "--load-timeout",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Seconds a model load may take when neither the alias nor LoadModel names one (0: none).",
+)
+@click.option(
     "--auth-token-file",
     type=click.Path(path_type=Path),
     default=None,
@@ -202,6 +217,8 @@ def serve(
     idle_park: float,
     idle_close: float,
     unload_after: float,
+    max_loaded_models: int,
+    load_timeout: float,
     auth_token_file: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -252,6 +269,8 @@ def serve(
         idle_park_s=idle_park,
         idle_close_s=idle_close,
         unload_after_s=unload_after,
+        max_loaded_models=max_loaded_models,
+        load_timeout_s=load_timeout,
         metrics_listen=metrics_listen,
         auth_token_file=auth_token_file,
         tls_cert_file=tls_cert,

@@ -70,6 +70,11 @@ class ServeSettings:
     #: free a model's weights when no live session used it this long, seconds (0: never);
     #: its parked sessions stay restorable
     unload_after_s: float = 3600.0
+    #: models whose weights stay loaded at once (0: no limit but the memory limit); one more
+    #: unloads the least recently used idle one, parking its sessions
+    max_loaded_models: int = 0
+    #: seconds a model load may take when neither the alias nor LoadModel names one (0: none)
+    load_timeout_s: float = 600.0
     #: loopback HOST:PORT for the Prometheus endpoint; None: not exposed
     metrics_listen: str | None = None
     #: directories outside <data root>/models a ModelRef path may point into (links resolved)
@@ -108,9 +113,12 @@ class ServeSettings:
             ("--idle-park", self.idle_park_s),
             ("--idle-close", self.idle_close_s),
             ("--unload-after", self.unload_after_s),
+            ("--load-timeout", self.load_timeout_s),
         ):
             if not (math.isfinite(seconds) and seconds >= 0):
                 problems.append(f"{flag} {seconds:g}: must be 0 (off) or more seconds")
+        if self.max_loaded_models < 0:
+            problems.append(f"--max-loaded-models {self.max_loaded_models}: must be 0 or more")
         if self.max_live_sessions < 1:
             problems.append(f"--max-live-sessions {self.max_live_sessions}: must be 1 or more")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
