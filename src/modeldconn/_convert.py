@@ -27,8 +27,14 @@ from ._types import (
     EmbedUsage,
     InputLike,
     LoadedModelStatus,
+    ModelEntry,
     ModelFacts,
+    ModelList,
+    ModelLoad,
     ModelRef,
+    ModelUnload,
+    Plan,
+    PlanMemory,
     PrefixResult,
     Reranking,
     RerankUsage,
@@ -52,7 +58,11 @@ __all__ = [
     "embed_inputs_to_pb",
     "embeddings_from_pb",
     "input_to_pb",
+    "model_list_from_pb",
+    "model_load_from_pb",
     "model_ref_to_pb",
+    "model_unload_from_pb",
+    "plan_from_pb",
     "prefix_result_from_pb",
     "rerank_documents_to_pb",
     "reranking_from_pb",
@@ -318,6 +328,24 @@ def _facts(message: pb.ModelFacts) -> ModelFacts:
     return _by_name(message, ModelFacts)
 
 
+def model_load_from_pb(reply: pb.LoadModelResponse) -> ModelLoad:
+    return _by_name(reply, ModelLoad, facts=_facts(reply.facts))
+
+
+def model_unload_from_pb(reply: pb.UnloadModelResponse) -> ModelUnload:
+    return _by_name(reply, ModelUnload)
+
+
+def plan_from_pb(reply: pb.PlanResponse) -> Plan:
+    return _by_name(
+        reply,
+        Plan,
+        capabilities=_by_name(reply.capabilities, Capabilities),
+        memory=_by_name(reply.memory, PlanMemory),
+        facts=_facts(reply.facts) if reply.HasField("facts") else None,
+    )
+
+
 def session_info_from_pb(reply: pb.OpenSessionResponse) -> SessionInfo:
     c = reply.config
     return SessionInfo(
@@ -332,6 +360,7 @@ def session_info_from_pb(reply: pb.OpenSessionResponse) -> SessionInfo:
         capabilities=_by_name(reply.capabilities, Capabilities),
         exact_prefix=c.exact_prefix,
         prefix_chunk=c.prefix_chunk,
+        kv_cache_type=c.kv_cache_type or "f16",
     )
 
 
@@ -386,6 +415,11 @@ def daemon_status_from_pb(reply: pb.StatusResponse) -> DaemonStatus:
     models = tuple(_by_name(m, LoadedModelStatus) for m in reply.models)
     embedding = tuple(_by_name(m, EmbeddingModelStatus) for m in reply.embedding_models)
     return _by_name(reply, DaemonStatus, models=models, embedding_models=embedding)
+
+
+def model_list_from_pb(reply: pb.ListModelsResponse) -> ModelList:
+    models = tuple(_by_name(m, ModelEntry) for m in reply.models)
+    return _by_name(reply, ModelList, models=models)
 
 
 def embed_inputs_to_pb(inputs: Sequence[str | Sequence[int]]) -> list[pb.EmbedInput]:

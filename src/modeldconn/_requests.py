@@ -24,7 +24,11 @@ from ._convert import (
     embed_inputs_to_pb,
     embeddings_from_pb,
     input_to_pb,
+    model_list_from_pb,
+    model_load_from_pb,
     model_ref_to_pb,
+    model_unload_from_pb,
+    plan_from_pb,
     prefix_result_from_pb,
     rerank_documents_to_pb,
     reranking_from_pb,
@@ -42,7 +46,11 @@ from ._types import (
     Description,
     Embeddings,
     InputLike,
+    ModelList,
+    ModelLoad,
     ModelRef,
+    ModelUnload,
+    Plan,
     PrefixResult,
     Reranking,
     SessionInfo,
@@ -60,7 +68,10 @@ __all__ = [
     "embed",
     "ensure_prefix",
     "instance_of",
+    "list_models",
+    "load_model",
     "open_session",
+    "plan",
     "prefill_suffix",
     "rerank",
     "restore",
@@ -68,6 +79,7 @@ __all__ = [
     "status",
     "stub",
     "tokenize",
+    "unload_model",
 ]
 
 T = TypeVar("T")
@@ -111,28 +123,54 @@ def describe(model: ModelRef | str) -> Call[Description]:
     return Call("Describe", pb.DescribeRequest(model=model_ref_to_pb(model)), description_from_pb)
 
 
-def _session_config(n_ctx: int, exact_prefix: bool | None) -> pb.SessionConfig:
-    """None leaves exact_prefix unset: the daemon's default applies."""
-    config = pb.SessionConfig(n_ctx=n_ctx)
+def plan(model: ModelRef | str, n_ctx: int, kv_cache_type: str) -> Call[Plan]:
+    request = pb.PlanRequest(model=model_ref_to_pb(model), n_ctx=n_ctx, kv_cache_type=kv_cache_type)
+    return Call("Plan", request, plan_from_pb)
+
+
+def list_models() -> Call[ModelList]:
+    return Call("ListModels", pb.ListModelsRequest(), model_list_from_pb)
+
+
+def load_model(model: ModelRef | str, timeout_s: float) -> Call[ModelLoad]:
+    request = pb.LoadModelRequest(model=model_ref_to_pb(model), timeout_s=timeout_s)
+    return Call("LoadModel", request, model_load_from_pb)
+
+
+def unload_model(model: ModelRef | str) -> Call[ModelUnload]:
+    request = pb.UnloadModelRequest(model=model_ref_to_pb(model))
+    return Call("UnloadModel", request, model_unload_from_pb)
+
+
+def _session_config(
+    n_ctx: int, exact_prefix: bool | None, kv_cache_type: str = ""
+) -> pb.SessionConfig:
+    """None leaves exact_prefix unset: the daemon's default applies. kv_cache_type "": the
+    alias's, else f16 (a restore: the snapshot's own)."""
+    config = pb.SessionConfig(n_ctx=n_ctx, kv_cache_type=kv_cache_type)
     if exact_prefix is not None:
         config.exact_prefix = exact_prefix
     return config
 
 
 def open_session(
-    model: ModelRef | str, n_ctx: int, exact_prefix: bool | None = None
+    model: ModelRef | str, n_ctx: int, exact_prefix: bool | None = None, kv_cache_type: str = ""
 ) -> Call[SessionInfo]:
     request = pb.OpenSessionRequest(
-        model=model_ref_to_pb(model), config=_session_config(n_ctx, exact_prefix)
+        model=model_ref_to_pb(model), config=_session_config(n_ctx, exact_prefix, kv_cache_type)
     )
     return Call("OpenSession", request, session_info_from_pb, attach=True)
 
 
 def restore(
-    snapshot_id: str, model: ModelRef | str | None, n_ctx: int, exact_prefix: bool | None = None
+    snapshot_id: str,
+    model: ModelRef | str | None,
+    n_ctx: int,
+    exact_prefix: bool | None = None,
+    kv_cache_type: str = "",
 ) -> Call[SessionInfo]:
     request = pb.RestoreRequest(
-        snapshot_id=snapshot_id, config=_session_config(n_ctx, exact_prefix)
+        snapshot_id=snapshot_id, config=_session_config(n_ctx, exact_prefix, kv_cache_type)
     )
     if model is not None:
         request.model.CopyFrom(model_ref_to_pb(model))

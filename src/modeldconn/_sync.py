@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import grpc
 
 from . import _requests as rq
+from . import _session_control as sc
 from ._client import ClientBase, Collector, Retry, SessionBase, decode_options
 from ._dataroot import resolve_data_root
 from ._errors import RemoteError, error_from_rpc
@@ -35,7 +36,11 @@ from ._types import (
     Description,
     Embeddings,
     InputLike,
+    ModelList,
+    ModelLoad,
     ModelRef,
+    ModelUnload,
+    Plan,
     PrefixResult,
     Reranking,
     SessionInfo,
@@ -138,15 +143,59 @@ class Client(ClientBase):
         """The daemon's identity, state, sessions, models and counters."""
         return self._unary(rq.status())
 
+    def load_model(self, model: ModelRef | str, *, timeout_s: float = 0.0) -> ModelLoad:
+        """Load the model's weights now (once, however many ask at the same time); a model
+        already loaded answers at once (``already_loaded``). ``timeout_s`` > 0 is this load's
+        timeout (0: the alias's ``load_timeout_s``, else the daemon's ``--load-timeout``).
+
+        :raises ModelLoadTimeout: not loaded in time; nothing of the attempt stays resident.
+        :raises ModelLoadFailed: the backend cannot load the file.
+        :raises Overloaded: ``--max-loaded-models`` are resident and none is idle to unload.
+        :raises InsufficientMemory: the weights do not fit ``--memory-limit`` (with the sums).
+        """
+        return self._unary(rq.load_model(model, timeout_s))
+
+    def unload_model(self, model: ModelRef | str) -> ModelUnload:
+        """Free the model's weights; its live sessions park first (each restores, loading the
+        weights again, on its next use).
+
+        :raises Overloaded: an operation runs on one of its sessions; retry shortly.
+        """
+        return self._unary(rq.unload_model(model))
+
     def describe(self, model: ModelRef | str) -> Description:
         """Facts read from the model file's header (no weights loaded), and what fits."""
         return self._unary(rq.describe(model))
 
+    def plan(self, model: ModelRef | str, n_ctx: int = 0, kv_cache_type: str = "") -> Plan:
+        """Whether and how the daemon would run ``model``, with no weights loaded: support
+        level (with the reason and the fix), device, capabilities, the memory arithmetic and
+        the contexts that fit. ``n_ctx`` 0: the default context; ``kv_cache_type`` "": the
+        alias's, else f16.
+
+        :raises RemoteError: model_not_found, invalid_argument (n_ctx over the trained
+            context, an unknown kv_cache_type), ... as Describe.
+        """
+        return self._unary(rq.plan(model, n_ctx, kv_cache_type))
+
+    def list_models(self) -> ModelList:
+        """Every catalog alias and every GGUF file and IR directory under the daemon's model
+        roots (aliases first): size, digest, architecture, tasks, backend, loaded or not."""
+        return self._unary(rq.list_models())
+
     def open_session(
-        self, model: ModelRef | str, *, n_ctx: int = 0, exact_prefix: bool | None = None
+        self,
+        model: ModelRef | str,
+        *,
+        n_ctx: int = 0,
+        exact_prefix: bool | None = None,
+        kv_cache_type: str = "",
     ) -> Session:
-        """``exact_prefix``: None takes the daemon's default (``status().exact_prefix``)."""
-        return Session(self, self._unary(rq.open_session(model, n_ctx, exact_prefix)))
+        """``exact_prefix``: None takes the daemon's default (``status().exact_prefix``).
+        ``kv_cache_type``: "f16" | "q8_0" | "q4_0" (llama); "" takes the catalog alias's, else
+        f16."""
+        call = rq.open_session(model, n_ctx, exact_prefix, kv_cache_type)
+        return Session(self, self._unary(call))
 
     def restore(
         self,
@@ -155,9 +204,64 @@ class Client(ClientBase):
         *,
         n_ctx: int = 0,
         exact_prefix: bool | None = None,
+        kv_cache_type: str = "",
     ) -> Session:
-        """A new session from a snapshot (by default on the model it was taken on)."""
-        return Session(self, self._unary(rq.restore(snapshot_id, model, n_ctx, exact_prefix)))
+        """A new session from a snapshot (by default on the model it was taken on), its KV of
+        the snapshot's type (``kv_cache_type`` "": any; another type is snapshot_mismatch)."""
+        call = rq.restore(snapshot_id, model, n_ctx, exact_prefix, kv_cache_type)
+        return Session(self, self._unary(call))
+
+    # -- session control: ``operator=True`` sends no client id and sees every session; else
+    # the call names this client, which sees and controls only the sessions it opened
+
+    def list_sessions(self, *, operator: bool = False) -> list[sc.SessionListing]:
+        """The sessions this client opened (``operator``: every session), in opening order."""
+        return self._unary(sc.list_sessions(not operator))
+
+    def explain_session(
+        self, handle: str, last_turns: int = 0, *, operator: bool = False
+    ) -> sc.SessionExplanation:
+        """A session and its last ``last_turns`` turns' reuse (0: all the daemon keeps, 32).
+
+        :raises SessionNotFound: unknown or closed. :raises PermissionDenied: another
+            client's session."""
+        return self._unary(sc.explain_session(handle, last_turns, not operator))
+
+    def evict_session(self, handle: str, to: str, *, operator: bool = False) -> sc.SessionListing:
+        """Park a session's KV in ``to`` ("ram" | "disk") now, or "drop" it (the tape stays;
+        its next turn recomputes it, giving the same tokens).
+
+        :raises InvalidArgument: another ``to``. :raises SessionBusy: an operation runs on it.
+        :raises Overloaded: (``ParkingFull``) the tier cannot take it; ``why`` says which
+            limit. :raises SessionNotFound / PermissionDenied: as :meth:`explain_session`."""
+        return self._unary(sc.evict_session(handle, to, not operator))
+
+    def pin_session(
+        self, handle: str, ttl_s: float, *, operator: bool = False
+    ) -> sc.SessionListing:
+        """Exempt a session from idle parking and idle closing for ``ttl_s`` seconds (0
+        unpins): for an agent's pause between turns.
+
+        :raises InvalidArgument: negative ``ttl_s``. :raises SessionNotFound /
+            PermissionDenied: as :meth:`explain_session`."""
+        return self._unary(sc.pin_session(handle, ttl_s, not operator))
+
+    def fork(
+        self,
+        handle: str,
+        at_tokens: int | None = None,
+        *,
+        n_ctx: int = 0,
+        exact_prefix: bool | None = None,
+    ) -> Session:
+        """A new session of this client from ``handle``'s first ``at_tokens`` tape tokens
+        (None: all), its KV copied; the source is left as it was. ``n_ctx`` 0 and
+        ``exact_prefix`` None: the source's.
+
+        :raises InvalidArgument: ``at_tokens`` past the source's tape (field ``at_tokens``).
+        :raises SessionBusy / SessionNotFound / PermissionDenied: about the source."""
+        call = sc.fork_session(handle, at_tokens, n_ctx, exact_prefix, True)
+        return Session(self, self._unary(call))
 
     def tokenize(self, model: ModelRef | str, text: str, *, add_special: bool = False) -> list[int]:
         return self._unary(rq.tokenize(text, add_special, model=model))
@@ -319,6 +423,11 @@ class Session(SessionBase):
         """Persist this session in the data root; restore it with :meth:`Client.restore`."""
         return self._client._unary(rq.snapshot(self.handle))
 
+    def fork(self, at_tokens: int | None = None, *, n_ctx: int = 0) -> Session:
+        """A new session holding this one's first ``at_tokens`` tape tokens (None: all), by KV
+        copy: a branch, or a rewind. This session is left as it was."""
+        return self._client.fork(self.handle, at_tokens, n_ctx=n_ctx)
+
     def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
         return self._client._unary(rq.tokenize(text, add_special, handle=self.handle))
 
@@ -357,10 +466,16 @@ def describe(model: ModelRef | str) -> Description:
 
 
 def open_session(
-    model: ModelRef | str, *, n_ctx: int = 0, exact_prefix: bool | None = None
+    model: ModelRef | str,
+    *,
+    n_ctx: int = 0,
+    exact_prefix: bool | None = None,
+    kv_cache_type: str = "",
 ) -> Session:
     """Open a session on the daemon of this process's data root (see :func:`set_data_root`)."""
-    return _default_client().open_session(model, n_ctx=n_ctx, exact_prefix=exact_prefix)
+    return _default_client().open_session(
+        model, n_ctx=n_ctx, exact_prefix=exact_prefix, kv_cache_type=kv_cache_type
+    )
 
 
 def embed(

@@ -10,7 +10,9 @@ from modeld.cli import (  # noqa: F401  (they register their commands)
     _commands,
     _load_cmd,
     _models_cmd,
+    _plan_cmd,
     _serve,
+    _sessions_cmd,
 )
 from modeld.cli._group import cli
 

@@ -82,6 +82,15 @@ __all__ = ["serve"]
     "f32 gives llama.cpp's greedy tokens on the same GGUF).",
 )
 @click.option(
+    "--device",
+    type=click.Choice(["CPU", "GPU", "NPU", "AUTO"], case_sensitive=False),
+    default="CPU",
+    show_default=True,
+    help="openvino: the device models compile on (a catalog alias's device overrides it); "
+    "one OpenVINO does not see falls back to CPU, as `modeld plan` says. llama offloads "
+    "layers to a GPU when its build can (see the README).",
+)
+@click.option(
     "--decode-batch-rows",
     type=click.IntRange(min=0, max=16),
     default=0,
@@ -206,6 +215,7 @@ def serve(
     allow_model_roots: tuple[Path, ...],
     threads: int,
     precision: str,
+    device: str,
     decode_batch_rows: int,
     exact_prefix: bool,
     memory_limit: str,
@@ -258,6 +268,7 @@ def serve(
         allowed_model_roots=allow_model_roots,
         threads=threads,
         precision="" if precision == "default" else precision,
+        device=device.upper(),
         decode_batch_rows=decode_batch_rows,
         exact_prefix=exact_prefix,
         memory_limit_bytes=limit or 0,

@@ -46,6 +46,8 @@ class ServeSettings:
     threads: int = 0
     #: openvino inference precision hint; empty: the device's default
     precision: str = ""
+    #: openvino's device: CPU | GPU | NPU | AUTO (absent ones fall back to CPU, see the plan)
+    device: str = "CPU"
     #: sessions' decode steps per engine call; 0: as many as give bit-identical results
     decode_batch_rows: int = 0
     #: a session's exact_prefix when it does not ask (a warm turn equals a cold run)

@@ -35,6 +35,7 @@ from modeld.backends import make_backend
 from modeld.daemon._config import ServeSettings
 from modeld.daemon._sdnotify import notify
 from modeld.daemon._storage import prepare_data_root
+from modeld.daemon._warmup import Warmer
 from modeld.engine._scheduler import EngineScheduler
 from modeld.http._listen import HttpListen, parse_http_listen
 from modeld.lease._election import Election
@@ -43,6 +44,7 @@ from modeld.lease._identity import Identity, modeld_version
 from modeld.lease._store import LeaseStore
 from modeld.models._capacity import MemoryBudget
 from modeld.models._catalog import ModelCatalog, names_a_path
+from modeld.models._catalog_file import CatalogWatcher
 from modeld.rpc._auth import read_token_file
 from modeld.rpc._listener import parse_listen
 from modeld.rpc._server import BoundServer, bind_server
@@ -356,15 +358,19 @@ async def serve(settings: ServeSettings) -> int:
         disk_budget=settings.park_disk_bytes,
         disk_reserve=settings.disk_reserve_bytes,
     )
+    catalog = ModelCatalog(root, settings.backend, _model_roots(settings))
+    if catalog.aliases.error:  # no previous catalog to keep in force: refuse to start on it
+        raise StartupError(catalog.aliases.error)
     sessions = SessionManager(
         instance_id=identity.instance_id,
-        catalog=ModelCatalog(root, settings.backend, _model_roots(settings)),
+        catalog=catalog,
         backend=make_backend(
             settings.backend,
             n_threads=settings.threads or os.cpu_count() or 1,
             cache_dir=root / "cache",
             precision=settings.precision,
             batch_rows=settings.decode_batch_rows,
+            device=settings.device,
         ),
         scheduler=scheduler,
         budget=MemoryBudget(limit_bytes=settings.memory_limit_bytes),
@@ -373,6 +379,8 @@ async def serve(settings: ServeSettings) -> int:
             root / "snapshots", settings.snapshot_budget_bytes, settings.disk_reserve_bytes
         ),
         metrics=metrics,
+        max_loaded_models=settings.max_loaded_models,
+        load_timeout_s=settings.load_timeout_s,
     )
     metrics.watch_sessions(sessions.stats, sessions.queue_depth)
     servicer = ModeldServicer(
@@ -382,7 +390,13 @@ async def serve(settings: ServeSettings) -> int:
         endpoint=lambda: endpoint,
         sessions=sessions,
         exact_prefix=settings.exact_prefix,
+        catalog=catalog,
     )
+    # The catalog reloads on SIGHUP (what `modeld models add/rm` send) and when the file changes
+    # (polled every 2 s); aliases a reload adds with eager/background warm-up load behind.
+    warmer = Warmer(sessions, catalog)
+    watcher = CatalogWatcher(catalog.aliases, on_change=warmer.background)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, watcher.request_reload)
     election = Election(
         LeaseStore(root, ttl_s=settings.lease_ttl_s),
         gate,
@@ -413,18 +427,20 @@ async def serve(settings: ServeSettings) -> int:
         # From here until the lease is released, `held` renews it, whatever the phase.
         held = asyncio.ensure_future(election.hold())
         try:
-            # 3. Load the --model, if any (others load on their first OpenSession), as leader.
+            # 3. Load the --model, if any, then the catalog's eager aliases (others load on
+            # their first use), as leader.
             model: LoadedModel | None = None
-            if settings.model:
-                try:
+            try:
+                if settings.model:
                     model = await _while_leading(_preload(sessions, settings.model), held, stop)
-                except (StartupError, _Stopped) as exc:
-                    await _cancel(held)
-                    await election.release()
-                    if isinstance(exc, StartupError):
-                        raise
-                    log.info("stopped while loading; lease released")
-                    return ExitCode.OK
+                await _while_leading(warmer.eager(), held, stop)
+            except (StartupError, _Stopped) as exc:
+                await _cancel(held)
+                await election.release()
+                if isinstance(exc, StartupError):
+                    raise
+                log.info("stopped while loading; lease released")
+                return ExitCode.OK
             # 4. Serve, until a signal or a loss of leadership. The HTTP API binds now, as leader
             # only: a standby never holds its address, and after a takeover the new leader binds
             # the same one.
@@ -451,10 +467,14 @@ async def serve(settings: ServeSettings) -> int:
             notify("READY=1", f"STATUS=serving {settings.backend} on {endpoint}")
             log.info("serving backend %s", settings.backend)
             reaper = asyncio.ensure_future(_reap_idle(sessions, settings))
+            watching = asyncio.ensure_future(watcher.run())
+            warmer.background()
             try:
                 await _while_leading(stop.wait(), held)
             finally:
                 await _cancel(reaper)
+                await _cancel(watching)
+                await warmer.close()
                 if http is not None:  # stopping or fenced: in-flight requests get the grace
                     await _cleanup("stopping the HTTP API", http.stop())
             # 5. Drain, still renewing.

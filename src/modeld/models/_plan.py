@@ -34,7 +34,7 @@ from modeld.models._devices import (
 from modeld.models._facts import ModelFacts, ModelSpec, facts_from_gguf
 from modeld.models._gguf import GgufError, read_gguf_metadata
 from modeld.models._gguf_tensors import read_gguf_tensors
-from modeldconn._errors import BackendMismatch, InvalidArgument, ModelNotFound
+from modeldconn._errors import BackendMismatch, InvalidArgument, ModelNotFound, UnsupportedFeature
 from modeldconn._types import Capabilities, Plan, PlanMemory
 from modeldconn._types import ModelFacts as WireFacts
 
@@ -89,6 +89,9 @@ class Served:
     backend: str
     capabilities: Capabilities
     device: str = ""
+    #: the backend's ``check_kv_cache_type(facts, kv_cache_type)`` (raises UnsupportedFeature
+    #: with the reason), so the plan refuses what OpenSession would; None: the plan's own rule
+    check_kv: Callable[[ModelFacts, str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,13 +151,20 @@ def openvino_gguf_support(facts: ModelFacts) -> Support:
     return Support()
 
 
-def _kv_support(backend: str, kv_cache_type: str) -> Support:
-    if backend == "openvino" and kv_cache_type != "f16":
+def _kv_support(served: Served, facts: ModelFacts, kv_cache_type: str) -> Support:
+    fix = "use kv_cache_type f16, or serve the model on the llama backend"
+    if served.check_kv is not None:
+        try:
+            served.check_kv(facts, kv_cache_type)
+        except UnsupportedFeature as exc:
+            return Support("unsupported", exc.message, fix if kv_cache_type != "f16" else "")
+        return Support()
+    if served.backend == "openvino" and kv_cache_type != "f16":
         return Support(
             "unsupported",
             f"kv_cache_type {kv_cache_type} is a llama.cpp cache type: the openvino backend "
             "keeps its KV in f16 only",
-            "use kv_cache_type f16, or serve the model on the llama backend",
+            fix,
         )
     return Support()
 
@@ -253,7 +263,7 @@ def plan_model(
     n_ctx = n_ctx or default
     generates = "generate" in facts.tasks
 
-    support = _kv_support(served.backend, kv_type)
+    support = _kv_support(served, facts, kv_type)
     if served.backend == "openvino" and not facts.path.is_dir() and support.level == "full":
         support = openvino_gguf_support(facts)
     device = _device(spec, served, llama, openvino_devices)

@@ -20,7 +20,7 @@ from modeld.sessions._types import (
 from modeld.structured._formats import ResponseFormat
 from modeldconn._errors import InvalidArgument
 from modeldconn._pb import modeld_pb2 as pb
-from modeldconn._types import Capabilities, Capacity, PrefixResult, SuffixResult
+from modeldconn._types import Capabilities, Capacity, Plan, PrefixResult, SuffixResult
 
 __all__ = [
     "capabilities_to_pb",
@@ -30,6 +30,7 @@ __all__ = [
     "embed_result_to_pb",
     "facts_to_pb",
     "input_from_pb",
+    "plan_to_pb",
     "prefix_to_pb",
     "rerank_request_from_pb",
     "rerank_result_to_pb",
@@ -124,6 +125,18 @@ def capacity_to_pb(capacity: Capacity) -> pb.Capacity:
 
 def capabilities_to_pb(capabilities: Capabilities) -> pb.Capabilities:
     return pb.Capabilities(**dataclasses.asdict(capabilities))
+
+
+def plan_to_pb(plan: Plan) -> pb.PlanResponse:
+    nested = ("capabilities", "memory", "facts")
+    reply = pb.PlanResponse(
+        **{f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.name not in nested},
+        capabilities=capabilities_to_pb(plan.capabilities),
+        memory=pb.PlanMemory(**dataclasses.asdict(plan.memory)),
+    )
+    if plan.facts is not None:  # absent: the header could not be read on this backend
+        reply.facts.CopyFrom(pb.ModelFacts(**dataclasses.asdict(plan.facts)))
+    return reply
 
 
 def resolved_to_pb(config: ResolvedConfig) -> pb.ResolvedSessionConfig:

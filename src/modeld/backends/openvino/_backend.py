@@ -15,6 +15,7 @@ Tokenizer and detokenizer are the openvino-tokenizers IRs, through ``openvino_ge
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from modeld.backends.openvino._grammar_vocab import grammar_tokenizer
 from modeld.backends.openvino._ir import IR_MODEL, ir_from_gguf, paged_model
 from modeld.backends.openvino._session import OpenVinoSession
 from modeld.backends.openvino._vocab import detokenizer_vocab, raw_piece
+from modeld.models._devices import openvino_device
 from modeld.models._facts import ModelFacts, ModelSpec
 from modeldconn._errors import InvalidArgument, ModelLoadFailed, SessionFatal, UnsupportedFeature
 
@@ -46,6 +48,7 @@ __all__ = ["BLOCK_SIZE", "OpenVinoBackend", "ir_from_gguf"]
 
 #: sessions' decode steps one inference computes at most
 MAX_DECODE_ROWS = 16
+log = logging.getLogger("modeld.openvino")
 
 
 class OpenVinoModel:
@@ -233,7 +236,8 @@ class OpenVinoModel:
     def grammar_tokenizer(self) -> llguidance.LLTokenizer:
         return self._grammar_tokenizer.get()
 
-    def open_session(self, n_ctx: int) -> OpenVinoSession:
+    def open_session(self, n_ctx: int, kv_cache_type: str = "f16") -> OpenVinoSession:
+        # f16 only (OpenVinoBackend.kv_cache_types): the caller checked it
         return OpenVinoSession(self, n_ctx)
 
     def close(self) -> None:
@@ -275,7 +279,11 @@ class OpenVinoBackend:
         precision: str = "",
         n_batch: int = 512,
         batch_rows: int = 0,
+        device: str = "CPU",
     ) -> None:
+        #: `modeld serve --device` (an alias's ``device`` overrides it per model); a device
+        #: OpenVINO does not see falls back to the CPU (models._devices.openvino_device)
+        self.device = device
         self.n_threads = n_threads
         self.batch_rows = min(batch_rows, MAX_DECODE_ROWS)
         self.n_batch = n_batch
@@ -289,6 +297,21 @@ class OpenVinoBackend:
             "precision": precision or "default",
             "kv_layout": f"paged/{BLOCK_SIZE}",
         }
+
+    #: the paged KV blocks are f16 (KV_CACHE_PRECISION): OpenVINO's u8 cache is its own
+    #: per-channel scheme, not ggml's q8_0 / q4_0, so they are not offered under those names
+    kv_cache_types: tuple[str, ...] = ("f16",)
+
+    def check_kv_cache_type(self, facts: ModelFacts, kv_cache_type: str) -> None:
+        """:raises UnsupportedFeature: any type but f16."""
+        if kv_cache_type != "f16":
+            raise UnsupportedFeature(
+                f"the openvino backend caches KV as f16 only, not {kv_cache_type} "
+                "(q8_0 and q4_0 are llama.cpp cache types: serve the GGUF with --backend llama)",
+                feature="kv_cache_type",
+                kv_cache_type=kv_cache_type,
+                model=facts.name,
+            )
 
     def load(self, spec: ModelSpec) -> OpenVinoModel:
         check_generates(spec.facts)  # a feature-extraction IR has no logits to decode
@@ -304,7 +327,11 @@ class OpenVinoBackend:
         try:
             model = self._core.read_model(str(ir / IR_MODEL))
             paged_model(model, spec.facts)
-            compiled = self._core.compile_model(model, "CPU", config)
+            requested = spec.alias.device if spec.alias and spec.alias.device else self.device
+            device = openvino_device(requested, self._core.available_devices)
+            if device.fallback_reason:
+                log.warning("%s: %s", spec.facts.name, device.fallback_reason)
+            compiled = self._core.compile_model(model, device.device, config)
             tokenizer = ov_genai.Tokenizer(str(ir))
         except RuntimeError as exc:
             raise ModelLoadFailed(
