@@ -62,6 +62,9 @@ class Diagnostics:
     reused_tokens: int
     divergence: Divergence | None
     binding: str  #: how the session was chosen (``Binding.how``)
+    #: of ``reused_tokens``, those copied from another session's KV (a fork: a new session, or
+    #: a concurrent request of a conversation whose session was busy); 0: its own KV or none
+    shared_tokens: int = 0
 
     def headers(self) -> dict[str, str]:
         """``x-modeld-reused-tokens: N`` and ``x-modeld-divergence``: ``none``, or
@@ -93,6 +96,7 @@ class Diagnostics:
             "prompt_tokens": self.prompt_tokens,
             "divergence": divergence,
             "binding": self.binding,
+            "shared_tokens": self.shared_tokens,
         }
 
 
@@ -195,7 +199,7 @@ async def _run(
     except BaseException:
         binder.release(binding)
         raise
-    diagnostics = Diagnostics(len(tokens), prefix.reused, divergence, binding.how)
+    diagnostics = Diagnostics(len(tokens), prefix.reused, divergence, binding.how, prefix.shared)
     if divergence is not None:
         log.info(
             "prompt of %d tokens diverged from the longest cached prefix at token %d "
