@@ -703,6 +703,8 @@ class SessionInfo:
     #: a warm turn gives exactly a cold run's tokens (whole chunks reused; see the README)
     exact_prefix: bool = False
     prefix_chunk: int = 0  #: C: prompts are computed in chunks [k*C, (k+1)*C)
+    #: the element type of its K and V cache: "f16" | "q8_0" | "q4_0"
+    kv_cache_type: str = "f16"
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,9 @@ class FakeClient:
     def __init__(self) -> None:
         self.sent: dict[str, Any] = {}
 
-    def open_session(self, model: str, *, n_ctx: int = 0) -> FakeSession:
+    def open_session(self, model: str, *, n_ctx: int = 0, kv_cache_type: str = "") -> FakeSession:
         self.sent["model"] = model
+        self.sent["kv_cache_type"] = kv_cache_type
         return FakeSession(self.sent)
 
 

@@ -316,7 +316,10 @@ class EngineModel(Protocol):
         end-of-generation ids), built on first use (seconds for a 262k vocabulary) and kept.
         Any thread: callers are off the engine thread."""
 
-    def open_session(self, n_ctx: int) -> EngineSession: ...
+    def open_session(self, n_ctx: int, kv_cache_type: str = "f16") -> EngineSession:
+        """A new, empty session of ``n_ctx`` tokens whose K and V are cached as
+        ``kv_cache_type``, one of its backend's ``kv_cache_types`` (checked by the caller:
+        ``Backend.check_kv_cache_type``)."""
 
     def decode_batch(self, feeds: Sequence[tuple[EngineSession, int]]) -> None:
         """Compute one token after each session's resident KV, all in one engine call; every
@@ -330,7 +333,14 @@ class Backend(Protocol):
     name: str
     capabilities: Capabilities
     #: what saved state depends on besides the model file; snapshots record and check it
+    #: (with the session's KV cache type as ``kv_type``)
     fingerprint: dict[str, object]
+    #: the KV cache types (``modeld.models._aliases.KV_CACHE_TYPES``) its sessions may use
+    kv_cache_types: tuple[str, ...]
+
+    def check_kv_cache_type(self, facts: ModelFacts, kv_cache_type: str) -> None:
+        """:raises UnsupportedFeature: ``facts``'s model cannot cache its KV as
+        ``kv_cache_type`` (one of :attr:`kv_cache_types`) here, with the reason."""
 
     def load(self, spec: ModelSpec) -> EngineModel:
         """:raises ModelLoadFailed: the engine could not load the file."""

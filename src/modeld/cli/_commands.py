@@ -93,6 +93,12 @@ def describe(model: str, data_root: Path | None, as_json: bool) -> None:
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--n-ctx", type=click.IntRange(min=0), default=0, help="Context (0: default).")
 @click.option(
+    "--kv-cache-type",
+    type=click.Choice(["f16", "q8_0", "q4_0"]),
+    default=None,
+    help="The session's K and V cache type (llama; default: the alias's, else f16).",
+)
+@click.option(
     "--chat",
     is_flag=True,
     help="Send PROMPT as a user message, rendered by the model's chat template "
@@ -156,6 +162,7 @@ def generate(
     seed: int | None,
     stop: tuple[str, ...],
     n_ctx: int,
+    kv_cache_type: str | None,
     chat: bool,
     system: str | None,
     json_schema: Path | None,
@@ -204,7 +211,8 @@ def generate(
     )
     client = _client_orfail(data_root)
     try:
-        with client.open_session(model, n_ctx=n_ctx) as session:
+        kv_type = kv_cache_type or ""
+        with client.open_session(model, n_ctx=n_ctx, kv_cache_type=kv_type) as session:
             session.ensure_prefix(prefix)
             if as_json:
                 click.echo(json.dumps(completion_as_json(session.generate(options))))
@@ -376,9 +384,11 @@ def status(data_root: Path | None, as_json: bool) -> None:
         f"({rows:.2f} sessions a call)"
     )
     for loaded in reply.models:
-        weights = "" if loaded.weights_loaded else ", weights unloaded while idle"
+        weights = "" if loaded.weights_loaded else ", weights unloaded"
         click.echo(
             f"model      {loaded.name} ({loaded.digest[:12]}), {loaded.sessions} sessions{weights}"
+            f"; generation {loaded.generation}, {loaded.loads} loads"
+            + (f" (last {loaded.last_load_s:.2f} s)" if loaded.loads else "")
         )
         if loaded.weights_loaded:
             exact = "exact" if loaded.decode_batch_exact else "NOT bit-exact: --decode-batch-rows"

@@ -34,17 +34,22 @@ class MemoryBudget:
         return max(0, free)
 
 
-def capacity_of(facts: ModelFacts, free_bytes: int, *, weights_resident: bool) -> Capacity:
+def capacity_of(
+    facts: ModelFacts, free_bytes: int, *, weights_resident: bool, kv_cache_type: str = "f16"
+) -> Capacity:
     """The context sizes ``free_bytes`` allows: the weights count against it unless resident.
 
-    ``memory_fit_context`` is in tokens; ``kv_bytes_per_token`` in bytes (see ModelFacts).
+    ``memory_fit_context`` is in tokens; ``kv_bytes_per_token`` in bytes, with K and V cached
+    as ``kv_cache_type`` (``ModelFacts.kv_bytes_per_token_at``: f16 2 B an element, q8_0
+    34 B / 32, q4_0 18 B / 32). Describe reports f16, the default type.
     """
     pending_weights = 0 if weights_resident else facts.file_bytes
-    per_token = max(1, facts.kv_bytes_per_token)
+    per_token_at_type = facts.kv_bytes_per_token_at(kv_cache_type)
+    per_token = max(1, per_token_at_type)
     fit = max(0, free_bytes - pending_weights) // per_token
     model_max = facts.context_length or DEFAULT_N_CTX
     return Capacity(
-        kv_bytes_per_token=facts.kv_bytes_per_token,
+        kv_bytes_per_token=per_token_at_type,
         free_bytes=free_bytes,
         model_max_context=model_max,
         memory_fit_context=min(fit, model_max),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -14,7 +15,9 @@ from typing import Any
 from modeld.backends._base import check_generates
 from modeld.lease._gate import Gate
 from modeld.lease._identity import Identity, modeld_version
+from modeld.models._catalog import ModelCatalog
 from modeld.models._facts import ModelSpec
+from modeld.models._inventory import list_models
 from modeld.rpc._convert import (
     capabilities_to_pb,
     capacity_to_pb,
@@ -23,6 +26,7 @@ from modeld.rpc._convert import (
     embed_result_to_pb,
     facts_to_pb,
     input_from_pb,
+    plan_to_pb,
     prefix_to_pb,
     rerank_request_from_pb,
     rerank_result_to_pb,
@@ -63,7 +67,7 @@ _CONFIG_PATHS = {name: f"config.{name}" for name in pb.DecodeConfig.DESCRIPTOR.f
 _DECODE_PATHS = {**_CONFIG_PATHS, **_input_paths("suffix")}
 _PREFIX_PATHS = _input_paths("prefix")
 _SUFFIX_PATHS = _input_paths("suffix")
-_OPEN_PATHS = {"": "model", "n_ctx": "config.n_ctx"}
+_OPEN_PATHS = {"": "model", "n_ctx": "config.n_ctx", "kv_cache_type": "config.kv_cache_type"}
 _MODEL_PATHS = {"": "model"}
 
 
@@ -95,7 +99,10 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         endpoint: Callable[[], str],
         sessions: SessionManager,
         exact_prefix: bool = False,
+        catalog: ModelCatalog | None = None,
     ) -> None:
+        #: the catalog ListModels and Status report (None: no catalog, an empty listing)
+        self._catalog = catalog
         #: what a session gets when its SessionConfig leaves exact_prefix unset
         self._exact_prefix = exact_prefix
         self._identity = identity
@@ -120,6 +127,10 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
                 weights_loaded=m.engine is not None,
                 decode_batch_rows=m.engine.max_decode_rows if m.engine is not None else 0,
                 decode_batch_exact=m.engine is None or m.engine.decode_batch_exact,
+                alias=m.spec.alias.name if m.spec.alias is not None else "",
+                generation=m.generation,
+                loads=m.loads,
+                last_load_s=m.last_load_s,
             )
             for m in self._sessions.loaded_models()
         ]
@@ -141,8 +152,35 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             queue_depth=self._sessions.queue_depth(),
             exact_prefix=self._exact_prefix,
             prefix_chunk=PREFIX_CHUNK,
+            catalog_path=str(self._catalog.aliases.path) if self._catalog else "",
+            catalog_error=self._catalog.aliases.error if self._catalog else "",
+            catalog_aliases=len(self._catalog.aliases.aliases) if self._catalog else 0,
             **dataclasses.asdict(self._sessions.stats()),
         )
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Context
+    ) -> pb.ListModelsResponse:
+        catalog = self._catalog
+        if catalog is None:
+            return pb.ListModelsResponse()
+        loaded = {m.spec.facts.digest for m in self._sessions.loaded_models() if m.engine}
+        loaded |= {m.digest for m in self._sessions.embeddings.status() if m.weights_loaded}
+        # hashing files not seen before takes seconds per GB: off the loop
+        entries = await asyncio.to_thread(list_models, catalog, loaded_digests=loaded)
+        return pb.ListModelsResponse(
+            models=[pb.ModelEntry(**dataclasses.asdict(e)) for e in entries],
+            catalog_path=str(catalog.aliases.path),
+            catalog_error=catalog.aliases.error,
+        )
+
+    async def Plan(self, request: pb.PlanRequest, context: Context) -> pb.PlanResponse:
+        ref = request.model
+        with _fields(_MODEL_PATHS):  # n_ctx and kv_cache_type are top-level fields already
+            plan = await self._sessions.plan(
+                (ref.name, ref.type, ref.digest, ref.path), request.n_ctx, request.kv_cache_type
+            )
+        return plan_to_pb(plan)
 
     async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:
         spec = await self._spec(request.model)
@@ -153,6 +191,46 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
             end_of_generation_ids=await self._sessions.end_of_generation_ids(spec),
         )
 
+    async def LoadModel(
+        self, request: pb.LoadModelRequest, context: Context
+    ) -> pb.LoadModelResponse:
+        spec = await self._spec(request.model)
+        timeout_s = request.timeout_s
+        if not (math.isfinite(timeout_s) and timeout_s >= 0):
+            raise InvalidArgument(
+                f"timeout_s {timeout_s:g}: must be 0 (the model's load timeout) or more seconds",
+                field="timeout_s",
+            )
+        started = time.monotonic()
+        if "generate" not in spec.facts.tasks:  # embedding-only: loaded by the Embed side
+            already = any(
+                m.digest == spec.facts.digest and m.weights_loaded
+                for m in self._sessions.embeddings.status()
+            )
+            await self._sessions.preload(spec)
+            generation = 0
+        else:
+            already = any(
+                m.spec.key == spec.key and m.engine is not None
+                for m in self._sessions.loaded_models()
+            )
+            generation = (await self._sessions.load_model(spec, timeout_s)).generation
+        return pb.LoadModelResponse(
+            facts=facts_to_pb(spec.facts),
+            already_loaded=already,
+            generation=generation,
+            load_s=0.0 if already else time.monotonic() - started,
+        )
+
+    async def UnloadModel(
+        self, request: pb.UnloadModelRequest, context: Context
+    ) -> pb.UnloadModelResponse:
+        spec = await self._spec(request.model)
+        unloaded, parked, generation = await self._sessions.unload_model(spec)
+        return pb.UnloadModelResponse(
+            unloaded=unloaded, sessions_parked=parked, generation=generation
+        )
+
     async def OpenSession(
         self, request: pb.OpenSessionRequest, context: Context
     ) -> pb.OpenSessionResponse:
@@ -160,7 +238,7 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         check_generates(spec.facts)
         with _fields(_OPEN_PATHS):
             session, resolved = await self._sessions.open(
-                spec, request.config.n_ctx, _client_of(context)
+                spec, request.config.n_ctx, _client_of(context), request.config.kv_cache_type
             )
         return await self._opened(session, resolved, spec, request.config)
 
@@ -229,15 +307,69 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         check_generates(spec.facts)
         with _fields(_OPEN_PATHS):
             session, resolved = await self._sessions.restore(
-                spec, request.snapshot_id, request.config.n_ctx, _client_of(context)
+                spec,
+                request.snapshot_id,
+                request.config.n_ctx,
+                _client_of(context),
+                request.config.kv_cache_type,
             )
         return await self._opened(session, resolved, spec, request.config)
+
+    # -- session control (see ``sessions._control`` for who sees what) -------------------------
+
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context: Context
+    ) -> pb.ListSessionsResponse:
+        views = self._sessions.control.listing(_client_of(context))
+        return pb.ListSessionsResponse(
+            sessions=[pb.SessionInfo(**dataclasses.asdict(v)) for v in views]
+        )
+
+    async def ExplainSession(
+        self, request: pb.ExplainSessionRequest, context: Context
+    ) -> pb.ExplainSessionResponse:
+        view, turns = self._sessions.control.explain(
+            request.handle, _client_of(context), request.last_turns
+        )
+        return pb.ExplainSessionResponse(
+            session=pb.SessionInfo(**dataclasses.asdict(view)),
+            turns=[pb.TurnReuse(**dataclasses.asdict(t)) for t in turns],
+        )
+
+    async def EvictSession(
+        self, request: pb.EvictSessionRequest, context: Context
+    ) -> pb.EvictSessionResponse:
+        view = await self._sessions.control.evict(request.handle, _client_of(context), request.to)
+        return pb.EvictSessionResponse(session=pb.SessionInfo(**dataclasses.asdict(view)))
+
+    async def PinSession(
+        self, request: pb.PinSessionRequest, context: Context
+    ) -> pb.PinSessionResponse:
+        view = self._sessions.control.pin(request.handle, _client_of(context), request.ttl_s)
+        return pb.PinSessionResponse(session=pb.SessionInfo(**dataclasses.asdict(view)))
+
+    async def ForkSession(
+        self, request: pb.ForkSessionRequest, context: Context
+    ) -> pb.OpenSessionResponse:
+        asked = request.config
+        with _fields(_OPEN_PATHS):
+            session, resolved = await self._sessions.control.fork(
+                request.handle,
+                _client_of(context),
+                request.at_tokens if request.HasField("at_tokens") else None,
+                asked.n_ctx,
+                asked.exact_prefix if asked.HasField("exact_prefix") else None,
+            )
+        config = pb.SessionConfig()
+        config.CopyFrom(asked)
+        config.exact_prefix = session.exact_prefix  # the source's, unless asked otherwise
+        return await self._opened(session, resolved, session.model.spec, config)
 
     async def Attach(
         self, request: pb.AttachRequest, context: Context
     ) -> AsyncIterator[pb.AttachEvent]:
         client_id = uuid.uuid4().hex
-        self._sessions.attach(client_id)
+        self._sessions.attach(client_id, request.client_name)
         try:
             yield pb.AttachEvent(client_id=client_id)
             await asyncio.Event().wait()  # until the client goes (cancelled) or we stop

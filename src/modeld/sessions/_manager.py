@@ -22,11 +22,13 @@ from modeld.engine._scheduler import EngineScheduler
 from modeld.models._capacity import MemoryBudget
 from modeld.models._catalog import ModelCatalog
 from modeld.models._facts import ModelSpec
+from modeld.models._plan import Served, plan_reference
 from modeld.sessions._admission import Admission
 from modeld.sessions._control import SessionControl
 from modeld.sessions._embeddings import Embeddings, EmbedRequest, EmbedResult
 from modeld.sessions._generation import Generation
 from modeld.sessions._inputs import check_size, to_tokens_rendered
+from modeld.sessions._kv_types import resolve_kv_cache_type
 from modeld.sessions._loading import DEFAULT_LOAD_TIMEOUT_S
 from modeld.sessions._models import LoadedModel, ModelPool
 from modeld.sessions._parking import ParkingLot
@@ -34,14 +36,14 @@ from modeld.sessions._prefill import Prefill
 from modeld.sessions._prefix_index import common_prefix
 from modeld.sessions._residency import Residency
 from modeld.sessions._session import Session
-from modeld.sessions._snapshots import Snapshot, SnapshotStore
+from modeld.sessions._snapshots import Snapshot, SnapshotStore, runtime_fingerprint
 from modeld.sessions._stats import EngineCounters, LoopCounters, Stats
 from modeld.sessions._table import SessionTable
 from modeld.sessions._tokenizer import Tokenizer
 from modeld.sessions._turns import TapedStep, Turns
 from modeld.sessions._types import DecodeOptions, ResolvedConfig, SessionInput
 from modeldconn._errors import InvalidArgument, SessionNotFound, UnknownClient
-from modeldconn._types import Capabilities, Capacity, PrefixResult, SuffixResult
+from modeldconn._types import Capabilities, Capacity, Plan, PrefixResult, SuffixResult
 
 __all__ = ["CLOSE_WAIT_S", "CachedPrefix", "ResolvedConfig", "SessionManager", "TapedStep"]
 
@@ -208,6 +210,37 @@ class SessionManager:
     def capacity(self, spec: ModelSpec) -> Capacity:
         return self._pool.capacity(spec)
 
+    async def plan(self, ref: tuple[str, str, str, str], n_ctx: int, kv_cache_type: str) -> Plan:
+        """The plan for ``ref`` (name, type, digest, path; ``models._plan.plan_reference``),
+        loading nothing. Off the loop: resolving may hash a file, and device discovery asks
+        the engine libraries.
+
+        :raises RemoteError: as resolution, and invalid_argument for n_ctx / kv_cache_type.
+        """
+        served = Served(
+            self._backend.name,
+            self._backend.capabilities,
+            # openvino's --device; llama picks its device from its build and the GPUs
+            str(getattr(self._backend, "device", "")),
+            getattr(self._backend, "check_kv_cache_type", None),
+        )
+        return await asyncio.to_thread(
+            plan_reference,
+            self._catalog,
+            ref,
+            served,
+            self._plan_memory,
+            n_ctx=n_ctx,
+            kv_cache_type=kv_cache_type,
+        )
+
+    def _plan_memory(self, spec: ModelSpec) -> tuple[int, bool]:
+        """(bytes free for ``spec``, whether its weights are resident) for a plan."""
+        resident = self._pool.weights_in(spec) or any(
+            m.digest == spec.facts.digest and m.weights_loaded for m in self.embeddings.status()
+        )
+        return self._pool.capacity(spec).free_bytes, resident
+
     async def end_of_generation_ids(self, spec: ModelSpec) -> list[int]:
         return await self.tokenizer.end_of_generation_ids(spec)
 
@@ -269,23 +302,29 @@ class SessionManager:
             )
 
     async def open(
-        self, spec: ModelSpec, requested_n_ctx: int, owner: str = ""
+        self, spec: ModelSpec, requested_n_ctx: int, owner: str = "", kv_cache_type: str = ""
     ) -> tuple[Session, ResolvedConfig]:
-        """:raises InvalidArgument: ``n_ctx`` over the model's trained context.
+        """``kv_cache_type``: "" = the alias's, else f16 (``_kv_types``).
+
+        :raises InvalidArgument: ``n_ctx`` over the model's trained context; an unknown
+            ``kv_cache_type``.
+        :raises UnsupportedFeature: the backend, or the model on it, cannot cache KV so.
         :raises InsufficientMemory: the KV (and weights, if not in) do not fit, with the sums.
         :raises ModelLoadFailed: the engine could not load the model.
         :raises UnknownClient: ``owner`` names no live Attach stream (before or after opening)."""
         self._check_owner(owner)
-        n_ctx, capacity = self._pool.admit(spec, requested_n_ctx)
+        kv_type = resolve_kv_cache_type(kv_cache_type, spec, self._backend)
+        n_ctx, capacity = self._pool.admit(spec, requested_n_ctx, kv_type)
         loaded = await self._pool.load(spec)
         engine = await self._admission.waiting_for_room(
-            lambda: self._scheduler.call(self._residency.open_context, loaded, n_ctx)
+            lambda: self._scheduler.call(self._residency.open_context, loaded, n_ctx, kv_type)
         )
         engine_model = loaded.engine
         assert engine_model is not None  # open_context loaded it
         session_id = uuid.uuid4().hex
         session = Session(session_id, self._table.handle_for(session_id), loaded, engine, n_ctx)
         session.owner = owner
+        session.kv_cache_type = kv_type
         self._table.add(session)
         loaded.sessions += 1
         if owner and owner not in self._clients:
@@ -300,6 +339,7 @@ class SessionManager:
             memory_fit_context=capacity.memory_fit_context,
             n_threads=engine_model.n_threads,
             n_batch=engine_model.n_batch,
+            kv_cache_type=kv_type,
         )
         return session, resolved
 
@@ -394,7 +434,7 @@ class SessionManager:
                 state=state,
                 model_digest=session.model.spec.facts.digest,
                 model_path=str(session.model.spec.facts.path),
-                fingerprint=self._backend.fingerprint,
+                fingerprint=runtime_fingerprint(self._backend.fingerprint, session.kv_cache_type),
                 tape=tape,
                 prefix_len=prefix_len,
                 n_ctx=session.n_ctx,
@@ -406,20 +446,30 @@ class SessionManager:
         return self._residency.state_of(session), list(session.tape), session.prefix_len
 
     async def restore(
-        self, spec: ModelSpec, snapshot_id: str, n_ctx: int, owner: str = ""
+        self,
+        spec: ModelSpec,
+        snapshot_id: str,
+        n_ctx: int,
+        owner: str = "",
+        kv_cache_type: str = "",
     ) -> tuple[Session, ResolvedConfig]:
-        """A new session from a snapshot.
+        """A new session from a snapshot. ``kv_cache_type`` "" is the snapshot's own; another
+        than the snapshot's is refused.
 
-        :raises SnapshotNotFound / SnapshotMismatch: unknown, corrupt, or of another model or
-            runtime.
+        :raises SnapshotNotFound / SnapshotMismatch: unknown, corrupt, or of another model,
+            runtime or KV cache type.
         :raises InvalidArgument: ``n_ctx`` smaller than the snapshot's tape.
         :raises UnknownClient: ``owner`` names no live Attach stream."""
         self._check_owner(owner)
+        if not kv_cache_type:
+            kv_cache_type = await asyncio.to_thread(
+                self.snapshots.recorded_kv_cache_type, snapshot_id
+            )
         snapshot = await asyncio.to_thread(
             self.snapshots.load,
             snapshot_id,
             model_digest=spec.facts.digest,
-            fingerprint=self._backend.fingerprint,
+            fingerprint=runtime_fingerprint(self._backend.fingerprint, kv_cache_type or "f16"),
         )
         wanted = n_ctx or snapshot.n_ctx
         if wanted < len(snapshot.tape):
@@ -427,7 +477,7 @@ class SessionManager:
                 f"n_ctx {wanted} is smaller than the snapshot's {len(snapshot.tape)} tokens",
                 field="n_ctx",
             )
-        session, resolved = await self.open(spec, wanted, owner)
+        session, resolved = await self.open(spec, wanted, owner, kv_cache_type)
         try:
             await self._scheduler.call(self._install, session, snapshot)
         except BaseException:

@@ -147,19 +147,25 @@ class ModelPool:
         weights = sum(m.spec.facts.file_bytes for m in self.loaded() if m.engine)
         return weights + self._in_use_by_sessions()
 
-    def capacity(self, spec: ModelSpec) -> Capacity:
+    def capacity(self, spec: ModelSpec, kv_cache_type: str = "f16") -> Capacity:
+        """What fits now, with K and V cached as ``kv_cache_type``."""
         free = self._budget.free_bytes(self.in_use())
-        return capacity_of(spec.facts, free, weights_resident=self.weights_in(spec))
+        return capacity_of(
+            spec.facts, free, weights_resident=self.weights_in(spec), kv_cache_type=kv_cache_type
+        )
 
-    def admit(self, spec: ModelSpec, requested_n_ctx: int) -> tuple[int, Capacity]:
+    def admit(
+        self, spec: ModelSpec, requested_n_ctx: int, kv_cache_type: str = "f16"
+    ) -> tuple[int, Capacity]:
         """The n_ctx a new session of ``spec`` gets (``requested_n_ctx``, or the default when 0),
-        and the capacity it was judged against. When ``spec``'s weights are out, the weights of
-        idle resident models count as free under the memory limit (loading unloads them).
+        its KV cached as ``kv_cache_type``, and the capacity it was judged against. When
+        ``spec``'s weights are out, the weights of idle resident models count as free under the
+        memory limit (loading unloads them).
 
         :raises InvalidArgument: ``requested_n_ctx`` over the model's trained context.
         :raises InsufficientMemory: its KV (and the weights, if not in) do not fit, with the sums.
         """
-        capacity = self.capacity(spec)
+        capacity = self.capacity(spec, kv_cache_type)
         model_max = capacity.model_max_context
         if requested_n_ctx > model_max:
             raise InvalidArgument(
@@ -168,7 +174,7 @@ class ModelPool:
                 model_max_context=model_max,
             )
         n_ctx = requested_n_ctx or capacity.default_context
-        per_token = spec.facts.kv_bytes_per_token
+        per_token = capacity.kv_bytes_per_token
         pending_weights = 0 if self.weights_in(spec) else spec.facts.file_bytes
         required = n_ctx * per_token + pending_weights
         free = capacity.free_bytes

@@ -263,11 +263,18 @@ class Prefill:
         :returns: tokens copied; 0 when no donor was worth it (the session's KV is untouched);
             None when the engine could not copy (the session's KV is then empty).
         """
-        covered, holders = session.model.index.longest(tokens, session.id, _CANDIDATES)
+        table = self._table.snapshot()
+
+        def same_kv_type(holder: str) -> bool:  # KV of another type cannot be copied in
+            other = table.get(holder)
+            return other is not None and other.kv_cache_type == session.kv_cache_type
+
+        covered, holders = session.model.index.longest(
+            tokens, session.id, _CANDIDATES, same_kv_type
+        )
         best = own + MIN_SHARED_TOKENS - 1
         if covered + BLOCK - 1 <= best:  # no indexed donor can beat it, even by a partial block
             return 0
-        table = self._table.snapshot()
         donor: Session | None = None
         for holder in holders:
             other = table.get(holder)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from array import array
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -101,15 +101,26 @@ class PrefixIndex(Generic[K]):
                 del self._holders[key]
 
     def longest(
-        self, tokens: Sequence[int], exclude: K | None = None, limit: int = 4
+        self,
+        tokens: Sequence[int],
+        exclude: K | None = None,
+        limit: int = 4,
+        accept: Callable[[K], bool] | None = None,
     ) -> tuple[int, list[K]]:
         """(tokens covered, up to ``limit`` holders) for the longest run of whole blocks of
         ``tokens`` that a holder other than ``exclude`` has indexed; (0, []) when none has even
-        one block. O(len(tokens)) hashing plus O(log blocks) lookups."""
+        one block. ``accept``: only holders it accepts count (a session of another KV cache
+        type cannot donate); the first accepted holder of a block ends its scan, so a mix costs
+        little. O(len(tokens)) hashing plus O(log blocks) lookups."""
         keys = list(block_keys(tokens))
+
+        def wanted(holder: K) -> bool:
+            return holder != exclude and (accept is None or accept(holder))
 
         def held(k: int) -> bool:
             holders = self._holders.get(keys[k], ())
+            if accept is not None:
+                return any(wanted(h) for h in holders)
             return len(holders) > 1 or (len(holders) == 1 and exclude not in holders)
 
         lo, hi = -1, len(keys)  # held at lo (or lo = -1), not held at hi
@@ -121,5 +132,5 @@ class PrefixIndex(Generic[K]):
                 hi = mid
         if lo < 0:
             return 0, []
-        others = (h for h in self._holders[keys[lo]] if h != exclude)
+        others = (h for h in self._holders[keys[lo]] if wanted(h))
         return (lo + 1) * BLOCK, list(itertools.islice(others, limit))

@@ -21,13 +21,16 @@ class Residency:
         self._pool = pool
         self.lot = lot
 
-    def open_context(self, loaded: LoadedModel, n_ctx: int) -> EngineSession:
-        """A new engine context, parking an idle session first if every slot is taken.
+    def open_context(
+        self, loaded: LoadedModel, n_ctx: int, kv_cache_type: str = "f16"
+    ) -> EngineSession:
+        """A new engine context (its KV cached as ``kv_cache_type``), parking an idle session
+        first if every slot is taken.
 
         :raises NoRoom: every live session is busy.
         """
         self.lot.make_room(self._table.snapshot().values(), keep=None)
-        return self._pool.engine_of(loaded).open_session(n_ctx)
+        return self._pool.engine_of(loaded).open_session(n_ctx, kv_cache_type)
 
     def live(self, session: Session) -> EngineSession:
         """The session's engine context, restored first if it was parked.
@@ -39,16 +42,20 @@ class Residency:
         if session.engine is None:
             self.lot.make_room(self._table.snapshot().values(), keep=session)
             if session.parked is None:  # dropped (EvictSession): an empty KV; the tape stays
-                session.engine = self._pool.engine_of(session.model).open_session(session.n_ctx)
+                session.engine = self._reopen(session)
                 session.aligned = 0
             else:
                 session.reuse.note_restore("ram" if session.parked.state is not None else "disk")
-                self.lot.restore(
-                    session,
-                    lambda: self._pool.engine_of(session.model).open_session(session.n_ctx),
-                )
+                self.lot.restore(session, lambda: self._reopen(session))
         assert session.engine is not None
         return session.engine
+
+    def _reopen(self, session: Session) -> EngineSession:
+        """A new context for ``session``: its size, its KV cache type (a parked state loads
+        only into a context of the type it was saved from)."""
+        return self._pool.engine_of(session.model).open_session(
+            session.n_ctx, session.kv_cache_type
+        )
 
     def state_of(self, session: Session) -> EngineState:
         """Its KV (and logits) as a saved state, wherever it lives."""

@@ -63,6 +63,10 @@ class Session:
     turn_reused: int = 0
     #: reuse only whole aligned chunks, so a warm turn equals a cold run (``_prefill``)
     exact_prefix: bool = False
+    #: its K and V cache's element type ("f16" | "q8_0" | "q4_0"): its context's, its
+    #: snapshots' (``_snapshots.runtime_fingerprint``), and the only type a donor of its
+    #: prefix may have; set when it opens, never changed
+    kv_cache_type: str = "f16"
     #: the KV of the first ``aligned`` tape tokens is bit for bit what a cold run computes for
     #: them: whole chunks of ``PREFIX_CHUNK`` at multiples of it, the last one (possibly
     #: partial) ending exactly here; decoded rows never extend it
@@ -99,8 +103,9 @@ class Session:
 
     @property
     def kv_bytes(self) -> int:
-        """Bytes of KV its context reserves (n_ctx x the model's KV bytes per token)."""
-        return self.n_ctx * self.model.spec.facts.kv_bytes_per_token
+        """Bytes of KV its context reserves (n_ctx x the model's KV bytes per token at its
+        KV cache type)."""
+        return self.n_ctx * self.model.spec.facts.kv_bytes_per_token_at(self.kv_cache_type)
 
     def begin(self) -> None:
         """Loop: an operation starts (the session was IDLE)."""

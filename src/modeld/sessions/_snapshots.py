@@ -1,7 +1,8 @@
 """Snapshots: sessions persisted under ``<data root>/snapshots/``, surviving daemon restarts.
 
 Each snapshot is one state file (see ``_state_file``) whose header records the model digest, the
-runtime fingerprint (backend, engine version, KV layout) and the tape. Restore refuses a snapshot
+runtime fingerprint (backend, engine version, KV layout, and the session's KV cache type as
+``kv_type``: :func:`runtime_fingerprint`) and the tape. Restore refuses a snapshot
 taken on another model or runtime (``snapshot_mismatch``) and a corrupt one, never loading it.
 The directory is kept under a byte budget; the least recently used snapshots go first.
 
@@ -31,9 +32,22 @@ from modeld.sessions._state_file import (
 )
 from modeldconn._errors import SnapshotFailed, SnapshotMismatch, SnapshotNotFound
 
-__all__ = ["Snapshot", "SnapshotStore"]
+__all__ = ["Snapshot", "SnapshotStore", "runtime_fingerprint"]
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def runtime_fingerprint(backend_fingerprint: dict[str, Any], kv_cache_type: str) -> dict[str, Any]:
+    """What a session's saved KV depends on besides the model file: the backend's fingerprint
+    with the session's KV cache type as ``kv_type`` (a q8_0 state is not an f16 one)."""
+    return {**backend_fingerprint, "kv_type": kv_cache_type}
+
+
+def recorded_kv_cache_type(meta: dict[str, Any]) -> str:
+    """The KV cache type a snapshot's header records ("f16" before types existed)."""
+    fingerprint = meta.get("fingerprint")
+    kv_type = fingerprint.get("kv_type") if isinstance(fingerprint, dict) else None
+    return str(kv_type or "f16")
 
 
 @dataclass(frozen=True)
@@ -88,7 +102,11 @@ class SnapshotStore:
     def load(
         self, snapshot_id: str, *, model_digest: str | None, fingerprint: dict[str, Any]
     ) -> Snapshot:
-        """:raises SnapshotNotFound, SnapshotMismatch: unknown id; other model, runtime, corrupt."""
+        """``fingerprint``: the restoring session's (:func:`runtime_fingerprint`; without
+        ``kv_type``, f16).
+
+        :raises SnapshotNotFound, SnapshotMismatch: unknown id; other model, runtime, KV cache
+            type, corrupt."""
         if not _ID.match(snapshot_id):
             raise SnapshotNotFound(f"{snapshot_id!r} is not a snapshot id")
         path = self._path(snapshot_id)
@@ -106,7 +124,20 @@ class SnapshotStore:
                 f"not {model_digest}",
                 snapshot_id=snapshot_id,
             )
-        if meta.get("fingerprint") != fingerprint:
+        recorded = recorded_kv_cache_type(meta)
+        wanted = str(fingerprint.get("kv_type", "f16"))
+        if recorded != wanted:
+            raise SnapshotMismatch(
+                f"snapshot {snapshot_id} holds a {recorded} KV cache; a {wanted} session cannot "
+                f"load it (restore it as {recorded}, or leave kv_cache_type unset)",
+                snapshot_id=snapshot_id,
+                snapshot_kv_cache_type=recorded,
+                kv_cache_type=wanted,
+            )
+        recorded_fingerprint = meta.get("fingerprint")
+        if isinstance(recorded_fingerprint, dict):  # taken before KV types: f16, unrecorded
+            recorded_fingerprint = runtime_fingerprint(recorded_fingerprint, recorded)
+        if recorded_fingerprint != runtime_fingerprint(fingerprint, wanted):
             raise SnapshotMismatch(
                 f"snapshot {snapshot_id} was taken on runtime {meta.get('fingerprint')}, "
                 f"this one is {fingerprint}",
@@ -124,6 +155,16 @@ class SnapshotStore:
             prefix_len=int(meta.get("prefix_len", 0)),
             n_ctx=int(meta["n_ctx"]),
         )
+
+    def recorded_kv_cache_type(self, snapshot_id: str) -> str:
+        """The KV cache type the snapshot was taken with, read from its header ("" if the
+        snapshot is unknown or unreadable: :meth:`load` then says why)."""
+        if not _ID.match(snapshot_id):
+            return ""
+        try:
+            return recorded_kv_cache_type(read_state_header(self._path(snapshot_id)))
+        except (OSError, StateFileError):
+            return ""
 
     def recorded_model_path(self, snapshot_id: str) -> str:
         """The model file the snapshot was taken on, read from its header ("" if unknown)."""

@@ -35,6 +35,7 @@ class _Flight:
     model: LoadedModel
     tokens: list[int]
     exact: bool
+    kv_cache_type: str  #: a twin of another KV cache type cannot donate its KV
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -53,6 +54,8 @@ class InFlightPrefixes:
                 continue
             if flight.exact != session.exact_prefix:
                 continue
+            if flight.kv_cache_type != session.kv_cache_type:
+                continue
             common = common_prefix(flight.tokens, tokens)
             if common > best_common and len(flight.tokens) - common <= common:
                 best, best_common = flight, common
@@ -70,7 +73,7 @@ class InFlightPrefixes:
     @contextlib.contextmanager
     def computing(self, session: Session, tokens: list[int]) -> Iterator[None]:
         """``session`` computes ``tokens`` (its EnsurePrefix runs) for the duration."""
-        flight = _Flight(session.model, tokens, session.exact_prefix)
+        flight = _Flight(session.model, tokens, session.exact_prefix, session.kv_cache_type)
         self._flights[session.id] = flight
         try:
             yield

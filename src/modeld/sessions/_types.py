@@ -173,3 +173,4 @@ class ResolvedConfig:
     memory_fit_context: int
     n_threads: int
     n_batch: int
+    kv_cache_type: str = "f16"  #: its K and V cache's element type

@@ -71,6 +71,7 @@ class FakeSession:
         self.kv: list[int] = []
         self._logits_for = -1
         self.closed = False
+        self.kv_cache_type = "f16"
 
     @property
     def kv_len(self) -> int:
@@ -162,8 +163,10 @@ class FakeModel:
     def is_end_of_generation(self, token: int) -> bool:
         return token == 2
 
-    def open_session(self, n_ctx: int) -> FakeSession:
-        return FakeSession(self, n_ctx)
+    def open_session(self, n_ctx: int, kv_cache_type: str = "f16") -> FakeSession:
+        session = FakeSession(self, n_ctx)
+        session.kv_cache_type = kv_cache_type  # what a context of that type was opened with
+        return session
 
     def decode_batch(self, feeds: Sequence[tuple[EngineSession, int]]) -> None:
         for engine, token in feeds:
@@ -189,6 +192,11 @@ class FakeBackend:
         self.fingerprint: dict[str, object] = {"backend": "fake"}
         self.rows = rows
         self.models: list[FakeModel] = []
+
+    kv_cache_types = ("f16", "q8_0", "q4_0")
+
+    def check_kv_cache_type(self, facts: ModelFacts, kv_cache_type: str) -> None:
+        pass  # the fake's KV is token ids: any type holds them
 
     def load(self, spec: ModelSpec) -> FakeModel:
         model = FakeModel(spec.facts, self.rows)

@@ -1,7 +1,7 @@
 """The llama.cpp backend, on llama-cpp-python's low-level (ctypes) API.
 
 Each session is a sequence of a llama_context shared with a few other sessions of the same
-model and context size (a *lane*, see ``_lane``): its KV stream is its own, so one
+model, context size and KV cache type (a *lane*, see ``_lane``): its KV stream is its own, so one
 session's work never changes another's numbers, and their decode steps can share one
 llama_decode. Sampling runs in llama.cpp's native sampler chain; Python only sees the chosen
 token id.
@@ -33,21 +33,25 @@ from modeld.backends._base import (
 from modeld.backends._once import Once
 from modeld.backends.llama._embed import LlamaEmbedder
 from modeld.backends.llama._grammar_vocab import grammar_tokenizer
-from modeld.backends.llama._lane import Lane, exact_decode_rows
+from modeld.backends.llama._lane import GGML_KV_TYPES, Lane, exact_decode_rows
 from modeld.backends.llama._sampler import LlamaSampler
 from modeld.backends.llama._seq_state import cut_to_prefix
 from modeld.models._facts import ModelFacts, ModelSpec
+from modeld.models._plan import llama_gpu_layers
 from modeldconn._errors import (
     ModelLoadFailed,
     SessionFatal,
     SnapshotMismatch,
+    UnsupportedFeature,
 )
 
-__all__ = ["LlamaBackend", "cpu_has_amx", "weight_params"]
+__all__ = ["QUANT_BLOCK", "LlamaBackend", "cpu_has_amx", "kv_cache_refusal", "weight_params"]
 
 #: sessions of one model and context size share a llama.cpp context, this many at most (fewer
 #: where batching them would not be exact): four rows decode at 2.6x one row's rate here
 SEQUENCES_PER_CONTEXT = 4
+#: elements per block of ggml's q8_0 and q4_0: a quantized K or V row holds whole blocks
+QUANT_BLOCK = 32
 _init_lock = threading.Lock()
 _initialised = False
 #: llama.cpp keeps a raw pointer to the log callback: it must outlive every call.
@@ -64,13 +68,34 @@ def cpu_has_amx() -> bool:
         return False
 
 
-def weight_params() -> Any:
-    """The model parameters modeld (and its benchmarks' llama.cpp baselines) load with: CPU
-    only; repacked weight buffers ("extra buffer types": AMX, CPU_REPACK) except on AMX CPUs."""
+def weight_params(n_gpu_layers: int = 0) -> Any:
+    """The model parameters modeld (and its benchmarks' llama.cpp baselines) load with:
+    ``n_gpu_layers`` offloaded (0: CPU only; the plan fits it, ``models._plan``); repacked
+    weight buffers ("extra buffer types": AMX, CPU_REPACK) except on AMX CPUs."""
     params = ll.llama_model_default_params()
-    params.n_gpu_layers = 0
+    params.n_gpu_layers = n_gpu_layers
     params.use_extra_bufts = not cpu_has_amx()
     return params
+
+
+def kv_cache_refusal(facts: ModelFacts, kv_cache_type: str) -> str:
+    """Why llama.cpp cannot cache ``facts``'s K and V as ``kv_cache_type`` (one of
+    GGML_KV_TYPES); "" when it can. A quantized row is whole ``QUANT_BLOCK``-element blocks, so
+    each head's K and V width must be a multiple of it (ggml asserts, and the process aborts,
+    on a row that is not)."""
+    if kv_cache_type == "f16":
+        return ""
+    odd = [
+        f"{name} {dim}"
+        for name, dim in (("key head dim", facts.head_dim), ("value head dim", facts.value_dim))
+        if dim % QUANT_BLOCK
+    ]
+    if odd:
+        return (
+            f"a {kv_cache_type} KV cache stores blocks of {QUANT_BLOCK} elements, and "
+            f"{facts.name}'s {' and '.join(odd)} is not a multiple of {QUANT_BLOCK}: use f16"
+        )
+    return ""
 
 
 def _init_llama_once() -> None:
@@ -90,6 +115,7 @@ class LlamaSession:
     def __init__(self, model: LlamaModel, lane: Lane, n_ctx: int) -> None:
         self.model = model
         self.lane = lane
+        self.kv_cache_type = lane.kv_cache_type
         self.seq = lane.take()
         self.n_ctx = n_ctx
         self.kv_len = 0
@@ -193,8 +219,9 @@ class LlamaSession:
         still shares the prefix this session can hold, across lanes of any size. The bits are
         the donor's own: the receiver continues exactly as if it had computed the prefix
         itself. Logits are not current afterwards. Returns False, leaving this session empty
-        and usable, when the donor is another model's, ``keep`` exceeds what either side has
-        or holds, or llama.cpp refuses the state.
+        and usable, when the donor is another model's or caches another KV type, ``keep``
+        exceeds what either side has or holds, or llama.cpp refuses the state (a saved state
+        of another KV type: llama.cpp checks its rows' types on load).
         """
         if keep < 0:
             raise ValueError(f"keep {keep} < 0")
@@ -202,7 +229,12 @@ class LlamaSession:
             self.truncate(keep)
             self._drop_logits()
             return True
-        if isinstance(donor, LlamaSession) and donor is not self and donor.model is self.model:
+        if (
+            isinstance(donor, LlamaSession)
+            and donor is not self
+            and donor.model is self.model
+            and donor.kv_cache_type == self.kv_cache_type
+        ):
             blob = donor.lane.save(donor.seq) if 0 < keep <= donor.kv_len else b""
             held = donor.kv_len
         elif isinstance(donor, EngineState):
@@ -252,7 +284,12 @@ class LlamaModel:
         #: (at most SEQUENCES_PER_CONTEXT), unless the operator asked for a number
         self.max_decode_rows = batch_rows or min(exact, SEQUENCES_PER_CONTEXT)
         self.decode_batch_exact = self.max_decode_rows <= exact
-        self._lanes: dict[int, list[Lane]] = {}
+        self._batch_rows = batch_rows
+        #: sessions per context by KV cache type: a quantized cache runs other attention
+        #: kernels, so its exact batch is measured apart, when its first lane opens
+        self._rows_by_type = {"f16": self.max_decode_rows}
+        #: lanes by (n_ctx, KV cache type): one llama_context holds one KV type
+        self._lanes: dict[tuple[int, str], list[Lane]] = {}
         self.vocab = ll.llama_model_get_vocab(model)
         self.n_threads = n_threads
         self.n_batch = n_batch
@@ -318,17 +355,37 @@ class LlamaModel:
     def grammar_tokenizer(self) -> llguidance.LLTokenizer:
         return self._grammar_tokenizer.get()
 
-    def open_session(self, n_ctx: int) -> LlamaSession:
-        lanes = self._lanes.setdefault(n_ctx, [])
+    def _rows_for(self, kv_cache_type: str) -> int:
+        rows = self._rows_by_type.get(kv_cache_type)
+        if rows is None:
+            up_to = max(SEQUENCES_PER_CONTEXT, self._batch_rows)
+            exact = exact_decode_rows(
+                self.model, self.facts.vocab_size, up_to, self.n_threads, kv_cache_type
+            )
+            # the operator's --decode-batch-rows holds for every type, as for f16
+            rows = self._batch_rows or min(exact, SEQUENCES_PER_CONTEXT)
+            self._rows_by_type[kv_cache_type] = rows
+        return rows
+
+    def open_session(self, n_ctx: int, kv_cache_type: str = "f16") -> LlamaSession:
+        """A sequence of ``n_ctx`` cells in a lane of ``kv_cache_type`` (GGML_KV_TYPES; the
+        caller checked it with :func:`kv_cache_refusal`).
+
+        :raises SessionFatal: llama.cpp could not create the context.
+        """
+        if kv_cache_type not in GGML_KV_TYPES:
+            raise ValueError(f"unknown KV cache type {kv_cache_type!r}")
+        lanes = self._lanes.setdefault((n_ctx, kv_cache_type), [])
         lane = next((lane for lane in lanes if lane.has_room), None)
         if lane is None:
             lane = Lane(
                 self.model,
                 self.facts.vocab_size,
                 n_ctx,
-                self.max_decode_rows,
+                self._rows_for(kv_cache_type),
                 self.n_batch,
                 self.n_threads,
+                kv_cache_type,
             )
             lanes.append(lane)
         return LlamaSession(self, lane, n_ctx)
@@ -336,7 +393,7 @@ class LlamaModel:
     def leave_lane(self, lane: Lane, seq: int) -> None:
         lane.give_back(seq)
         if lane.empty:  # its KV memory goes back as soon as nobody uses it
-            self._lanes[lane.n_ctx].remove(lane)
+            self._lanes[(lane.n_ctx, lane.kv_cache_type)].remove(lane)
             lane.close()
 
     def decode_batch(self, feeds: Sequence[tuple[Any, int]]) -> None:
@@ -346,7 +403,7 @@ class LlamaModel:
         feeds = sorted(feeds, key=lambda feed: int(feed[0].seq))
         sessions: list[LlamaSession] = [session for session, _ in feeds]
         lane = sessions[0].lane
-        assert all(s.lane is lane for s in sessions) and len(sessions) <= self.max_decode_rows
+        assert all(s.lane is lane for s in sessions) and len(sessions) <= lane.seqs
         for session in sessions:
             check_room(session.kv_len, 1, session.n_ctx)
         rows = [
@@ -397,6 +454,7 @@ class LlamaBackend:
         self.fingerprint: dict[str, object] = {
             "backend": "llama",
             "engine": f"llama-cpp-python {ll.__version__}",
+            # the default; a session of another KV cache type records its own (snapshots)
             "kv_type": "f16",
             "swa_full": True,
             # repacked and plain weights give slightly different logits: a restored session
@@ -404,10 +462,28 @@ class LlamaBackend:
             "repacked_weights": not cpu_has_amx(),
         }
 
+    #: what ``SessionConfig.kv_cache_type`` may name here
+    kv_cache_types: tuple[str, ...] = tuple(GGML_KV_TYPES)
+
+    def check_kv_cache_type(self, facts: ModelFacts, kv_cache_type: str) -> None:
+        """:raises UnsupportedFeature: ``facts``'s model cannot cache K and V as
+        ``kv_cache_type`` (see :func:`kv_cache_refusal`); ``kv_cache_type`` is one of
+        :attr:`kv_cache_types`."""
+        refusal = kv_cache_refusal(facts, kv_cache_type)
+        if refusal:
+            raise UnsupportedFeature(
+                refusal,
+                feature="kv_cache_type",
+                kv_cache_type=kv_cache_type,
+                model=facts.name,
+            )
+
     def load(self, spec: ModelSpec) -> LlamaModel:
         check_generates(spec.facts)  # an encoder has no lanes to measure or open
         _init_llama_once()
-        model = ll.llama_model_load_from_file(str(spec.facts.path).encode(), weight_params())
+        # the plan's device choice: 0 unless this build offloads and a GPU has room
+        layers = llama_gpu_layers(spec).n_gpu_layers
+        model = ll.llama_model_load_from_file(str(spec.facts.path).encode(), weight_params(layers))
         if not model:
             raise ModelLoadFailed(f"llama.cpp could not load {spec.facts.path}")
         return LlamaModel(spec.facts, model, self.n_threads, self.n_batch, self.batch_rows)

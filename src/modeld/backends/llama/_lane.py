@@ -1,6 +1,7 @@
 """llama.cpp contexts shared by sessions: one sequence each, batched decode where it is exact.
 
-A *lane* is one llama_context whose sequences are sessions of one model and context size. Its
+A *lane* is one llama_context whose sequences are sessions of one model, context size and KV
+cache type (f16, q8_0, q4_0: one type per llama_context). Its
 KV cache is split per sequence (``kv_unified`` off): each session has its own stream of
 ``n_ctx`` cells, so its attention never sees, and its numbers never depend on, another
 session's cells. Sessions in one lane can compute their decode steps in one ``llama_decode``.
@@ -27,7 +28,7 @@ import numpy as np
 from modeld.backends import _exactness
 from modeldconn._errors import SessionFatal
 
-__all__ = ["Lane", "LogitsHolder", "exact_decode_rows"]
+__all__ = ["GGML_KV_TYPES", "Lane", "LogitsHolder", "exact_decode_rows"]
 
 
 class LogitsHolder(Protocol):
@@ -35,8 +36,19 @@ class LogitsHolder(Protocol):
         """Take a copy of the logits the lane is about to overwrite."""
 
 
-def _context(model: Any, n_ctx: int, seqs: int, n_batch: int, n_threads: int) -> Any:
+#: llama.cpp's element type of each KV cache type (K and V alike)
+GGML_KV_TYPES = {"f16": ll.GGML_TYPE_F16, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}
+
+
+def _context(
+    model: Any, n_ctx: int, seqs: int, n_batch: int, n_threads: int, kv_cache_type: str
+) -> Any:
     params = ll.llama_context_default_params()
+    if kv_cache_type != "f16":
+        params.type_k = params.type_v = GGML_KV_TYPES[kv_cache_type]
+        # llama.cpp keeps a quantized V cache only under flash attention (without it, context
+        # creation fails); f16 keeps llama.cpp's own choice, as before KV types existed
+        params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
     params.n_ctx = n_ctx * seqs
     params.n_seq_max = seqs
     params.kv_unified = False  # a KV stream per sequence: sessions never share cells
@@ -49,16 +61,28 @@ def _context(model: Any, n_ctx: int, seqs: int, n_batch: int, n_threads: int) ->
 
 
 class Lane:
-    """One context, ``seqs`` sequence slots of ``n_ctx`` cells each."""
+    """One context, ``seqs`` sequence slots of ``n_ctx`` cells each, its K and V cached as
+    ``kv_cache_type`` (GGML_KV_TYPES)."""
 
     def __init__(
-        self, model: Any, vocab_size: int, n_ctx: int, seqs: int, n_batch: int, n_threads: int
+        self,
+        model: Any,
+        vocab_size: int,
+        n_ctx: int,
+        seqs: int,
+        n_batch: int,
+        n_threads: int,
+        kv_cache_type: str = "f16",
     ) -> None:
         self.n_ctx = n_ctx
+        self.kv_cache_type = kv_cache_type
         self.vocab_size = vocab_size
-        self.ctx = _context(model, n_ctx, seqs, n_batch, n_threads)
+        self.ctx = _context(model, n_ctx, seqs, n_batch, n_threads, kv_cache_type)
         if not self.ctx:
-            raise SessionFatal(f"llama.cpp could not create a context of {seqs} x {n_ctx} tokens")
+            raise SessionFatal(
+                f"llama.cpp could not create a context of {seqs} x {n_ctx} tokens "
+                f"with a {kv_cache_type} KV cache"
+            )
         self.memory = ll.llama_get_memory(self.ctx)
         self.batch_size = min(n_batch, n_ctx)
         self._batch = ll.llama_batch_init(max(self.batch_size, seqs), 0, 1)
@@ -146,13 +170,17 @@ class _Probe:
         self.logits = row
 
 
-def exact_decode_rows(model: Any, vocab_size: int, up_to: int, n_threads: int) -> int:
+def exact_decode_rows(
+    model: Any, vocab_size: int, up_to: int, n_threads: int, kv_cache_type: str = "f16"
+) -> int:
     """Up to how many sequences one decode step may batch with every row's logits bit-identical
-    to the same row decoded alone (1: batching is never exact here). About a dozen small
-    decodes, once per model load (the measurement itself: ``modeld.backends._exactness``)."""
+    to the same row decoded alone (1: batching is never exact here), with the KV cached as
+    ``kv_cache_type`` (a quantized cache runs other attention kernels). About a dozen small
+    decodes, once per model load and KV type (the measurement itself:
+    ``modeld.backends._exactness``)."""
     if up_to < 2:
         return 1
-    lane = Lane(model, vocab_size, 64, up_to, 64, n_threads)
+    lane = Lane(model, vocab_size, 64, up_to, 64, n_threads, kv_cache_type)
     try:
         probes = [_Probe() for _ in range(up_to)]
         for seq in range(up_to):  # distinct short histories
