@@ -183,9 +183,7 @@ async def test_explain_records_each_turn_as_its_reply_said(
     h = make_harness()
     session, _ = await h.manager.open(SPEC, 1024)
     first = await h.manager.ensure_prefix(session.handle, TokenInput(tuple(PROMPT[:200])))
-    second = await h.manager.ensure_prefix(
-        session.handle, TokenInput(tuple(PROMPT[:150] + [7, 8, 9]))
-    )
+    second = await h.manager.ensure_prefix(session.handle, TokenInput((*PROMPT[:150], 7, 8, 9)))
     suffix = await h.manager.prefill_suffix(session.handle, TokenInput((11, 12)))
     await generate(h, session.handle, 4)
     view, turns = h.manager.control.explain(session.handle, "")
