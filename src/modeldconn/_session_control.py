@@ -146,10 +146,11 @@ def fork_session(
     n_ctx: int,
     exact_prefix: bool | None,
     named: bool,
+    kv_cache_type: str = "",
 ) -> Call[SessionInfo]:
     """The fork belongs to this client when ``named`` (it closes when this client goes, like
-    any session it opens), else to nobody."""
-    config = pb.SessionConfig(n_ctx=n_ctx)
+    any session it opens), else to nobody. "" / 0 / None: the source's."""
+    config = pb.SessionConfig(n_ctx=n_ctx, kv_cache_type=kv_cache_type)
     if exact_prefix is not None:
         config.exact_prefix = exact_prefix
     request = pb.ForkSessionRequest(handle=handle, config=config)

@@ -253,14 +253,16 @@ class Client(ClientBase):
         *,
         n_ctx: int = 0,
         exact_prefix: bool | None = None,
+        kv_cache_type: str = "",
     ) -> Session:
         """A new session of this client from ``handle``'s first ``at_tokens`` tape tokens
-        (None: all), its KV copied; the source is left as it was. ``n_ctx`` 0 and
-        ``exact_prefix`` None: the source's.
+        (None: all), its KV copied; the source is left as it was. ``n_ctx`` 0,
+        ``exact_prefix`` None and ``kv_cache_type`` "": the source's (another KV cache type
+        cannot be copied: that fork computes its tape on first use).
 
         :raises InvalidArgument: ``at_tokens`` past the source's tape (field ``at_tokens``).
         :raises SessionBusy / SessionNotFound / PermissionDenied: about the source."""
-        call = sc.fork_session(handle, at_tokens, n_ctx, exact_prefix, True)
+        call = sc.fork_session(handle, at_tokens, n_ctx, exact_prefix, True, kv_cache_type)
         return Session(self, self._unary(call))
 
     def tokenize(self, model: ModelRef | str, text: str, *, add_special: bool = False) -> list[int]:

@@ -26,12 +26,14 @@ import modeldconn
 from modeld._errors import ExitCode
 from modeld.cli._group import cli, data_root_option, fail
 from modeldconn._dataroot import resolve_data_root
-from modeldconn._session_control import EVICT_TIERS
 
 __all__ = ["sessions"]
 
 #: the daemon answered with a refusal
 _REFUSED = 1
+#: EvictSession's tiers (the client's ``EVICT_TIERS``, written out: the daemon's package imports
+#: from modeldconn only what it shares with the daemon)
+EVICT_TIERS = ("ram", "disk", "drop")
 
 
 @cli.group()

@@ -359,6 +359,7 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
                 request.at_tokens if request.HasField("at_tokens") else None,
                 asked.n_ctx,
                 asked.exact_prefix if asked.HasField("exact_prefix") else None,
+                asked.kv_cache_type,
             )
         config = pb.SessionConfig()
         config.CopyFrom(asked)

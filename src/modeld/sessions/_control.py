@@ -38,8 +38,9 @@ __all__ = ["EVICT_TIERS", "SessionControl", "SessionView"]
 #: where EvictSession may put a session's KV
 EVICT_TIERS = ("ram", "disk", "drop")
 
-#: opens a session: (model, n_ctx, owner) -> (session, resolved config); ``SessionManager.open``
-Opener = Callable[[ModelSpec, int, str], Awaitable[tuple[Session, ResolvedConfig]]]
+#: opens a session: (model, n_ctx, owner, kv cache type) -> (session, resolved config);
+#: ``SessionManager.open``
+Opener = Callable[[ModelSpec, int, str, str], Awaitable[tuple[Session, ResolvedConfig]]]
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,7 @@ class SessionControl:
             pin_remaining_s=pin_remaining,
             prefix_hash=session.reuse.tape_hash(tape),
             n_ctx=session.n_ctx,
-            # another change may give sessions their own KV cache type; until then, f16
-            kv_cache_type=str(getattr(session, "kv_cache_type", "") or "f16"),
+            kv_cache_type=session.kv_cache_type or "f16",
             busy=busy,
         )
 
@@ -213,18 +213,21 @@ class SessionControl:
         at_tokens: int | None,
         n_ctx: int = 0,
         exact_prefix: bool | None = None,
+        kv_cache_type: str = "",
     ) -> tuple[Session, ResolvedConfig]:
         """A new session of ``caller`` (the operator's: no owner) on the source's model, whose
         tape is the source's first ``at_tokens`` tokens (None: all), its KV copied from the
         source's (as far as the source has it computed; with ``exact_prefix`` only what a cold
         run computes identically, so the rest is recomputed in aligned chunks). The source is
-        held for the copy and left as it was. ``n_ctx`` 0: the source's; ``exact_prefix``
-        None: the source's.
+        held for the copy and left as it was. ``n_ctx`` 0, ``exact_prefix`` None and
+        ``kv_cache_type`` "": the source's. KV of another cache type cannot be copied: a fork
+        of another type computes its tape on first use instead.
 
         :raises InvalidArgument: ``at_tokens`` past the source's tape (field ``at_tokens``);
             ``n_ctx`` smaller than the tape it would hold (field ``n_ctx``).
         :raises SessionBusy: an operation runs on the source.
-        :raises InsufficientMemory / Overloaded / UnknownClient: as OpenSession.
+        :raises InsufficientMemory / Overloaded / UnknownClient / UnsupportedFeature: as
+            OpenSession (an unknown ``kv_cache_type`` is invalid_argument naming it).
         :raises SessionNotFound / StaleFence / PermissionDenied: see :meth:`visible`."""
         self.visible(handle, caller)
         async with self._admission.operation(handle) as source:
@@ -243,7 +246,8 @@ class SessionControl:
                     f"n_ctx {wanted} is smaller than the {at} tokens the fork holds",
                     field="n_ctx",
                 )
-            session, resolved = await self._open(source.model.spec, wanted, caller)
+            kv_type = kv_cache_type or source.kv_cache_type
+            session, resolved = await self._open(source.model.spec, wanted, caller, kv_type)
             session.exact_prefix = source.exact_prefix if exact_prefix is None else exact_prefix
             try:
                 await self._admission.waiting_for_room(
@@ -260,6 +264,8 @@ class SessionControl:
         and as much of their KV as the source holds and ``target`` may keep."""
         engine = self._residency.live(target)
         keep = min(at, self._residency.resident_len(source))
+        if target.kv_cache_type != source.kv_cache_type:
+            keep = 0  # another layout: nothing to copy
         if target.exact_prefix:  # only whole chunks the source computed as a cold run does
             keep = exact_keep(source.aligned, keep, at)
         if keep:

@@ -11,6 +11,7 @@ import pytest
 from fake_engine import fake_spec, next_token
 from session_harness import INSTANCE, Harness
 
+from modeld.sessions._parking import ParkingFull
 from modeld.sessions._prefill import prefix_hash
 from modeld.sessions._reuse_log import KEEP_TURNS, ReuseLog
 from modeld.sessions._types import DecodeOptions, TokenInput
@@ -221,3 +222,26 @@ def test_the_ring_keeps_the_last_turns_and_the_hash_follows_the_tape() -> None:
     other = tape[:10]  # a new list: hashed afresh
     assert log.tape_hash(other) == prefix_hash(other)
     assert log.tape_hash([]) == prefix_hash([])
+
+
+async def test_a_tier_that_cannot_take_the_kv_is_refused_typed_and_nothing_moves(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    session, _ = await h.manager.open(SPEC, 1024)
+    await h.manager.ensure_prefix(session.handle, TokenInput(tuple(PROMPT)))
+    h.lot.disk_budget = 0  # --park-disk 0: disk parking off
+    with pytest.raises(ParkingFull) as full:
+        await h.manager.control.evict(session.handle, "", "disk")
+    assert full.value.metadata["why"] == "disk_budget"
+    assert session.engine is not None and h.lot.disk_bytes == 0
+    await h.manager.control.evict(session.handle, "", "ram")
+    h.lot.ram_budget = 0
+    with pytest.raises(ParkingFull):  # ram -> disk refused: it stays in RAM
+        await h.manager.control.evict(session.handle, "", "disk")
+    assert h.manager.control.listing("")[0].residency == "ram"
+    live, _ = await h.manager.open(SPEC, 1024)
+    await h.manager.ensure_prefix(live.handle, TokenInput(tuple(PROMPT[:50])))
+    with pytest.raises(ParkingFull) as ram:
+        await h.manager.control.evict(live.handle, "", "ram")
+    assert ram.value.metadata["why"] == "ram_budget" and live.engine is not None
