@@ -148,13 +148,17 @@ class AsyncClient(ClientBase):
         """
         return await self._unary(rq.load_model(model, timeout_s))
 
-    async def unload_model(self, model: ModelRef | str) -> ModelUnload:
-        """Free the model's weights; its live sessions park first (each restores, loading the
-        weights again, on its next use).
+    async def unload_model(
+        self, model: ModelRef | str, *, park_sessions: bool = False
+    ) -> ModelUnload:
+        """Free the model's weights. With ``park_sessions`` its live sessions park first (each
+        restores, loading the weights again, on its next use); without it the unload is
+        refused while any of them holds live KV.
 
+        :raises ModelInUse: live sessions and not ``park_sessions``.
         :raises Overloaded: an operation runs on one of its sessions; retry shortly.
         """
-        return await self._unary(rq.unload_model(model))
+        return await self._unary(rq.unload_model(model, park_sessions))
 
     async def describe(self, model: ModelRef | str) -> Description:
         """Facts read from the model file's header (no weights loaded), and what fits."""

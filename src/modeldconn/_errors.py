@@ -35,6 +35,7 @@ On the wire an error is a ``google.rpc.Status`` whose single detail is an
           ├── CapabilityMismatch    capability_mismatch  FAILED_PRECONDITION
           ├── PermissionDenied      permission_denied    PERMISSION_DENIED
           ├── ModelLoadTimeout      model_load_timeout   DEADLINE_EXCEEDED
+          ├── ModelInUse            model_in_use         FAILED_PRECONDITION
           ├── Unavailable           unavailable          UNAVAILABLE   (no answer at all)
           └── InternalError         internal             INTERNAL      (a daemon bug; logged there)
 
@@ -66,6 +67,7 @@ __all__ = [
     "InternalError",
     "InvalidArgument",
     "LeaseStale",
+    "ModelInUse",
     "ModelLoadFailed",
     "ModelLoadTimeout",
     "ModelNotFound",
@@ -344,6 +346,14 @@ class ModelLoadTimeout(RemoteError):
 
     reason = "model_load_timeout"
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ModelInUse(RemoteError):
+    """``UnloadModel`` without ``park_sessions`` on a model whose sessions hold live KV
+    (metadata ``name``, ``live_sessions``): ask again with ``park_sessions``, or close them."""
+
+    reason = "model_in_use"
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class Unavailable(RemoteError):

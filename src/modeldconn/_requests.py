@@ -137,8 +137,8 @@ def load_model(model: ModelRef | str, timeout_s: float) -> Call[ModelLoad]:
     return Call("LoadModel", request, model_load_from_pb)
 
 
-def unload_model(model: ModelRef | str) -> Call[ModelUnload]:
-    request = pb.UnloadModelRequest(model=model_ref_to_pb(model))
+def unload_model(model: ModelRef | str, park_sessions: bool) -> Call[ModelUnload]:
+    request = pb.UnloadModelRequest(model=model_ref_to_pb(model), park_sessions=park_sessions)
     return Call("UnloadModel", request, model_unload_from_pb)
 
 

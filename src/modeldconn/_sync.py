@@ -155,13 +155,17 @@ class Client(ClientBase):
         """
         return self._unary(rq.load_model(model, timeout_s))
 
-    def unload_model(self, model: ModelRef | str) -> ModelUnload:
-        """Free the model's weights; its live sessions park first (each restores, loading the
-        weights again, on its next use).
+    def unload_model(
+        self, model: ModelRef | str, *, park_sessions: bool = False
+    ) -> ModelUnload:
+        """Free the model's weights. With ``park_sessions`` its live sessions park first (each
+        restores, loading the weights again, on its next use); without it the unload is
+        refused while any of them holds live KV.
 
+        :raises ModelInUse: live sessions and not ``park_sessions``.
         :raises Overloaded: an operation runs on one of its sessions; retry shortly.
         """
-        return self._unary(rq.unload_model(model))
+        return self._unary(rq.unload_model(model, park_sessions))
 
     def describe(self, model: ModelRef | str) -> Description:
         """Facts read from the model file's header (no weights loaded), and what fits."""

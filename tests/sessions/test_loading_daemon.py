@@ -23,7 +23,7 @@ from served_models import (
 )
 
 import modeldconn
-from modeldconn import LoadedModelStatus, ModelLoadTimeout
+from modeldconn import LoadedModelStatus, ModelInUse, ModelLoadTimeout
 
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
 
@@ -62,8 +62,13 @@ def test_eight_concurrent_first_uses_load_once(two: Served) -> None:
         assert client.status().model_loads == before + 1
         again = client.load_model(GEMMA)  # already in: answered at once
         assert (again.already_loaded, again.load_s, again.generation) == (True, 0.0, 1)
-        # unloading parks its 8 live sessions; one of them then restores and decodes
-        out = client.unload_model(GEMMA)
+        # refused while its 8 sessions are live, unless asked to park them
+        with pytest.raises(ModelInUse) as caught:
+            client.unload_model(GEMMA)
+        assert caught.value.metadata["live_sessions"] == "8"
+        assert model_status(client, GEMMA).weights_loaded
+        # parking its 8 live sessions first; one of them then restores and decodes
+        out = client.unload_model(GEMMA, park_sessions=True)
         assert (out.unloaded, out.sessions_parked, out.generation) == (True, 8, 2)
         assert not model_status(client, GEMMA).weights_loaded
         sessions[0].ensure_prefix("Paris is")

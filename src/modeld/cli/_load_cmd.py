@@ -68,16 +68,22 @@ def load(model: str, data_root: Path | None, timeout_s: float, as_json: bool) ->
 @cli.command()
 @click.argument("model")
 @data_root_option
+@click.option(
+    "--park",
+    is_flag=True,
+    help="Park the model's live sessions first (else the unload is refused while any exist).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def unload(model: str, data_root: Path | None, as_json: bool) -> None:
-    """Free MODEL's weights on the running daemon; its sessions park first (each restores,
-    loading the weights again, on its next use).
+def unload(model: str, data_root: Path | None, park: bool, as_json: bool) -> None:
+    """Free MODEL's weights on the running daemon. With --park its live sessions park first
+    (each restores, loading the weights again, on its next use); without it the unload is
+    refused while any session of MODEL holds live KV.
 
     With --json: {"model", "unloaded", "sessions_parked", "generation"}.
     """
     client = _client_orfail(data_root)
     try:
-        reply = client.unload_model(model)
+        reply = client.unload_model(model, park_sessions=park)
     except modeldconn.ModeldError as exc:
         fail(str(exc), ExitCode.STARTUP)
         return

@@ -226,7 +226,9 @@ class ModeldServicer(modeld_pb2_grpc.ModeldServicer):
         self, request: pb.UnloadModelRequest, context: Context
     ) -> pb.UnloadModelResponse:
         spec = await self._spec(request.model)
-        unloaded, parked, generation = await self._sessions.unload_model(spec)
+        unloaded, parked, generation = await self._sessions.unload_model(
+            spec, request.park_sessions
+        )
         return pb.UnloadModelResponse(
             unloaded=unloaded, sessions_parked=parked, generation=generation
         )

@@ -503,10 +503,11 @@ class SessionManager:
         :raises ModelLoadTimeout / Overloaded / InsufficientMemory: see ``ModelPool.load``."""
         return await self._pool.load(spec, timeout_s)
 
-    async def unload_model(self, spec: ModelSpec) -> tuple[bool, int, int]:
-        """Free ``spec``'s weights, parking its sessions: (unloaded, sessions parked,
-        generation); see ``ModelPool.unload``."""
-        return await self._pool.unload(spec)
+    async def unload_model(self, spec: ModelSpec, park: bool) -> tuple[bool, int, int]:
+        """Free ``spec``'s weights, parking its live sessions when ``park`` (else refusing
+        while there are any): (unloaded, sessions parked, generation); see
+        ``ModelPool.unload``."""
+        return await self._pool.unload(spec, park)
 
     def _sessions_of(self, model: LoadedModel) -> list[Session]:
         """The open sessions of ``model`` (any thread: reads the table's snapshot)."""

@@ -37,10 +37,10 @@ from modeld.models._facts import ModelSpec
 from modeld.sessions._loading import DEFAULT_LOAD_TIMEOUT_S, Flight
 from modeld.sessions._prefix_index import PrefixIndex
 from modeld.sessions._session import Session
-from modeldconn._errors import InsufficientMemory, InvalidArgument, Overloaded
+from modeldconn._errors import InsufficientMemory, InvalidArgument, ModelInUse, Overloaded
 from modeldconn._types import Capacity
 
-__all__ = ["LoadMetrics", "LoadedModel", "ModelInUse", "ModelPool"]
+__all__ = ["LoadMetrics", "LoadedModel", "ModelBusy", "ModelPool"]
 
 log = logging.getLogger("modeld.sessions")
 
@@ -66,9 +66,10 @@ class _NoMetrics:
         pass
 
 
-class ModelInUse(Overloaded):
-    """A model cannot be unloaded now: an operation runs on one of its sessions, or its engine
-    is borrowed (tokenizing); retry shortly."""
+class ModelBusy(Overloaded):
+    """A model cannot be unloaded this instant: an operation runs on one of its sessions, or
+    its engine is borrowed (tokenizing); retry shortly. (Live sessions that may not be parked
+    are ``ModelInUse``: retrying does not help.)"""
 
 
 @dataclass(eq=False)
@@ -374,7 +375,7 @@ class ModelPool:
             victim = min(idle, key=self._recency)
             try:
                 self._unload_now(victim, "lru", park=True)
-            except ModelInUse:
+            except ModelBusy:
                 skipped.add(id(victim))
 
     # -- unloading ------------------------------------------------------------------------------
@@ -383,8 +384,8 @@ class ModelPool:
         """Engine thread: free the weights, parking its live sessions first when ``park``.
         Returns (unloaded: False when they were out, sessions parked).
 
-        :raises ModelInUse: an operation runs on one of its sessions, it is borrowed, or (not
-            ``park``) a session of it is live.
+        :raises ModelBusy: an operation runs on one of its sessions, or it is borrowed.
+        :raises ModelInUse: a session of it is live and not ``park`` (or parking is off).
         :raises ParkingFull: a session could not be parked (the model stays loaded).
         """
         if loaded.engine is None:
@@ -393,20 +394,25 @@ class ModelPool:
         sessions = self._sessions_of(loaded)
         busy = sum(1 for s in sessions if s.busy)
         if busy or loaded.borrowers:
-            raise ModelInUse(
+            raise ModelBusy(
                 f"{name} is in use ({busy} sessions with an operation running, "
                 f"{loaded.borrowers} tokenizing); retry shortly",
                 retry_after_s=0.5,
             )
         live = [s for s in sessions if s.engine is not None]
         if live and (not park or self._park is None):
-            raise ModelInUse(f"{name} has {len(live)} live sessions", retry_after_s=0.5)
+            raise ModelInUse(
+                f"{name} has {len(live)} sessions holding live KV"
+                + ("; unload with park_sessions to park them first" if not park else ""),
+                name=name,
+                live_sessions=len(live),
+            )
         for session in live:
             assert self._park is not None
             self._park(session)
         with self._borrow_lock:  # a borrower reads the engine from another thread
             if loaded.borrowers:
-                raise ModelInUse(f"{name} is borrowed; retry shortly", retry_after_s=0.5)
+                raise ModelBusy(f"{name} is borrowed; retry shortly", retry_after_s=0.5)
             engine, loaded.engine = loaded.engine, None
         engine.close()
         loaded.generation += 1
@@ -420,12 +426,13 @@ class ModelPool:
         )
         return True, len(live)
 
-    async def unload(self, spec: ModelSpec) -> tuple[bool, int, int]:
-        """Free ``spec``'s weights now, parking its sessions (each restores on its next use);
-        a load in progress finishes first. Returns (unloaded: False when they were not in,
-        sessions parked, the model's generation after).
+    async def unload(self, spec: ModelSpec, park: bool) -> tuple[bool, int, int]:
+        """Free ``spec``'s weights now, parking its live sessions when ``park`` (each restores
+        on its next use); a load in progress finishes first. Returns (unloaded: False when
+        they were not in, sessions parked, the model's generation after).
 
-        :raises ModelInUse: an operation runs on one of its sessions; retry shortly.
+        :raises ModelBusy: an operation runs on one of its sessions; retry shortly.
+        :raises ModelInUse: live sessions and not ``park``.
         :raises ParkingFull: a session could not be parked (nothing was unloaded).
         """
         loaded = self._models.get(spec.key)
@@ -436,7 +443,7 @@ class ModelPool:
             with contextlib.suppress(Exception):
                 await flight.wait()
         unloaded, parked = await self._scheduler.call(
-            lambda: self._unload_now(loaded, "explicit", park=True)
+            lambda: self._unload_now(loaded, "explicit", park=park)
         )
         return unloaded, parked, loaded.generation
 
@@ -468,7 +475,7 @@ class ModelPool:
         now = time.monotonic()
         for loaded in self.loaded():
             if loaded.engine is not None and not live(loaded) and now - loaded.last_used > idle_s:
-                with contextlib.suppress(ModelInUse):
+                with contextlib.suppress(ModelBusy, ModelInUse):
                     await self._scheduler.call(
                         lambda m=loaded: self._unload_now(m, "idle", park=False)
                     )

@@ -43,6 +43,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_CAPABILITY_MISMATCH: _ClassVar[ErrorReason]
     ERROR_REASON_PERMISSION_DENIED: _ClassVar[ErrorReason]
     ERROR_REASON_MODEL_LOAD_TIMEOUT: _ClassVar[ErrorReason]
+    ERROR_REASON_MODEL_IN_USE: _ClassVar[ErrorReason]
 PROTOCOL_VERSION_UNSPECIFIED: ProtocolVersion
 PROTOCOL_VERSION_CURRENT: ProtocolVersion
 ERROR_REASON_UNSPECIFIED: ErrorReason
@@ -73,6 +74,7 @@ ERROR_REASON_UNAVAILABLE: ErrorReason
 ERROR_REASON_CAPABILITY_MISMATCH: ErrorReason
 ERROR_REASON_PERMISSION_DENIED: ErrorReason
 ERROR_REASON_MODEL_LOAD_TIMEOUT: ErrorReason
+ERROR_REASON_MODEL_IN_USE: ErrorReason
 
 class ModelRef(_message.Message):
     __slots__ = ("name", "type", "digest", "path")
@@ -940,10 +942,12 @@ class LoadModelResponse(_message.Message):
     def __init__(self, facts: _Optional[_Union[ModelFacts, _Mapping]] = ..., already_loaded: _Optional[bool] = ..., generation: _Optional[int] = ..., load_s: _Optional[float] = ...) -> None: ...
 
 class UnloadModelRequest(_message.Message):
-    __slots__ = ("model",)
+    __slots__ = ("model", "park_sessions")
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    PARK_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+    park_sessions: bool
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., park_sessions: _Optional[bool] = ...) -> None: ...
 
 class UnloadModelResponse(_message.Message):
     __slots__ = ("unloaded", "sessions_parked", "generation")

@@ -283,7 +283,8 @@ class ModeldServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UnloadModel(self, request, context):
-        """Free a model's weights; its sessions park first (each restores on its next use).
+        """Free a model's weights. Refused (model_in_use) while its sessions hold live KV unless
+        park_sessions: then they park first, each restored on its next use.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

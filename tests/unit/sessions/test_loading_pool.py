@@ -19,11 +19,11 @@ from modeld.models._capacity import MemoryBudget
 from modeld.models._catalog import ModelCatalog
 from modeld.models._facts import ModelSpec
 from modeld.sessions._manager import SessionManager
-from modeld.sessions._models import ModelInUse
+from modeld.sessions._models import ModelBusy
 from modeld.sessions._parking import ParkingLot
 from modeld.sessions._snapshots import SnapshotStore
 from modeld.sessions._types import DecodeOptions, TokenInput
-from modeldconn._errors import InsufficientMemory, ModelLoadTimeout, Overloaded
+from modeldconn._errors import InsufficientMemory, ModelInUse, ModelLoadTimeout, Overloaded
 
 A, B = fake_spec("model-a"), fake_spec("model-b")
 
@@ -245,13 +245,16 @@ async def test_explicit_unload_parks_and_bumps_the_generation(
     r = rig(rigs, tmp_path)
     session, _ = await r.manager.open(A, 64)
     await r.manager.ensure_prefix(session.handle, TokenInput((5, 6, 7)))
-    assert await r.manager.unload_model(A) == (True, 1, 2)
+    with pytest.raises(ModelInUse):  # a live session, and not asked to park it
+        await r.manager.unload_model(A, park=False)
+    assert session.parked is None and r.model(A).generation == 1
+    assert await r.manager.unload_model(A, park=True) == (True, 1, 2)
     assert session.parked is not None
-    assert await r.manager.unload_model(A) == (False, 0, 2)
+    assert await r.manager.unload_model(A, park=False) == (False, 0, 2)
     assert r.metric("modeld_model_unloads_total", reason="explicit") == 1
     session.begin()
     await r.manager.load_model(A)
-    with pytest.raises(ModelInUse):
-        await r.manager.unload_model(A)
+    with pytest.raises(ModelBusy):
+        await r.manager.unload_model(A, park=True)
     session.end()
     assert r.model(A).generation == 3
