@@ -12,9 +12,10 @@ import modeldconn
 
 
 def test_the_default_is_f16_and_the_reply_says_so(client: modeldconn.Client) -> None:
-    with client.open_session(TINY) as default, client.open_session(
-        TINY, kv_cache_type="f16"
-    ) as asked:
+    with (
+        client.open_session(TINY) as default,
+        client.open_session(TINY, kv_cache_type="f16") as asked,
+    ):
         assert default.info.kv_cache_type == "f16"
         assert asked.info.kv_cache_type == "f16"
         asked.ensure_prefix("An f16 session works as ever.")
