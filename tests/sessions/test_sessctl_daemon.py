@@ -6,6 +6,7 @@ the EnsurePrefix replies, and the CLI prints the same."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -157,3 +158,20 @@ def test_the_cli_lists_shows_evicts_and_pins(tiny: Served) -> None:
         assert body["session"]["pinned"] and body["turns"][0]["prefilled"] == 30
         unknown = run_modeld("sessions", "show", session.handle + "0", "--data-root", root)
         assert unknown.returncode == 1 and "session_not_found" in unknown.stderr
+
+
+def test_the_asyncio_twins(tiny: Served) -> None:
+    async def run() -> None:
+        async with modeldconn.AsyncClient(data_root=tiny.root) as client:
+            session = await client.open_session("tiny", n_ctx=N_CTX)
+            await session.ensure_prefix(PROMPT[:40])
+            fork = await session.fork(30)
+            listed = {s.handle: s for s in await client.list_sessions()}
+            assert (listed[session.handle].tape_tokens, listed[fork.handle].tape_tokens) == (40, 30)
+            assert (await client.pin_session(fork.handle, 5)).pinned
+            assert (await client.evict_session(fork.handle, "disk")).residency == "disk"
+            turns = (await client.explain_session(fork.handle)).turns
+            assert [(t.operation, t.shared) for t in turns] == [("fork", 30)]
+            assert listed[fork.handle].client_id == listed[session.handle].client_id
+
+    asyncio.run(run())
