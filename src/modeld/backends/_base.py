@@ -337,6 +337,9 @@ class Backend(Protocol):
     fingerprint: dict[str, object]
     #: the KV cache types (``modeld.models._aliases.KV_CACHE_TYPES``) its sessions may use
     kv_cache_types: tuple[str, ...]
+    #: the device ``modeld serve --device`` asked for (openvino); "" where the backend picks
+    #: its device itself (llama: its build and the GPUs' free memory, see models._devices)
+    device: str
 
     def check_kv_cache_type(self, facts: ModelFacts, kv_cache_type: str) -> None:
         """:raises UnsupportedFeature: ``facts``'s model cannot cache its KV as

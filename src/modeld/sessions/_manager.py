@@ -221,8 +221,8 @@ class SessionManager:
             self._backend.name,
             self._backend.capabilities,
             # openvino's --device; llama picks its device from its build and the GPUs
-            str(getattr(self._backend, "device", "")),
-            getattr(self._backend, "check_kv_cache_type", None),
+            self._backend.device,
+            self._backend.check_kv_cache_type,
         )
         return await asyncio.to_thread(
             plan_reference,

@@ -194,6 +194,7 @@ class FakeBackend:
         self.models: list[FakeModel] = []
 
     kv_cache_types = ("f16", "q8_0", "q4_0")
+    device = ""
 
     def check_kv_cache_type(self, facts: ModelFacts, kv_cache_type: str) -> None:
         pass  # the fake's KV is token ids: any type holds them

@@ -447,6 +447,9 @@ class LlamaBackend:
         logit_bias=True,
     )
 
+    #: llama.cpp places layers itself by n_gpu_layers (the plan's fit), not by a named device
+    device = ""
+
     def __init__(self, n_threads: int, n_batch: int = 512, batch_rows: int = 0) -> None:
         self.n_threads = n_threads
         self.n_batch = n_batch
