@@ -45,7 +45,6 @@ from ._errors import (
 )
 from ._lease import LeaseRecord
 from ._probe import ProbeResult, ProbeState, available, backend, probe
-from ._session_control import SessionExplanation, SessionListing, TurnReuse
 from ._sync import Client, Session, describe, embed, open_session, rerank
 from ._types import (
     Capabilities,
@@ -73,13 +72,16 @@ from ._types import (
     Reranking,
     RerankUsage,
     ResponseFormat,
+    SessionExplanation,
     SessionInfo,
+    SessionListing,
     SnapshotInfo,
     SuffixResult,
     TokenLogprob,
     ToolCall,
     ToolDefinition,
     TopLogprob,
+    TurnReuse,
 )
 
 __all__ = [

@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 import grpc
 
 from . import _requests as rq
-from . import _session_control as sc
 from ._client import ClientBase, Collector, Retry, SessionBase, decode_options
 from ._errors import RemoteError, error_from_rpc
 from ._types import (
@@ -40,7 +39,9 @@ from ._types import (
     Plan,
     PrefixResult,
     Reranking,
+    SessionExplanation,
     SessionInfo,
+    SessionListing,
     SnapshotInfo,
     SuffixResult,
 )
@@ -204,39 +205,39 @@ class AsyncClient(ClientBase):
     # -- session control: ``operator=True`` sends no client id and sees every session; else
     # the call names this client, which sees and controls only the sessions it opened
 
-    async def list_sessions(self, *, operator: bool = False) -> list[sc.SessionListing]:
+    async def list_sessions(self, *, operator: bool = False) -> list[SessionListing]:
         """The sessions this client opened (``operator``: every session), in opening order."""
-        return await self._unary(sc.list_sessions(not operator))
+        return await self._unary(rq.list_sessions(not operator))
 
     async def explain_session(
         self, handle: str, last_turns: int = 0, *, operator: bool = False
-    ) -> sc.SessionExplanation:
+    ) -> SessionExplanation:
         """A session and its last ``last_turns`` turns' reuse (0: all the daemon keeps, 32).
 
         :raises SessionNotFound: unknown or closed. :raises PermissionDenied: another
             client's session."""
-        return await self._unary(sc.explain_session(handle, last_turns, not operator))
+        return await self._unary(rq.explain_session(handle, last_turns, not operator))
 
     async def evict_session(
         self, handle: str, to: str, *, operator: bool = False
-    ) -> sc.SessionListing:
+    ) -> SessionListing:
         """Park a session's KV in ``to`` ("ram" | "disk") now, or "drop" it (the tape stays;
         its next turn recomputes it, giving the same tokens).
 
         :raises InvalidArgument: another ``to``. :raises SessionBusy: an operation runs on it.
         :raises Overloaded: (``ParkingFull``) the tier cannot take it; ``why`` says which
             limit. :raises SessionNotFound / PermissionDenied: as :meth:`explain_session`."""
-        return await self._unary(sc.evict_session(handle, to, not operator))
+        return await self._unary(rq.evict_session(handle, to, not operator))
 
     async def pin_session(
         self, handle: str, ttl_s: float, *, operator: bool = False
-    ) -> sc.SessionListing:
+    ) -> SessionListing:
         """Exempt a session from idle parking and idle closing for ``ttl_s`` seconds (0
         unpins): for an agent's pause between turns.
 
         :raises InvalidArgument: negative ``ttl_s``. :raises SessionNotFound /
             PermissionDenied: as :meth:`explain_session`."""
-        return await self._unary(sc.pin_session(handle, ttl_s, not operator))
+        return await self._unary(rq.pin_session(handle, ttl_s, not operator))
 
     async def fork(
         self,
@@ -254,7 +255,7 @@ class AsyncClient(ClientBase):
 
         :raises InvalidArgument: ``at_tokens`` past the source's tape (field ``at_tokens``).
         :raises SessionBusy / SessionNotFound / PermissionDenied: about the source."""
-        call = sc.fork_session(handle, at_tokens, n_ctx, exact_prefix, True, kv_cache_type)
+        call = rq.fork_session(handle, at_tokens, n_ctx, exact_prefix, True, kv_cache_type)
         return AsyncSession(self, await self._unary(call))
 
     async def tokenize(

@@ -39,13 +39,16 @@ from ._types import (
     Reranking,
     RerankUsage,
     ResponseFormat,
+    SessionExplanation,
     SessionInfo,
+    SessionListing,
     SnapshotInfo,
     SuffixResult,
     TokenLogprob,
     ToolCall,
     ToolDefinition,
     TopLogprob,
+    TurnReuse,
 )
 
 __all__ = [
@@ -67,7 +70,9 @@ __all__ = [
     "rerank_documents_to_pb",
     "reranking_from_pb",
     "response_format_to_pb",
+    "session_explanation_from_pb",
     "session_info_from_pb",
+    "session_listing_from_pb",
     "snapshot_info_from_pb",
     "suffix_result_from_pb",
     "tool_call_to_pb",
@@ -497,4 +502,19 @@ def reranking_from_pb(reply: pb.RerankResponse) -> Reranking:
         usage=RerankUsage(
             tuple(usage.input_tokens), usage.total_tokens, tuple(usage.truncated_tokens)
         ),
+    )
+
+
+_LISTING_FIELDS = tuple(f.name for f in fields(SessionListing))
+
+
+def session_listing_from_pb(message: pb.SessionInfo) -> SessionListing:
+    # every field is a scalar: read them by name directly (``_by_name`` checks each for a
+    # repeated value, which doubled the client's share of a 1,000-session listing)
+    return SessionListing(**{name: getattr(message, name) for name in _LISTING_FIELDS})
+
+
+def session_explanation_from_pb(reply: pb.ExplainSessionResponse) -> SessionExplanation:
+    return SessionExplanation(
+        session_listing_from_pb(reply.session), tuple(_by_name(t, TurnReuse) for t in reply.turns)
     )

@@ -32,11 +32,14 @@ from ._convert import (
     prefix_result_from_pb,
     rerank_documents_to_pb,
     reranking_from_pb,
+    session_explanation_from_pb,
     session_info_from_pb,
+    session_listing_from_pb,
     snapshot_info_from_pb,
     suffix_result_from_pb,
     with_tools,
 )
+from ._errors import InvalidArgument
 from ._pb import modeld_pb2 as pb
 from ._pb import modeld_pb2_grpc
 from ._types import (
@@ -53,7 +56,9 @@ from ._types import (
     Plan,
     PrefixResult,
     Reranking,
+    SessionExplanation,
     SessionInfo,
+    SessionListing,
     SnapshotInfo,
     SuffixResult,
 )
@@ -286,3 +291,88 @@ def rerank(
     if top_n is not None:
         request.top_n = top_n
     return Call("Rerank", request, reranking_from_pb)
+
+
+# Session control. Who sees what (the daemon decides): a call that names this client (its
+# Attach id, sent as ``x-modeld-client``) sees and controls only the sessions this client
+# opened; another client's session is PermissionDenied. A call that names no client is the
+# operator's and sees every session (``operator=True`` on the client methods).
+
+#: where ``evict_session`` may put a session's KV ("drop": free it, keep the tape)
+EVICT_TIERS = ("ram", "disk", "drop")
+
+# ``named``: the call carries this client's Attach id (it sees only its own sessions); False:
+# the operator's call (every session).
+
+
+def list_sessions(named: bool) -> Call[list[SessionListing]]:
+    return Call(
+        "ListSessions",
+        pb.ListSessionsRequest(),
+        lambda r: [session_listing_from_pb(s) for s in r.sessions],
+        attach=named,
+    )
+
+
+def explain_session(handle: str, last_turns: int, named: bool) -> Call[SessionExplanation]:
+    if last_turns < 0:
+        raise InvalidArgument(f"last_turns must be >= 0, not {last_turns}", field="last_turns")
+    request = pb.ExplainSessionRequest(handle=handle, last_turns=last_turns)
+    return Call(
+        "ExplainSession",
+        request,
+        session_explanation_from_pb,
+        instance=instance_of(handle),
+        attach=named,
+    )
+
+
+def evict_session(handle: str, to: str, named: bool) -> Call[SessionListing]:
+    if to not in EVICT_TIERS:
+        raise InvalidArgument(f"to must be one of {', '.join(EVICT_TIERS)}, not {to!r}", field="to")
+    request = pb.EvictSessionRequest(handle=handle, to=to)
+    return Call(
+        "EvictSession",
+        request,
+        lambda r: session_listing_from_pb(r.session),
+        instance=instance_of(handle),
+        attach=named,
+    )
+
+
+def pin_session(handle: str, ttl_s: float, named: bool) -> Call[SessionListing]:
+    request = pb.PinSessionRequest(handle=handle, ttl_s=ttl_s)
+    return Call(
+        "PinSession",
+        request,
+        lambda r: session_listing_from_pb(r.session),
+        instance=instance_of(handle),
+        attach=named,
+    )
+
+
+def fork_session(
+    handle: str,
+    at_tokens: int | None,
+    n_ctx: int,
+    exact_prefix: bool | None,
+    named: bool,
+    kv_cache_type: str = "",
+) -> Call[SessionInfo]:
+    """The fork belongs to this client when ``named`` (it closes when this client goes, like
+    any session it opens), else to nobody. "" / 0 / None: the source's."""
+    config = pb.SessionConfig(n_ctx=n_ctx, kv_cache_type=kv_cache_type)
+    if exact_prefix is not None:
+        config.exact_prefix = exact_prefix
+    request = pb.ForkSessionRequest(handle=handle, config=config)
+    if at_tokens is not None:
+        if at_tokens < 0:
+            raise InvalidArgument(f"at_tokens must be >= 0, not {at_tokens}", field="at_tokens")
+        request.at_tokens = at_tokens
+    return Call(
+        "ForkSession",
+        request,
+        session_info_from_pb,
+        instance=instance_of(handle),
+        attach=named,
+    )

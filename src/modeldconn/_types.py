@@ -57,13 +57,16 @@ __all__ = [
     "RerankUsage",
     "Reranking",
     "ResponseFormat",
+    "SessionExplanation",
     "SessionInfo",
+    "SessionListing",
     "SnapshotInfo",
     "SuffixResult",
     "TokenLogprob",
     "ToolCall",
     "ToolDefinition",
     "TopLogprob",
+    "TurnReuse",
 ]
 
 
@@ -849,3 +852,56 @@ class Reranking:
     order: tuple[int, ...]
     method: str  #: "cross_encoder" | "generative_yes_no"
     usage: RerankUsage
+
+
+@dataclass(frozen=True)
+class SessionListing:
+    """One session as the daemon lists it.
+
+    ``residency``: "live" | "ram" | "disk" (where its KV is) | "dropped" (freed by
+    ``evict_session(..., "drop")``; the tape stays and the next turn recomputes it) | "none";
+    ``kv_bytes``: bytes its KV takes there; ``idle_s``: seconds since its last operation ended;
+    ``pin_remaining_s``: seconds its pin lasts (0: unpinned); ``prefix_hash``: sha256 hex of
+    its tape's token ids (equal tapes, equal hash; EnsurePrefix's ``prefix_hash`` for the same
+    tokens); ``client_id`` / ``client_name``: who opened it ("" for none)."""
+
+    handle: str
+    model: str
+    model_digest: str
+    client_id: str
+    client_name: str
+    tape_tokens: int
+    residency: str
+    kv_bytes: int
+    idle_s: float
+    pinned: bool
+    pin_remaining_s: float
+    prefix_hash: str
+    n_ctx: int
+    kv_cache_type: str
+    busy: bool
+
+
+@dataclass(frozen=True)
+class TurnReuse:
+    """One turn of a session's reuse history, in tokens.
+
+    ``operation``: "ensure_prefix" | "prefill_suffix" | "decode" | "fork" | "restore";
+    ``reused``: KV kept (of which ``shared`` was copied from another session); ``prefilled``:
+    computed; ``dropped``: truncated; ``generated``: decoded; ``restored_from``: "ram" |
+    "disk" when the turn first restored the session's parked KV."""
+
+    operation: str
+    at_unix_s: float
+    reused: int
+    prefilled: int
+    dropped: int
+    generated: int
+    shared: int
+    restored_from: str
+
+
+@dataclass(frozen=True)
+class SessionExplanation:
+    session: SessionListing
+    turns: tuple[TurnReuse, ...]  #: oldest first (the daemon keeps the last 32)

@@ -7,6 +7,7 @@ import ast
 import asyncio
 import dataclasses
 import inspect
+import re
 import typing
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -40,7 +41,10 @@ def _public(cls: type) -> set[str]:
 def _async_spelling(annotation: object) -> str:
     text = str(annotation)
     for sync, asynchronous in ASYNC_SPELLING.items():
-        text = text.replace(f"Async{sync}", sync).replace(sync, asynchronous)
+        # whole names only: SessionListing is the same type in both twins
+        whole = re.escape(sync) + (r"\b" if sync[-1].isalnum() else "")
+        text = re.sub(r"\bAsync" + whole, sync, text)
+        text = re.sub(r"\b" + whole, asynchronous, text)
     return text
 
 
