@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 
 from modeld.engine._scheduler import EngineScheduler
 from modeld.models._facts import ModelSpec
@@ -32,6 +31,7 @@ from modeld.sessions._session import Session
 from modeld.sessions._table import SessionTable
 from modeld.sessions._types import ResolvedConfig
 from modeldconn._errors import InvalidArgument, PermissionDenied
+from modeldconn._types import SessionListing
 
 __all__ = ["EVICT_TIERS", "SessionControl", "SessionView"]
 
@@ -43,31 +43,10 @@ EVICT_TIERS = ("ram", "disk", "drop")
 Opener = Callable[[ModelSpec, int, str, str], Awaitable[tuple[Session, ResolvedConfig]]]
 
 
-@dataclass(frozen=True)
-class SessionView:
-    """One session as ListSessions reports it (the fields of ``SessionInfo`` on the wire).
-
-    ``residency``: "live" (an engine context holds its KV) | "ram" | "disk" (parked there) |
-    "dropped" (EvictSession freed its KV; its tape stays) | "none" (no KV, empty tape);
-    ``kv_bytes``: what its KV takes there (a live context's reservation, n_ctx x KV bytes per
-    token; a parked state's size; 0); ``idle_s``: seconds since its last operation ended (0
-    while busy); ``pin_remaining_s``: seconds its pin still lasts (0: not pinned)."""
-
-    handle: str
-    model: str
-    model_digest: str
-    client_id: str
-    client_name: str
-    tape_tokens: int
-    residency: str
-    kv_bytes: int
-    idle_s: float
-    pinned: bool
-    pin_remaining_s: float
-    prefix_hash: str
-    n_ctx: int
-    kv_cache_type: str
-    busy: bool
+#: one session as ListSessions reports it: the client's own type (the fields of
+#: ``SessionInfo`` on the wire), so the two sides cannot drift. ``kv_bytes`` of a live session is
+#: its context's reservation (n_ctx x KV bytes per token); of a parked one, its state's size.
+SessionView = SessionListing
 
 
 class SessionControl:
