@@ -33,13 +33,15 @@ def save_result(name: str, result: dict[str, Any], width: int = 32) -> None:
         )
 
 
-def start_daemon(root: Path, *args: str, backend: str = "llama") -> subprocess.Popen[bytes]:
-    """`modeld serve --backend BACKEND --model gemma3-270m ARGS` on ``root``, once it serves.
+def start_daemon(
+    root: Path, *args: str, backend: str = "llama", model: str = MODEL
+) -> subprocess.Popen[bytes]:
+    """`modeld serve --backend BACKEND --model MODEL ARGS` on ``root``, once it serves.
 
-    The openvino backend serves the model's int8 IR: converted (once per machine) by the
+    The openvino backend serves gemma3-270m as its int8 IR: converted (once per machine) by the
     project's script and linked into ``root``'s models directory.
     """
-    if backend == "openvino":
+    if backend == "openvino" and model == MODEL:
         subprocess.run(
             [
                 sys.executable,
@@ -61,7 +63,7 @@ def start_daemon(root: Path, *args: str, backend: str = "llama") -> subprocess.P
             "--backend",
             backend,
             "--model",
-            MODEL,
+            model,
             *args,
         ],
         stdout=subprocess.DEVNULL,

@@ -47,18 +47,7 @@ def drop_page_cache() -> str:
 def start_tiny(root: Path, backend: str) -> subprocess.Popen[bytes]:
     (root / "models").mkdir(parents=True, exist_ok=True)
     (root / "models" / "tiny.gguf").symlink_to(TINY_FILE)
-    command = [sys.executable, "-m", "modeld", "serve", "--data-root", str(root)]
-    proc = subprocess.Popen(
-        [*command, "--backend", backend, "--model", "tiny"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not modeldconn.available(data_root=root):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit("the daemon did not start")
-        time.sleep(0.05)
-    return proc
+    return start_daemon(root, backend=backend, model="tiny")
 
 
 def load_once(client: modeldconn.Client, model: str, cold: bool) -> tuple[float, float, str]:
