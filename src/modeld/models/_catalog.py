@@ -75,6 +75,10 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 }
 
 
+#: model facts ModelCatalog keeps read (each a header's worth, vocabulary excluded)
+FACTS_CACHED = 64
+
+
 def names_a_path(model: str) -> bool:
     """A command line's MODEL: a path when it has a separator or ends in .gguf, else a name."""
     return os.sep in model or model.endswith(".gguf")
@@ -110,6 +114,8 @@ class ModelCatalog:
         self.digests = digests if digests is not None else DigestCache(cache_file)
         self.aliases = CatalogState(catalog_path(data_root))
         self.aliases.reload(quiet=True)  # a daemon refuses to start on an invalid one
+        #: facts read, by (file, digest, name, fallback template, its source); oldest out
+        self._facts: dict[tuple[Path, str, str, str, str], ModelFacts] = {}
 
     def resolve(self, name: str, type_: str, digest: str, path: str) -> ModelSpec:
         """A catalog alias first (when ``name`` is one and no ``path`` is given), else a name
@@ -137,17 +143,29 @@ class ModelCatalog:
                 expected=wanted,
                 actual=actual,
             )
-        read_facts = facts_from_ir if file.is_dir() else facts_from_gguf
-        try:
-            facts: ModelFacts = read_facts(
-                file,
-                name=name or file.stem,
-                digest=actual,
-                fallback_template=template,
-                fallback_template_source=source,
-            )
-        except (GgufError, IrError) as exc:
-            raise ModelLoadFailed(str(exc), path=str(file)) from None
+        # reading a GGUF header (its vocabulary too) takes ~18 ms for MiniLM's, more than an
+        # Embed of a short text: facts are kept per file version (the digest names it)
+        key = (file, actual, name or file.stem, template, source)
+        with self._lock:
+            cached = self._facts.get(key)
+        if cached is not None:
+            facts: ModelFacts = cached
+        else:
+            read_facts = facts_from_ir if file.is_dir() else facts_from_gguf
+            try:
+                facts = read_facts(
+                    file,
+                    name=name or file.stem,
+                    digest=actual,
+                    fallback_template=template,
+                    fallback_template_source=source,
+                )
+            except (GgufError, IrError) as exc:
+                raise ModelLoadFailed(str(exc), path=str(file)) from None
+            with self._lock:
+                if len(self._facts) >= FACTS_CACHED:
+                    self._facts.pop(next(iter(self._facts)))
+                self._facts[key] = facts
         if self.backend == "openvino" and "generate" in facts.tasks and "embed" in facts.tasks:
             # openvino drives a generative model for its logits only: no hidden states to pool
             facts = dataclasses.replace(facts, tasks=("generate",), embedding_dims=0, pooling="")

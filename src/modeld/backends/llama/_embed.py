@@ -1,15 +1,31 @@
 """Embeddings on llama.cpp: contexts with ``embeddings`` on, apart from the generation lanes.
 
 One context per pooling asked for, made on the first step that needs it and freed by
-``release`` (the daemon calls it once the model idles). A step packs many inputs into one
-llama_decode, each input its own sequence (``n_seq_max`` of them), and reads each sequence's
-pooled vector (``llama_get_embeddings_seq``). An encoder (BERT) keeps no KV; a decoder's KV
-is cleared before every step, so a step never sees another's tokens.
+``release`` (the daemon calls it once the model idles). A step is one input in one
+llama_decode, read back as its pooled vector (``llama_get_embeddings_seq``). An encoder (BERT)
+keeps no KV; a decoder's KV is cleared before every step, so a step never sees another's
+tokens.
+
+**One input per call, by design** (``MAX_INPUTS``). Packing several inputs into one call, each
+its own sequence, is how llama-server batches, and it buys nothing here while making an
+input's vector depend on its neighbours:
+
+- *cost*: llama.cpp's attention spans every token of the call, the other sequences' masked
+  out but still computed (KQ, softmax, KQV over all of them), so a call's cost grows with the
+  square of its tokens. Measured on all-MiniLM-L6-v2, 17-token texts, 2 threads, CPU time per
+  input: 13.1 ms packed 30 to a 512-token call (the old layout), 5.0 ms 4 to a call, 5.8 ms
+  one to a call; 3.6-3.7 ms either way for the 24 reference sentences (6-17 tokens).
+- *exactness*: ggml's CPU softmax (``ggml_vec_soft_max_f32``) takes a row one vector width
+  at a time (16 columns with AVX-512) with a vector ``exp`` and a lane-wise sum, and the last,
+  partial width with the scalar ``expf``; an input's columns land on other lanes, or under
+  the other ``exp``, wherever its neighbours put them, which moves its vector by up to 3e-5.
+  One input per call computes it the same way alone or in any batch, bit for bit.
 
 A cross-encoder (a GGUF that declares rank pooling) scores (query, document) pairs the same way:
-one context with rank pooling, one sequence per pair, each pair's score the first value of its
+one context with rank pooling, one pair per call, each pair's score the first value of its
 pooled output (llama.cpp applies the model's classification head to the pair), formed exactly
-as llama-server ``--rerank`` forms it (:meth:`LlamaEmbedder.rank_parts`).
+as llama-server ``--rerank`` forms it (:meth:`LlamaEmbedder.rank_parts`); a document scores the
+same alone as in any list.
 """
 
 from __future__ import annotations
@@ -33,11 +49,11 @@ _POOLING = {
     "last": ll.LLAMA_POOLING_TYPE_LAST,
     "rank": ll.LLAMA_POOLING_TYPE_RANK,
 }
-#: inputs one step computes at most (sequences of the embedding context)
-MAX_INPUTS = 32
+#: inputs one step computes: one, alone in its llama_decode (the module's docstring says why)
+MAX_INPUTS = 1
 #: tokens one step computes at most; a non-causal model needs a step in one micro-batch. A
 #: step is one engine turn: a decoding session waits for at most one step per embedding
-#: client, so steps stay short (512 MiniLM tokens: ~0.1-0.3 s here) at little cost in rate
+#: client, so steps stay short (one input: ~5 ms for 17 MiniLM tokens, ~0.1 s for 512)
 STEP_TOKENS = 512
 #: a decoder's embedding context holds this many tokens at most (its logits are computed too)
 DECODER_STEP_TOKENS = 512
@@ -138,7 +154,7 @@ class LlamaEmbedder:
         return head, self._tokenize(document.encode("utf-8"), False), tail
 
     def rank_step(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
-        """One llama_encode over pairs (sequence ``i`` = pair ``i``): float32, shape
+        """One llama call over the pairs (``max_inputs``: one): float32, shape
         ``(len(inputs),)``, each the model's score for that pair (the first value of its rank
         pooling, as llama-server reports it).
 
@@ -156,10 +172,7 @@ class LlamaEmbedder:
             params.embeddings = True
             params.pooling_type = _POOLING[pooling]
             params.n_threads = params.n_threads_batch = self.n_threads
-            params.kv_unified = True  # a decoder's sequences share the step's cells
-            # flash attention computes in f16 and accumulates over every cell of the step,
-            # so an input's vector would depend on what shares its step (1e-4 apart here);
-            # the plain path keeps it to float32 rounding
+            # flash attention accumulates in f16: vectors 1e-4 from the plain path's float32
             params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
             ctx = ll.llama_init_from_model(self.model, params)
             if not ctx:
@@ -170,8 +183,8 @@ class LlamaEmbedder:
     def embed_step(
         self, inputs: Sequence[Sequence[int]], pooling: str, width: int = 0
     ) -> np.ndarray:
-        """See ``EmbeddingEngine.embed_step``: one llama_decode, sequence ``i`` = input ``i``;
-        ``width``: floats read per sequence (0: ``dims``)."""
+        """See ``EmbeddingEngine.embed_step``: one llama_decode, sequence ``i`` = input ``i``
+        (``max_inputs``: one); ``width``: floats read per sequence (0: ``dims``)."""
         ctx = self._context(pooling)
         total = sum(len(ids) for ids in inputs)
         assert 0 < len(inputs) <= self.max_inputs and total <= self.step_tokens
