@@ -110,6 +110,10 @@ class LeaseRecord:
     #: the HTTP API's base URL (``http(s)://HOST:PORT``, the OpenAI and Anthropic routes under
     #: ``/v1``) once serving with ``--http-listen``; "" when it is off
     http_endpoint: str = ""
+    #: open sessions and embedding contexts, as of ``renewed_at`` (each renewal counts them;
+    #: 0 from a daemon that does not write them)
+    sessions_open: int = 0
+    embedding_contexts: int = 0
     schema: int = LEASE_SCHEMA
 
     def to_json(self) -> str:
@@ -286,7 +290,16 @@ def parse_lease(text: str) -> LeaseRecord:
         auth=data.get("auth") is True,
         tls=data.get("tls") is True,
         http_endpoint=_http_endpoint(data.get("http_endpoint")),
+        sessions_open=_count(data.get("sessions_open")),
+        embedding_contexts=_count(data.get("embedding_contexts")),
     )
+
+
+def _count(value: object) -> int:
+    """A count the daemon advertises, or 0 for anything else (absent from older daemons)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 31:
+        return value
+    return 0
 
 
 def _http_endpoint(value: object) -> str:

@@ -375,6 +375,10 @@ def status(data_root: Path | None, as_json: bool) -> None:
         f"disk; {reply.parks} parks, {reply.restores} restores)"
     )
     click.echo(
+        f"embedding  {reply.embedding_contexts} contexts over "
+        f"{len(reply.embedding_models)} models (apart from sessions)"
+    )
+    click.echo(
         f"sharing    {reply.prefix_shares} sessions started from another's KV "
         f"({reply.prefix_shared_tokens} tokens copied, not computed)"
     )

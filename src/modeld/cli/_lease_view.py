@@ -46,6 +46,8 @@ def lease_as_text(result: ProbeResult, root: str) -> str:
             "expires in   "
             + ("-" if expires is None else f"{expires:.1f} s" if expires >= 0 else "expired"),
             f"version      modeld {lease.version}, protocol {lease.protocol}",
+            f"activity     {lease.sessions_open} sessions open, "
+            f"{lease.embedding_contexts} embedding contexts (as of the last renewal)",
         ]
         if lease.model is not None:
             lines.append(f"model        {lease.model.name} ({lease.model.digest[:16]})")

@@ -402,6 +402,11 @@ async def serve(settings: ServeSettings) -> int:
         gate,
         poll_interval_s=settings.poll_interval_s,
         on_renew=metrics.renew_seconds.observe,
+        # counted into the lease at each renewal, for `modeld lease show` (Status: live figures)
+        activity=lambda: {
+            "sessions_open": sessions.stats().sessions_open,
+            "embedding_contexts": sessions.embeddings.contexts(),
+        },
     )
 
     # 1. Bind first, so the lease can advertise the real endpoint.

@@ -86,7 +86,10 @@ class Election:
         *,
         poll_interval_s: float = 0.2,
         on_renew: Callable[[float], None] = lambda seconds: None,
+        activity: Callable[[], dict[str, Any]] = dict,
     ) -> None:
+        """:param activity: record fields counted afresh at each renewal (``sessions_open``,
+        ``embedding_contexts``); called on the event loop."""
         self._store = store
         self._gate = gate
         self._poll_interval_s = poll_interval_s
@@ -94,6 +97,7 @@ class Election:
         self._window_s = leadership_window_s(store.ttl_s)
         self._write_lock = asyncio.Lock()
         self._on_renew = on_renew
+        self._activity = activity
         self.record: LeaseRecord | None = None
         # every gated call compares the lease file with the files this store wrote
         gate.lease_file = store.own
@@ -182,6 +186,8 @@ class Election:
     async def _renew(self, changes: dict[str, Any] | None = None) -> RenewOutcome:
         async with self._write_lock:
             assert self.record is not None
+            # the counts are free to refresh: every renewal rewrites the whole file anyway
+            changes = {**self._activity(), **(changes or {})}
             if changes:
                 # under the write lock: no renewal in flight can put the old fields back
                 self.record = dataclasses.replace(self.record, **changes)
