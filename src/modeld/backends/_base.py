@@ -368,6 +368,14 @@ class EmbeddingEngine(Protocol):
     def contexts(self) -> int:
         """Embedding contexts alive now."""
 
+    def held_bytes(self) -> int:
+        """Bytes the embedding contexts alive now hold at most (compute and output buffers;
+        the weights are not counted here). Safe from any thread."""
+
+    def context_bytes(self, pooling: str) -> int:
+        """Bytes a step with ``pooling`` would add now: a new context's :meth:`held_bytes`
+        share, 0 when that context is alive. Safe from any thread."""
+
     def step_cost(self, lengths: Sequence[int]) -> int:
         """Tokens an :meth:`embed_step` over inputs of these lengths counts against
         ``step_tokens``."""

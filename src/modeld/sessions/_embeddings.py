@@ -31,6 +31,7 @@ from modeld.sessions._models import ModelPool
 from modeldconn._errors import (
     CapabilityMismatch,
     ContextOverflow,
+    InsufficientMemory,
     InvalidArgument,
     UnsupportedFeature,
 )
@@ -132,6 +133,45 @@ class Embeddings:
         self.idle_s = idle_s
         self._sides: dict[tuple[str, str], _Side] = {}
         self._reaper: asyncio.TimerHandle | None = None
+        # what embedding sides hold counts in the pool's memory budget: sessions and model
+        # loads are judged with it, and it is judged with theirs (``admit``)
+        pool.held_by_embeddings = self.bytes_held
+
+    def bytes_held(self) -> int:
+        """Bytes the embedding sides hold now: an embedding-only model's own weights (a
+        generative model's are its pool entry's) and every side's contexts (their estimated
+        largest size, ``EmbeddingEngine.held_bytes``). Safe from any thread."""
+        total = 0
+        for side in list(self._sides.values()):
+            engine = side.engine
+            if engine is None:
+                continue
+            if side.shared is None:
+                total += side.spec.facts.file_bytes
+            total += engine.held_bytes()
+        return total
+
+    def admit(self, spec: ModelSpec, engine: EmbeddingEngine, pooling: str) -> None:
+        """Refuse a call whose new context would not fit the budget (nothing to do when its
+        context is alive).
+
+        :raises InsufficientMemory: with ``required`` (the context) and ``free``: the
+            ``--memory-limit`` (or free RAM) less weights, session KV and embedding sides.
+        """
+        self._check_room(spec, engine.context_bytes(pooling), f"a {pooling}-pooling context")
+
+    def _check_room(self, spec: ModelSpec, need: int, what: str) -> None:
+        if need <= 0:
+            return
+        free = self._pool.capacity(spec).free_bytes
+        if need > free:
+            raise InsufficientMemory(
+                f"embedding with {spec.facts.name} needs {what} of {need} B; {free} B free "
+                "(the memory limit, or free RAM, less resident weights, session KV and "
+                "embedding contexts)",
+                required=need,
+                free=free,
+            )
 
     @property
     def scheduler(self) -> EngineScheduler:
@@ -148,6 +188,7 @@ class Embeddings:
 
         :raises UnsupportedFeature: this backend does not embed (or rank) this model.
         :raises ModelLoadFailed: the engine could not load the model.
+        :raises InsufficientMemory: an embedding-only model's weights do not fit the budget.
         """
         side = self._sides.get(spec.key)
         if side is None:
@@ -181,7 +222,8 @@ class Embeddings:
         """Load an embedding-only model's weights now (``modeld serve --model``).
 
         :raises ModelLoadFailed: the engine could not load the model.
-        :raises UnsupportedFeature: this backend does not embed it."""
+        :raises UnsupportedFeature: this backend does not embed it.
+        :raises InsufficientMemory: its weights do not fit the budget."""
         side = self._sides.setdefault(spec.key, _Side(spec))
         async with self._engine(side):
             side.last_used = time.monotonic()
@@ -196,6 +238,8 @@ class Embeddings:
         :raises ContextOverflow: an input is longer than the model takes and ``truncate`` is
             off (metadata ``input``: its index, ``tokens``, ``n_ctx``).
         :raises ModelLoadFailed: the engine could not load the model.
+        :raises InsufficientMemory: its weights (an embedding-only model's) or a new context
+            do not fit the memory budget, with ``required`` and ``free``.
         """
         facts = spec.facts
         if "embed" not in facts.tasks:
@@ -213,6 +257,7 @@ class Embeddings:
         side.users += 1
         try:
             async with self._engine(side) as engine:
+                self.admit(spec, engine, pooling)
                 vectors, usage, calls = await self._run(engine, request, pooling)
         finally:
             side.users -= 1
@@ -232,6 +277,7 @@ class Embeddings:
         if "generate" not in side.spec.facts.tasks:
             async with side.lock:
                 if side.engine is None:
+                    self._check_room(side.spec, side.spec.facts.file_bytes, "its weights")
                     side.engine = await self._scheduler.call(maker.embedder, side.spec, None)
             yield side.engine
             return

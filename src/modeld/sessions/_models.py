@@ -135,6 +135,9 @@ class ModelPool:
         self._flights: dict[tuple[str, str], Flight] = {}
         #: counted on the engine thread
         self.loads = 0
+        #: bytes held outside this pool that count against the same budget: embedding sides'
+        #: own weights and contexts (set by ``Embeddings``; safe from any thread)
+        self.held_by_embeddings: Callable[[], int] = lambda: 0
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._models.values())
@@ -144,9 +147,10 @@ class ModelPool:
         return loaded is not None and loaded.engine is not None
 
     def in_use(self) -> int:
-        """Bytes modeld spends now: resident weights plus what sessions hold."""
+        """Bytes modeld spends now: resident weights plus what sessions and embedding sides
+        hold."""
         weights = sum(m.spec.facts.file_bytes for m in self.loaded() if m.engine)
-        return weights + self._in_use_by_sessions()
+        return weights + self._in_use_by_sessions() + self.held_by_embeddings()
 
     def capacity(self, spec: ModelSpec, kv_cache_type: str = "f16") -> Capacity:
         """What fits now, with K and V cached as ``kv_cache_type``."""
@@ -341,11 +345,12 @@ class ModelPool:
         need = loaded.spec.facts.file_bytes
         in_use = self.in_use()
         if limit and in_use + need > limit:
-            weights = in_use - self._in_use_by_sessions()
+            kv, embedding = self._in_use_by_sessions(), self.held_by_embeddings()
+            weights = in_use - kv - embedding
             return (
                 f"loading {loaded.spec.facts.name} needs {need} B of weights; "
-                f"{weights} B of weights and {in_use - weights} B of session KV are in use "
-                f"= {in_use + need} B > --memory-limit {limit} B"
+                f"{weights} B of weights, {kv} B of session KV and {embedding} B of embedding "
+                f"models and contexts are in use = {in_use + need} B > --memory-limit {limit} B"
             )
         return ""
 

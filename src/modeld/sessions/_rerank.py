@@ -182,6 +182,7 @@ class Reranker:
             async with self._embeddings.side(spec) as engine:
                 if not isinstance(engine, RankingEngine):
                     raise UnsupportedFeature("this embedding side does not rank")
+                self._embeddings.admit(spec, engine, "rank")  # its context counts in the budget
                 steps = _cross_steps(engine, engine, request)
                 result: tuple[np.ndarray, RerankUsage, int] | None = None
                 async for item in self._scheduler.stream(steps):

@@ -67,6 +67,24 @@ class OpenVinoEmbedder:
     def contexts(self) -> int:
         return 0 if self._request is None else 1
 
+    def _request_bytes(self) -> int:
+        """The infer request's buffers at their largest, an upper bound: ``step_tokens`` padded
+        tokens of 18 activation widths, and attention scores and their softmax for a step of
+        the longest inputs (``step_tokens / max_tokens`` of them, ``max_tokens`` squared)."""
+        tokens, longest = self.step_tokens, max(1, self.max_tokens)
+        heads = max(1, self.facts.attention_heads)
+        rows = max(1, tokens // longest)
+        attention = 2 * rows * longest * longest * heads * 4
+        return (2 << 20) + tokens * self.dims * 4 * 18 + attention
+
+    def held_bytes(self) -> int:
+        """See ``EmbeddingEngine.held_bytes``."""
+        return 0 if self._request is None else self._request_bytes()
+
+    def context_bytes(self, pooling: str) -> int:
+        """See ``EmbeddingEngine.context_bytes``: one request serves every pooling."""
+        return 0 if self._request is not None else self._request_bytes()
+
     def step_cost(self, lengths: Sequence[int]) -> int:
         return len(lengths) * max(lengths, default=0)
 
