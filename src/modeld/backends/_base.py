@@ -326,6 +326,13 @@ class EngineModel(Protocol):
         session's logits are current afterwards. The sessions share one ``batch_group``, at most
         ``max_decode_rows`` of them. On failure no session's resident length changes."""
 
+    def pooled_bytes(self) -> int:
+        """KV bytes held by empty contexts kept for reuse by the next session of their size
+        (0 where none are kept). Any thread."""
+
+    def drop_pooled(self) -> int:
+        """Engine thread: free every context kept for reuse; the KV bytes freed."""
+
     def close(self) -> None: ...
 
 

@@ -148,13 +148,29 @@ class ModelPool:
 
     def in_use(self) -> int:
         """Bytes modeld spends now: resident weights plus what sessions and embedding sides
-        hold."""
+        hold, and the KV of empty contexts engines keep for reuse (:meth:`pooled_bytes`)."""
         weights = sum(m.spec.facts.file_bytes for m in self.loaded() if m.engine)
-        return weights + self._in_use_by_sessions() + self.held_by_embeddings()
+        return (
+            weights + self._in_use_by_sessions() + self.held_by_embeddings() + self.pooled_bytes()
+        )
+
+    def pooled_bytes(self) -> int:
+        """KV bytes of empty contexts the engines keep for reuse: in use, but reclaimable
+        (freed by :meth:`make_kv_room` before a context that needs the room). Any thread."""
+        return sum(engine.pooled_bytes() for m in self.loaded() if (engine := m.engine))
+
+    def make_kv_room(self, required: int) -> None:
+        """Engine thread: free the engines' pooled contexts unless ``required`` more bytes of
+        KV fit beside them (admission counted them as free)."""
+        if self.pooled_bytes() and self._budget.free_bytes(self.in_use()) < required:
+            for m in self.loaded():
+                if m.engine is not None:
+                    m.engine.drop_pooled()
 
     def capacity(self, spec: ModelSpec, kv_cache_type: str = "f16") -> Capacity:
-        """What fits now, with K and V cached as ``kv_cache_type``."""
-        free = self._budget.free_bytes(self.in_use())
+        """What fits now, with K and V cached as ``kv_cache_type`` (pooled contexts count as
+        free: a new context frees them first, :meth:`make_kv_room`)."""
+        free = self._budget.free_bytes(self.in_use() - self.pooled_bytes())
         return capacity_of(
             spec.facts, free, weights_resident=self.weights_in(spec), kv_cache_type=kv_cache_type
         )
@@ -185,7 +201,7 @@ class ModelPool:
         free = capacity.free_bytes
         if pending_weights and self._budget.limit_bytes:
             evictable = sum(m.spec.facts.file_bytes for m in self._idle(exclude=spec.key))
-            free = self._budget.free_bytes(self.in_use() - evictable)
+            free = self._budget.free_bytes(self.in_use() - evictable - self.pooled_bytes())
         if n_ctx < 1 or required > free:
             raise InsufficientMemory(
                 f"n_ctx {n_ctx} needs {n_ctx} x {per_token} B of KV"
@@ -362,6 +378,8 @@ class ModelPool:
         :raises ParkingFull: a victim's session could not be parked (the victim stays loaded).
         """
         skipped: set[int] = set()
+        if self._over_budget(loaded):  # pooled contexts go before any model does
+            self.make_kv_room(loaded.spec.facts.file_bytes)
         while why := self._over_budget(loaded):
             idle = [m for m in self._idle(exclude=loaded.spec.key) if id(m) not in skipped]
             if not idle:

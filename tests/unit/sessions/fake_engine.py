@@ -173,6 +173,12 @@ class FakeModel:
             engine.prefill([token])
         self.work.decode_calls += 1
 
+    def pooled_bytes(self) -> int:
+        return 0
+
+    def drop_pooled(self) -> int:
+        return 0
+
     def close(self) -> None:
         pass
 

@@ -33,7 +33,7 @@ from modeld.backends._base import (
 from modeld.backends._once import Once
 from modeld.backends.llama._embed import LlamaEmbedder
 from modeld.backends.llama._grammar_vocab import grammar_tokenizer
-from modeld.backends.llama._lane import GGML_KV_TYPES, Lane, exact_decode_rows
+from modeld.backends.llama._lane import GGML_KV_TYPES, Lane, LanePool, exact_decode_rows
 from modeld.backends.llama._sampler import LlamaSampler
 from modeld.backends.llama._seq_state import cut_to_prefix
 from modeld.models._facts import ModelFacts, ModelSpec
@@ -290,6 +290,10 @@ class LlamaModel:
         self._rows_by_type = {"f16": self.max_decode_rows}
         #: lanes by (n_ctx, KV cache type): one llama_context holds one KV type
         self._lanes: dict[tuple[int, str], list[Lane]] = {}
+        #: empty lanes kept for the next session of their size and type (``_lane.LanePool``)
+        self.pool = LanePool(self._lane_bytes)
+        #: llama.cpp contexts created for sessions (reuse from the pool creates none)
+        self.contexts_created = 0
         self.vocab = ll.llama_model_get_vocab(model)
         self.n_threads = n_threads
         self.n_batch = n_batch
@@ -378,6 +382,11 @@ class LlamaModel:
         lanes = self._lanes.setdefault((n_ctx, kv_cache_type), [])
         lane = next((lane for lane in lanes if lane.has_room), None)
         if lane is None:
+            lane = self.pool.take(n_ctx, kv_cache_type)
+            if lane is not None:
+                lanes.append(lane)
+        if lane is None:
+            self.contexts_created += 1
             lane = Lane(
                 self.model,
                 self.facts.vocab_size,
@@ -392,9 +401,22 @@ class LlamaModel:
 
     def leave_lane(self, lane: Lane, seq: int) -> None:
         lane.give_back(seq)
-        if lane.empty:  # its KV memory goes back as soon as nobody uses it
+        if lane.empty:  # kept for the next session of its size (bounded: ``LanePool``)
             self._lanes[(lane.n_ctx, lane.kv_cache_type)].remove(lane)
-            lane.close()
+            self.pool.put(lane)
+
+    def _lane_bytes(self, lane: Lane) -> int:
+        """KV bytes ``lane`` holds: every sequence's n_ctx cells at its type's bytes a token
+        (the arithmetic admission charges a session)."""
+        return lane.seqs * lane.n_ctx * self.facts.kv_bytes_per_token_at(lane.kv_cache_type)
+
+    def pooled_bytes(self) -> int:
+        """See ``EngineModel.pooled_bytes``."""
+        return self.pool.bytes
+
+    def drop_pooled(self) -> int:
+        """See ``EngineModel.drop_pooled``."""
+        return self.pool.drop()
 
     def decode_batch(self, feeds: Sequence[tuple[Any, int]]) -> None:
         """One token for each session of one lane, in one llama_decode."""
@@ -418,6 +440,7 @@ class LlamaModel:
             session.computed_one()
 
     def close(self) -> None:
+        self.pool.drop()
         for lanes in self._lanes.values():
             for lane in lanes:
                 lane.close()

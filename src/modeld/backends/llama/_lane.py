@@ -14,12 +14,18 @@ sessions, so "each session gets exactly its solo result" holds batched or not.
 
 Logits live in the context until its next decode; a lane copies out the rows of sessions that
 have not sampled yet before it decodes again, so nobody's logits are lost to a neighbour.
+
+A lane whose last session leaves is not freed at once: a :class:`LanePool` keeps a few empty
+lanes for the next session of the same context size and KV type (creating a 4-sequence context
+took 80 / 290 / 630 ms at n_ctx 2k / 8k / 16k on Gemma 270M here, quiet; reusing one takes
+~0.1 ms). A pooled lane is reset to exactly a fresh context's state (:meth:`Lane.reset`).
 """
 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import llama_cpp as ll
@@ -28,7 +34,15 @@ import numpy as np
 from modeld.backends import _exactness
 from modeldconn._errors import SessionFatal
 
-__all__ = ["GGML_KV_TYPES", "Lane", "LogitsHolder", "exact_decode_rows"]
+__all__ = [
+    "GGML_KV_TYPES",
+    "IDLE_LANES",
+    "IDLE_LANE_S",
+    "Lane",
+    "LanePool",
+    "LogitsHolder",
+    "exact_decode_rows",
+]
 
 
 class LogitsHolder(Protocol):
@@ -102,6 +116,17 @@ class Lane:
     def take(self) -> int:
         return self._free.pop()
 
+    def reset(self) -> None:
+        """Back to a fresh context's state, for reuse by other sessions (the lane is empty):
+        every sequence's cells gone and the cell heads at 0 (new cells land where a fresh
+        context puts them, so attention sums in the same order), no logits row owned, and
+        sequences handed out in a fresh lane's order. The K/V bytes are not zeroed: an empty
+        cell is masked out of attention (its weight is exactly 0)."""
+        assert self.empty, "only an empty lane is reset"
+        ll.llama_memory_clear(self.memory, False)
+        self._rows.clear()
+        self._free = list(range(self.seqs - 1, -1, -1))
+
     def give_back(self, seq: int) -> None:
         ll.llama_memory_seq_rm(self.memory, seq, -1, -1)
         self._free.append(seq)
@@ -160,6 +185,100 @@ class Lane:
             ll.llama_batch_free(self._batch)
             ll.llama_free(self.ctx)
             self.ctx = None
+
+
+#: empty lanes a model keeps for reuse, at most (the oldest is freed first)
+IDLE_LANES = 2
+#: seconds an empty lane stays pooled without being reused (checked at each lane event)
+IDLE_LANE_S = 300.0
+
+
+class LanePool:
+    """Empty lanes kept for reuse, keyed like a model's lanes by (n_ctx, KV cache type).
+
+    Bounded three ways: at most ``max_idle`` lanes (the least recently pooled is freed first),
+    none pooled longer than ``idle_s`` (checked whenever a lane is pooled or taken), and
+    :meth:`drop` frees them all when memory is needed (the daemon counts :attr:`bytes` as KV
+    in use and treats it as reclaimable). Engine thread, except :attr:`bytes` (any thread:
+    one int, replaced whole).
+
+    :param lane_bytes: KV bytes a lane holds (its sequences x n_ctx x bytes a token).
+    :param max_idle: lanes kept at most (0: none, every empty lane is freed; default
+        :data:`IDLE_LANES`); ``idle_s``: seconds one is kept unused (default :data:`IDLE_LANE_S`).
+    """
+
+    def __init__(
+        self,
+        lane_bytes: Callable[[Lane], int],
+        max_idle: int | None = None,
+        idle_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lane_bytes = lane_bytes
+        # the module's figures when not given, read now (a benchmark sets IDLE_LANES = 0 to
+        # measure the daemon without the pool)
+        self.max_idle = IDLE_LANES if max_idle is None else max_idle
+        self.idle_s = IDLE_LANE_S if idle_s is None else idle_s
+        self._clock = clock
+        #: (lane, when pooled), oldest first
+        self._idle: list[tuple[Lane, float]] = []
+        #: KV bytes the pooled lanes hold
+        self.bytes = 0
+        #: lanes taken from the pool (reused) and lanes freed by it, since it was made
+        self.reused = 0
+        self.freed = 0
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def take(self, n_ctx: int, kv_cache_type: str) -> Lane | None:
+        """An empty pooled lane of this size and type (removed from the pool), else None."""
+        self._expire()
+        for i, (lane, _) in enumerate(self._idle):
+            if lane.n_ctx == n_ctx and lane.kv_cache_type == kv_cache_type:
+                del self._idle[i]
+                self._recount()
+                self.reused += 1
+                return lane
+        return None
+
+    def put(self, lane: Lane) -> None:
+        """Keep ``lane`` (empty) for reuse, reset; frees the oldest beyond ``max_idle``."""
+        self._expire()
+        if self.max_idle < 1:
+            self._free(lane)
+            return
+        lane.reset()
+        self._idle.append((lane, self._clock()))
+        while len(self._idle) > self.max_idle:
+            self._free(self._idle.pop(0)[0])
+        self._recount()
+
+    def drop(self) -> int:
+        """Free every pooled lane; the KV bytes freed."""
+        freed = self.bytes
+        for lane, _ in self._idle:
+            self._free(lane)
+        self._idle.clear()
+        self._recount()
+        return freed
+
+    def _expire(self) -> None:
+        now = self._clock()
+        kept = [(lane, at) for lane, at in self._idle if now - at < self.idle_s]
+        if len(kept) != len(self._idle):
+            for lane, at in self._idle:
+                if now - at >= self.idle_s:
+                    self._free(lane)
+            self._idle = kept
+            self._recount()
+
+    def _free(self, lane: Lane) -> None:
+        lane.close()
+        self.freed += 1
+
+    def _recount(self) -> None:
+        self.bytes = sum(self._lane_bytes(lane) for lane, _ in self._idle)
 
 
 class _Probe:

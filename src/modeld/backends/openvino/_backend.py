@@ -240,6 +240,12 @@ class OpenVinoModel:
         # f16 only (OpenVinoBackend.kv_cache_types): the caller checked it
         return OpenVinoSession(self, n_ctx)
 
+    def pooled_bytes(self) -> int:
+        return 0  # a session's KV is its own infer request's: nothing is pooled
+
+    def drop_pooled(self) -> int:
+        return 0
+
     def close(self) -> None:
         self.request = None
         self.compiled = None
