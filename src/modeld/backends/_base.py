@@ -330,8 +330,10 @@ class EngineModel(Protocol):
         """KV bytes held by empty contexts kept for reuse by the next session of their size
         (0 where none are kept). Any thread."""
 
-    def drop_pooled(self) -> int:
-        """Engine thread: free every context kept for reuse; the KV bytes freed."""
+    def drop_pooled(self, keep: tuple[int, str] | None = None) -> int:
+        """Engine thread: free every context kept for reuse, but one of ``keep`` (n_ctx, KV
+        cache type) when given and pooled (a session about to open reuses it); the KV bytes
+        freed."""
 
     def close(self) -> None: ...
 

@@ -159,13 +159,18 @@ class ModelPool:
         (freed by :meth:`make_kv_room` before a context that needs the room). Any thread."""
         return sum(engine.pooled_bytes() for m in self.loaded() if (engine := m.engine))
 
-    def make_kv_room(self, required: int) -> None:
+    def make_kv_room(
+        self, required: int, opening: tuple[LoadedModel, int, str] | None = None
+    ) -> None:
         """Engine thread: free the engines' pooled contexts unless ``required`` more bytes of
-        KV fit beside them (admission counted them as free)."""
+        KV fit beside them (admission counted them as free). ``opening``: the model, n_ctx
+        and KV cache type of the session about to open, whose pooled context of that size
+        stays (it takes it, needing no new memory)."""
         if self.pooled_bytes() and self._budget.free_bytes(self.in_use()) < required:
             for m in self.loaded():
                 if m.engine is not None:
-                    m.engine.drop_pooled()
+                    keep = opening[1:] if opening is not None and opening[0] is m else None
+                    m.engine.drop_pooled(keep)
 
     def capacity(self, spec: ModelSpec, kv_cache_type: str = "f16") -> Capacity:
         """What fits now, with K and V cached as ``kv_cache_type`` (pooled contexts count as

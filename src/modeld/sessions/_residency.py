@@ -30,7 +30,8 @@ class Residency:
         :raises NoRoom: every live session is busy.
         """
         self.lot.make_room(self._table.snapshot().values(), keep=None)
-        self._pool.make_kv_room(n_ctx * loaded.spec.facts.kv_bytes_per_token_at(kv_cache_type))
+        required = n_ctx * loaded.spec.facts.kv_bytes_per_token_at(kv_cache_type)
+        self._pool.make_kv_room(required, (loaded, n_ctx, kv_cache_type))
         return self._pool.engine_of(loaded).open_session(n_ctx, kv_cache_type)
 
     def live(self, session: Session) -> EngineSession:
@@ -54,8 +55,9 @@ class Residency:
     def _reopen(self, session: Session) -> EngineSession:
         """A new context for ``session``: its size, its KV cache type (a parked state loads
         only into a context of the type it was saved from)."""
-        facts = session.model.spec.facts
-        self._pool.make_kv_room(session.n_ctx * facts.kv_bytes_per_token_at(session.kv_cache_type))
+        n_ctx, kv_type = session.n_ctx, session.kv_cache_type
+        required = n_ctx * session.model.spec.facts.kv_bytes_per_token_at(kv_type)
+        self._pool.make_kv_room(required, (session.model, n_ctx, kv_type))
         return self._pool.engine_of(session.model).open_session(
             session.n_ctx, session.kv_cache_type
         )

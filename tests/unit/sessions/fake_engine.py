@@ -176,7 +176,7 @@ class FakeModel:
     def pooled_bytes(self) -> int:
         return 0
 
-    def drop_pooled(self) -> int:
+    def drop_pooled(self, keep: tuple[int, str] | None = None) -> int:
         return 0
 
     def close(self) -> None:

@@ -414,9 +414,9 @@ class LlamaModel:
         """See ``EngineModel.pooled_bytes``."""
         return self.pool.bytes
 
-    def drop_pooled(self) -> int:
+    def drop_pooled(self, keep: tuple[int, str] | None = None) -> int:
         """See ``EngineModel.drop_pooled``."""
-        return self.pool.drop()
+        return self.pool.drop(keep)
 
     def decode_batch(self, feeds: Sequence[tuple[Any, int]]) -> None:
         """One token for each session of one lane, in one llama_decode."""

@@ -254,14 +254,19 @@ class LanePool:
             self._free(self._idle.pop(0)[0])
         self._recount()
 
-    def drop(self) -> int:
-        """Free every pooled lane; the KV bytes freed."""
+    def drop(self, keep: tuple[int, str] | None = None) -> int:
+        """Free every pooled lane but, when ``keep`` names an (n_ctx, KV cache type), one lane
+        of it (the session about to open takes it: it needs no new memory); the bytes freed."""
         freed = self.bytes
-        for lane, _ in self._idle:
-            self._free(lane)
-        self._idle.clear()
+        kept: list[tuple[Lane, float]] = []
+        for lane, at in self._idle:
+            if not kept and keep == (lane.n_ctx, lane.kv_cache_type):
+                kept.append((lane, at))
+            else:
+                self._free(lane)
+        self._idle = kept
         self._recount()
-        return freed
+        return freed - self.bytes
 
     def _expire(self) -> None:
         now = self._clock()

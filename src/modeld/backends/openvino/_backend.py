@@ -243,7 +243,7 @@ class OpenVinoModel:
     def pooled_bytes(self) -> int:
         return 0  # a session's KV is its own infer request's: nothing is pooled
 
-    def drop_pooled(self) -> int:
+    def drop_pooled(self, keep: tuple[int, str] | None = None) -> int:
         return 0
 
     def close(self) -> None:
