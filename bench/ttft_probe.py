@@ -5,7 +5,9 @@
 The daemon is the real one, started through this file: before it runs, this wraps the engine
 thread's steps (queue, prefix lookup, context acquisition, parking restore, prefill, sampling)
 in timers that append one line a call to ``$MODELD_TTFT_PROBE`` (JSON: part, start, end,
-exclusive seconds; CLOCK_MONOTONIC, the clock the client reads too). Nothing of this exists in
+exclusive seconds, the tenant (client id) whose job ran, and for prefill the session's n_ctx,
+which tells a benchmark's sessions apart: session calls carry no client id, so their tenant is
+""; CLOCK_MONOTONIC, the clock the client reads too). Nothing of this exists in
 a daemon started the usual way: the switch is starting it here, so the serving path carries no
 timer when it is off. ``MODELD_TTFT_POOL=0`` serves without the lane pool (every empty
 llama.cpp context freed at once, as before the pool) for a side-by-side run.
@@ -36,16 +38,37 @@ from typing import Any
 
 _out_lock = threading.Lock()
 _local = threading.local()
+#: the tenant of the job the engine thread runs now (one engine thread: one value)
+_running = [""]
 
 
-def _emit(part: str, start: float, end: float, exclusive: float) -> None:
-    line = json.dumps({"part": part, "start": start, "end": end, "excl": exclusive})
+def _emit(
+    part: str,
+    start: float,
+    end: float,
+    exclusive: float,
+    tenant: str | None = None,
+    n_ctx: int = 0,
+) -> None:
+    line = json.dumps(
+        {
+            "part": part,
+            "start": start,
+            "end": end,
+            "excl": exclusive,
+            "tenant": _running[0] if tenant is None else tenant,
+            "n_ctx": n_ctx,
+        }
+    )
     with _out_lock, open(os.environ["MODELD_TTFT_PROBE"], "a", encoding="utf-8") as out:
         out.write(line + "\n")
 
 
-def _timed(part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` with its exclusive time (less that of timed calls inside it) recorded as ``part``."""
+def _timed(
+    part: str, fn: Callable[..., Any], n_ctx: Callable[[Any], int] = lambda _: 0
+) -> Callable[..., Any]:
+    """``fn`` with its exclusive time (less that of timed calls inside it) recorded as ``part``;
+    ``n_ctx(first argument)``: the session's context size, where the call knows it."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -59,7 +82,7 @@ def _timed(part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             children = stack.pop()
             if stack:
                 stack[-1] += end - start
-            _emit(part, start, end, end - start - children)
+            _emit(part, start, end, end - start - children, n_ctx=n_ctx(args[0]) if args else 0)
 
     return wrapper
 
@@ -85,7 +108,8 @@ def install() -> None:
         tenant, job = get(self)
         started = time.monotonic()
         queued = put_at.pop(id(job), started)
-        _emit("queue", queued, started, started - queued)
+        _running[0] = tenant
+        _emit("queue", queued, started, started - queued, tenant)
         return tenant, job
 
     _scheduler._FairQueue.put = timed_put  # type: ignore[method-assign]
@@ -109,7 +133,9 @@ def install() -> None:
     )
     session = _backend.LlamaSession
     session.adopt_prefix = _timed("restore", session.adopt_prefix)  # type: ignore[method-assign]
-    session.prefill = _timed("prefill", session.prefill)  # type: ignore[method-assign]
+    session.prefill = _timed(  # type: ignore[method-assign]
+        "prefill", session.prefill, lambda engine: int(engine.n_ctx)
+    )
     model = _backend.LlamaModel
     model.decode_batch = _timed("step", model.decode_batch)  # type: ignore[method-assign]
     sampler = _sampler.LlamaSampler

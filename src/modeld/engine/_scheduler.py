@@ -107,9 +107,9 @@ class _FairQueue:
         return len(queue) if queue is not None else 0
 
     def others_waiting(self, tenant: str) -> bool:
-        """Jobs of a tenant other than ``tenant`` are queued."""
+        """Jobs of a named tenant other than ``tenant`` are queued (see ``contended``)."""
         with self._ready:
-            return any(t != tenant for t in self._queues)
+            return any(t != tenant and t for t in self._queues)
 
     def put(self, tenant: str, job: Any) -> None:
         with self._ready:
@@ -181,14 +181,20 @@ class EngineScheduler:
         """Engine thread, inside a job: another tenant has jobs waiting, or had one end less
         than ``window_s`` ago. The second half matters: an interactive client's turn is a few
         jobs in a row (EnsurePrefix, then Decode) with a round trip between them, and each
-        arrives while the job in flight started in an empty queue."""
+        arrives while the job in flight started in an empty queue.
+
+        Anonymous jobs (tenant "") do not count as another tenant's: they are the daemon's own
+        (loading the --model at start, releases after a client hung up, the idle reaper) or
+        calls that name no client. Counting them made a lone client's prefill time-sized
+        whenever it came within ``window_s`` of one, so its chunks (and, without
+        exact_prefix, its bits) depended on timing."""
         running = self._running
         if running is None:
             return False
         if self._jobs.others_waiting(running):
             return True
         now = time.perf_counter()
-        return any(t != running and now - at < window_s for t, at in self._ended.items())
+        return any(t != running and t and now - at < window_s for t, at in self._ended.items())
 
     def _admit(self) -> str:
         tenant = TENANT.get()

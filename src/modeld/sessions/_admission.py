@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
 from typing import TypeVar
 
-from modeld.engine._scheduler import EngineScheduler
+from modeld.engine._scheduler import TENANT, EngineScheduler
 from modeld.sessions._parking import NoRoom
 from modeld.sessions._session import Session
 from modeld.sessions._table import SessionTable
@@ -90,11 +90,21 @@ class Admission:
                 break
             session = self._table.get(handle)  # it may have been closed meanwhile
         session.begin()
+        # its engine work is its owner's turn, whatever header the call carried: session calls
+        # name no client (modeldconn sends the id on OpenSession only), and without this every
+        # client's EnsurePrefix and Decode shared one tenant "" on the engine queue (no turns
+        # between clients, no time-sized prefill calls)
+        tenant = TENANT.set(session.owner) if session.owner else None
         try:
             yield session
         finally:
             if session.end():
                 self._free(session)
+            if tenant is not None:
+                # a stream closed by the loop's async-generator finalizer ends in another
+                # context, where the token does not apply (nor does the value it set)
+                with contextlib.suppress(ValueError):
+                    TENANT.reset(tenant)
             async with self._room:
                 self._room.notify_all()
 
