@@ -1,11 +1,14 @@
 """Where a turn's time to first token goes, part by part, with and without the lane pool.
 
     .venv/bin/python bench/ttft_breakdown.py [--reps 9] [--prefix 2048] [--suffix 32]
-        [--threads 2] [--n-ctx 4096] [--systems pool,nopool] [--hog-tokens 0] [--json FILE]
+        [--threads 2] [--n-ctx 4096] [--systems pool,nopool] [--hog-tokens 0]
+        [--baseline-src DIR] [--json FILE]
 
 For each system (``pool``: this tree; ``nopool``: the same daemon with ``MODELD_TTFT_POOL=0``,
-every empty llama.cpp context freed at once, as before the pool) one daemon (llama, Gemma 3
-270M) is started through bench/ttft_probe.py, which times the engine's steps. Three turns:
+every empty llama.cpp context freed at once, as before the pool; ``before``: the source tree
+``--baseline-src`` DIR, e.g. ``git archive`` of an older commit, its src on PYTHONPATH) one
+daemon (llama, Gemma 3 270M) is started through bench/ttft_probe.py, which times the engine's
+steps. Three turns:
 
 - ``warm`` (issue 20's W3): a session holds ``--prefix`` tokens; each rep EnsurePrefixes them
   plus a new ``--suffix``-token tail, then Decodes one token;
@@ -51,8 +54,12 @@ PARTS = ("transport+", "queue", "lcp", "context", "restore", "prefill", "step", 
 BENCH = Path(__file__).parent
 
 
-def _start(root: Path, probe: Path, pool: bool, threads: int, live: int) -> subprocess.Popen[bytes]:
+def _start(
+    root: Path, probe: Path, pool: bool, threads: int, live: int, src: Path | None = None
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ, MODELD_TTFT_PROBE=str(probe), MODELD_TTFT_POOL="1" if pool else "0")
+    if src is not None:
+        env["PYTHONPATH"] = str(src / "src")
     proc = subprocess.Popen(
         [sys.executable, str(BENCH / "ttft_probe.py"), "serve", "--data-root", str(root),
          "--backend", "llama", "--model", MODEL, "--threads", str(threads),
@@ -151,14 +158,16 @@ class Hog:
         self.client.close()
 
 
-def run_system(pool: bool, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """p50 ms per part of each turn kind on one probed daemon."""
+def run_system(
+    pool: bool, args: argparse.Namespace, src: Path | None = None
+) -> dict[str, dict[str, float]]:
+    """p50 ms per part of each turn kind on one probed daemon (of tree ``src``: None, this)."""
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         (root / "models").mkdir()
         probe = root / "probe.jsonl"
         live = 3 if args.hog_tokens else 2  # the parked turns' sessions share 2 live slots
-        proc = _start(root, probe, pool, args.threads, live)
+        proc = _start(root, probe, pool, args.threads, live, src)
         hog: Hog | None = None
         try:
             if args.hog_tokens:
@@ -225,11 +234,14 @@ def main() -> None:
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--systems", default="pool,nopool")
     parser.add_argument("--hog-tokens", type=int, default=0, help="another client prefills")
+    parser.add_argument("--baseline-src", type=Path, default=None, help="adds system 'before'")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     results: dict[str, Any] = {}
     for system in args.systems.split(","):
         results[system] = run_system(system == "pool", args)
+    if args.baseline_src is not None:
+        results["before"] = run_system(True, args, args.baseline_src)
     print(
         f"p50 ms over {args.reps} reps; prefix {args.prefix}, suffix {args.suffix}, "
         f"n_ctx {args.n_ctx}, {args.threads} threads"

@@ -10,7 +10,8 @@ which tells a benchmark's sessions apart: session calls carry no client id, so t
 ""; CLOCK_MONOTONIC, the clock the client reads too). Nothing of this exists in
 a daemon started the usual way: the switch is starting it here, so the serving path carries no
 timer when it is off. ``MODELD_TTFT_POOL=0`` serves without the lane pool (every empty
-llama.cpp context freed at once, as before the pool) for a side-by-side run.
+llama.cpp context freed at once, as before the pool) for a side-by-side run; with
+``PYTHONPATH=DIR/src`` it serves another source tree's daemon (a baseline) with the same timers.
 
 Parts (exclusive: a nested timed call's time goes to its own part):
 
@@ -143,7 +144,8 @@ def install() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+    if not os.environ.get("PYTHONPATH"):  # a baseline tree's src comes by PYTHONPATH
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
     install()
     from modeld.cli._main import main
 
